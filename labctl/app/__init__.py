@@ -1,0 +1,1 @@
+"""Use cases: plan, apply, verify. No Click, no printing; results are returned as data."""

@@ -1,0 +1,1 @@
+"""Core: errors, secrets, assets, plan model, playbook schema. Imports nothing above it."""

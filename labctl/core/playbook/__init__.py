@@ -1,0 +1,200 @@
+"""The playbook: one YAML file describing a lab, validated with pydantic.
+
+See docs/playbook.md for every key. :func:`load_playbook` returns a :class:`LoadedPlaybook`
+or raises :class:`~labctl.core.errors.ConfigError` naming the file, key path and line.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from labctl.core.errors import ConfigError, UsageError
+from labctl.core.playbook.common import Model
+from labctl.core.playbook.hyperv import VM, HyperVHost, Nic, Switch
+from labctl.core.playbook.router import IotNetwork, Router
+from labctl.core.playbook.scanner import ScannerSection
+from labctl.core.playbook.sensor import SensorSection
+from labctl.core.playbook.twin import TwinSection
+from labctl.core.yamlfile import YamlDoc, load_yaml, validate
+
+__all__ = [
+    "Playbook", "LoadedPlaybook", "load_playbook", "parse_playbook", "find_playbook",
+    "Switch", "VM", "Nic", "Router", "IotNetwork", "SensorSection", "ScannerSection",
+    "TwinSection", "HyperVHost",
+]
+
+
+class _KeyError(ValueError):
+    """A cross-section error that knows its key path."""
+
+    def __init__(self, loc: tuple[str | int, ...], msg: str) -> None:
+        super().__init__(msg)
+        self.loc = loc
+
+
+class Playbook(Model):
+    version: Literal[1] = 1
+    lab: str = Field(pattern=r"^[a-z][a-z0-9]{0,7}$",
+                     description="short lab name; prefixes twin namespaces and links")
+    description: str = ""
+    provider: Literal["hyperv", "netns"] = "hyperv"
+    hyperv: HyperVHost | None = None
+    switches: list[Switch] = Field(default_factory=list)
+    vms: list[VM] = Field(default_factory=list)
+    router: Router | None = None
+    sensor: SensorSection | None = None
+    scanner: ScannerSection | None = None
+    twin: TwinSection | None = None
+
+    def switch(self, name: str) -> Switch | None:
+        for s in self.switches:
+            if s.name.lower() == name.lower():
+                return s
+        return None
+
+    def vm(self, name: str) -> VM | None:
+        for v in self.vms:
+            if v.name.lower() == name.lower():
+                return v
+        return None
+
+    @property
+    def lab_networks(self) -> list:
+        """Every network the playbook declares (scope for scans)."""
+        nets = []
+        for s in self.switches:
+            if s.network is not None:
+                nets.append(s.network)
+        if self.router and self.router.iot_network:
+            nets.append(self.router.iot_network.subnet)
+        if self.sensor:
+            nets.extend(m.subnet for m in self.sensor.monitored_subnets)
+        if self.scanner:
+            nets.extend(self.scanner.scope)
+        out = []
+        for n in nets:
+            if n not in out:
+                out.append(n)
+        return out
+
+
+def _cross_check(pb: Playbook) -> None:
+    def dup(kind: str, names: list[str], key: str) -> None:
+        seen: dict[str, int] = {}
+        for i, n in enumerate(names):
+            low = n.lower()
+            if low in seen:
+                raise _KeyError((key, i, "name"), f"duplicate {kind} name {n!r} (also {key}[{seen[low]}])")
+            seen[low] = i
+
+    dup("switch", [s.name for s in pb.switches], "switches")
+    dup("VM", [v.name for v in pb.vms], "vms")
+    if pb.twin:
+        dup("device", [d.name for d in pb.twin.devices], "twin.devices")
+    for i, s in enumerate(pb.switches):
+        if s.nat is not None:
+            for j, t in enumerate(pb.switches[:i]):
+                if t.nat is not None and t.nat.prefix.overlaps(s.nat.prefix):
+                    raise _KeyError(("switches", i, "nat", "prefix"),
+                                    f"NAT prefix {s.nat.prefix} overlaps switches[{j}] "
+                                    f"({t.nat.prefix})")
+    for i, vm in enumerate(pb.vms):
+        for j, nic in enumerate(vm.nics):
+            sw = pb.switch(nic.switch)
+            if sw is None:
+                raise _KeyError(("vms", i, "nics", j, "switch"),
+                                f"NIC {nic.name!r} is on unknown switch {nic.switch!r} "
+                                f"(known: {', '.join(s.name for s in pb.switches) or 'none'})")
+            net = sw.network
+            if nic.ip is not None and net is not None and nic.ip.ip not in net:
+                raise _KeyError(("vms", i, "nics", j, "ip"),
+                                f"{nic.ip} is outside switch {sw.name}'s subnet {net}")
+            if nic.ip is not None and net is not None and nic.ip.network != net:
+                raise _KeyError(("vms", i, "nics", j, "ip"),
+                                f"{nic.ip} has prefix /{nic.ip.network.prefixlen}, switch "
+                                f"{sw.name} is {net}")
+            if nic.ip is not None and sw.host_ip is not None and nic.ip.ip == sw.host_ip.ip:
+                raise _KeyError(("vms", i, "nics", j, "ip"),
+                                f"{nic.ip.ip} is the host vNIC address of switch {sw.name}")
+            if nic.gateway is not None and net is not None and nic.gateway not in net:
+                raise _KeyError(("vms", i, "nics", j, "gateway"),
+                                f"gateway {nic.gateway} is outside {net}")
+    if pb.provider == "hyperv":
+        if pb.hyperv is None:
+            raise _KeyError(("hyperv",), "provider hyperv needs a hyperv: section (host, transport)")
+    if pb.sensor is not None:
+        if pb.sensor.vm is not None:
+            vm = pb.vm(pb.sensor.vm)
+            if vm is None:
+                raise _KeyError(("sensor", "vm"), f"unknown VM {pb.sensor.vm!r}")
+            mgmt = vm.management_nic
+            if mgmt is not None and mgmt.ip is not None and mgmt.ip.ip != pb.sensor.management_ip:
+                raise _KeyError(("sensor", "management_ip"),
+                                f"{pb.sensor.management_ip} differs from VM {vm.name}'s management "
+                                f"NIC address {mgmt.ip.ip}")
+        for k, m in enumerate(pb.sensor.monitored_subnets):
+            if pb.router and pb.router.iot_network and m.subnet == pb.router.iot_network.subnet \
+                    and m.vlan is not None and m.vlan != pb.router.iot_network.vlan:
+                raise _KeyError(("sensor", "monitored_subnets", k, "vlan"),
+                                f"VLAN {m.vlan} differs from the router's IoT network VLAN "
+                                f"{pb.router.iot_network.vlan}")
+    if pb.twin is not None:
+        for k, d in enumerate(pb.twin.devices):
+            sw = pb.switch(d.switch)
+            if sw is None:
+                raise _KeyError(("twin", "devices", k, "switch"), f"unknown switch {d.switch!r}")
+            net = sw.network
+            if net is None and pb.router and pb.router.iot_network:
+                net = pb.router.iot_network.subnet
+            if net is not None and d.ip.ip not in net:
+                raise _KeyError(("twin", "devices", k, "ip"), f"{d.ip} is outside {net}")
+        if pb.twin.scanner is not None and pb.switch(pb.twin.scanner.switch) is None:
+            raise _KeyError(("twin", "scanner", "switch"),
+                            f"unknown switch {pb.twin.scanner.switch!r}")
+
+
+@dataclass(frozen=True)
+class LoadedPlaybook:
+    path: str
+    model: Playbook
+    doc: YamlDoc
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.path).resolve().parent
+
+
+def parse_playbook(doc: YamlDoc) -> LoadedPlaybook:
+    if not isinstance(doc.data, dict):
+        raise ConfigError("a playbook must be a YAML mapping", file=doc.path, line=1)
+    pb = validate(Playbook, doc)
+    try:
+        _cross_check(pb)
+    except _KeyError as e:
+        from labctl.core.yamlfile import format_loc
+
+        raise ConfigError(str(e), file=doc.path, key=format_loc(e.loc),
+                          line=doc.line_of(e.loc)) from None
+    return LoadedPlaybook(doc.path, pb, doc)
+
+
+def find_playbook(path: str | None) -> str:
+    """``-f`` value, else ``$LABCTL_PLAYBOOK``, else ``./labctl.yaml``."""
+    if path:
+        return path
+    env = os.environ.get("LABCTL_PLAYBOOK")
+    if env:
+        return env
+    if Path("labctl.yaml").exists():
+        return "labctl.yaml"
+    raise UsageError("no playbook given",
+                     hint="pass -f FILE, set LABCTL_PLAYBOOK, or create ./labctl.yaml")
+
+
+def load_playbook(path: str | None = None) -> LoadedPlaybook:
+    return parse_playbook(load_yaml(find_playbook(path)))

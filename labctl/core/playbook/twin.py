@@ -1,0 +1,33 @@
+"""The twin section: what only the netns provider needs (WAN, devices, main LAN)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from labctl.core.playbook.common import Address, Interface, Model, Name
+
+
+class TwinDevice(Model):
+    name: Name
+    persona: str  # playbooks/devices/<persona>.yaml
+    ip: Interface
+    switch: Name
+    mac: str | None = Field(default=None, pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
+
+
+class TwinScanner(Model):
+    name: Name = "kali"
+    ip: Interface
+    switch: Name
+
+
+class TwinSection(Model):
+    main_lan_router: Interface = Field(default="192.168.50.1/24")  # type: ignore[assignment]
+    main_lan_host: Interface = Field(default="192.168.50.2/24")  # type: ignore[assignment]
+    wan_router: Interface = Field(default="203.0.113.2/24")  # type: ignore[assignment]
+    wan_services: list[Interface] = Field(
+        default_factory=lambda: ["203.0.113.10/24", "198.51.100.10/24"])  # type: ignore[list-item]
+    irc_port: int = 6667
+    devices: list[TwinDevice] = Field(default_factory=list)
+    scanner: TwinScanner | None = None
+    dns_forwarders: list[Address] = Field(default_factory=list)

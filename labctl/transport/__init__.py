@@ -1,0 +1,1 @@
+"""Transports: PowerShell (WinRM, SSH, local), HTTP sessions, subprocesses, namespaces."""
