@@ -1,0 +1,147 @@
+"""Scan use cases: run a guarded scan, list history, diff two scans, check a baseline.
+
+No printing here: progress goes to a callback and results come back as data
+(:class:`~labctl.scans.result.ScanResult`, lists of change dicts). The order inside
+:func:`run_scan` is the safety argument: parse and validate everything, check scope, check
+routes, and only then start nmap.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from labctl.core.errors import UsageError
+from labctl.scans import history as hist
+from labctl.scans.diff import baseline_deviations, diff_scans, load_baseline
+from labctl.scans.profiles import ScanProfile, load_profile
+from labctl.scans.result import ScanResult
+from labctl.scans.scanners import ProgressFn, make_scanner
+from labctl.scans.scope import (
+    check_routes, check_scope, parse_exclude, parse_scope, parse_target,
+)
+
+ADHOC_LAB = "adhoc"
+
+
+def default_scanner_spec(loaded: Any) -> str:
+    """The playbook's ``scanner.spec``; for a twin without one, its Kali namespace."""
+    if loaded is None:
+        return "local"
+    pb = loaded.model
+    if pb.scanner is not None and "scanner" in (loaded.doc.data or {}):
+        return pb.scanner.spec
+    if pb.provider == "netns" and pb.twin is not None and pb.twin.scanner is not None:
+        return f"netns:{pb.lab}-{pb.twin.scanner.name}"
+    return "local"
+
+
+def plan_scan(loaded: Any, targets: Iterable[str], *, profile: str | ScanProfile | None = None,
+              scanner: str | None = None, excludes: Iterable[str] = (),
+              scope: Iterable[str] = (), force: bool = False):
+    """Everything run_scan decides before nmap starts; raises ScopeError/UsageError."""
+    pb = loaded.model if loaded is not None else None
+    if isinstance(profile, ScanProfile):
+        prof = profile
+    else:
+        name = profile or (pb.scanner.profile if pb is not None and pb.scanner else "smart")
+        prof = load_profile(name)
+    parsed = [parse_target(t) for t in targets]
+    excl = [parse_exclude(e) for e in excludes]
+    if prof.playbook_excludes and pb is not None and pb.scanner is not None:
+        excl += [str(a) for a in pb.scanner.exclude if str(a) not in excl]
+    allowed = list(pb.lab_networks) if pb is not None else []
+    allowed += [n for n in (parse_scope(s) for s in scope) if n not in allowed]
+    check_scope(parsed, allowed)
+    size = sum(t.size for t in parsed)
+    if size > prof.max_addresses:
+        raise UsageError(f"the targets cover {size} addresses; profile {prof.name!r} allows "
+                         f"at most {prof.max_addresses}",
+                         hint="scan a smaller range or use a profile with a higher "
+                              "max_addresses")
+    spec = scanner or default_scanner_spec(loaded)
+    ssh_key = pb.scanner.ssh_key if pb is not None and pb.scanner is not None else None
+    sc = make_scanner(spec, ssh_key=ssh_key, stats_every=prof.stats_every)
+    if sc.checks_routes and not force:
+        check_routes(parsed, allowed, sc.route_netns or None)
+    return prof, parsed, excl, sc
+
+
+def run_scan(loaded: Any, targets: Iterable[str], profile: str | ScanProfile | None = None,
+             scanner: str | None = None, excludes: Iterable[str] = (), save: bool = True,
+             progress: ProgressFn | None = None, *, scope: Iterable[str] = (),
+             force: bool = False, baseline: str | None = None,
+             xml_out: str | None = None) -> ScanResult:
+    """Scan ``targets`` with a profile; save to history unless ``save=False``.
+
+    ``loaded`` is a LoadedPlaybook (or None: then only ``scope`` CIDRs may be scanned).
+    ``scanner``: ``local``, ``netns:NAME``, ``ssh://user@host[:port]`` (default: the
+    playbook's). Refuses out-of-scope or badly routed targets before nmap starts.
+    """
+    from labctl.scans.engine import execute
+
+    targets = list(targets)
+    prof, parsed, excl, sc = plan_scan(loaded, targets, profile=profile, scanner=scanner,
+                                       excludes=excludes, scope=scope, force=force)
+    base = load_baseline(baseline) if baseline else None
+    started = time.time()
+    runs, hosts = execute(prof, sc, [t.text for t in parsed], excl, progress)
+    lab = loaded.model.lab if loaded is not None else ADHOC_LAB
+    result = ScanResult(lab=lab, scanner=sc.spec, profile=prof.name,
+                        targets=[t.text for t in parsed], excludes=excl, started=started,
+                        ended=time.time(), hosts=hosts, runs=runs)
+    if save:
+        result.xml_paths = hist.save_xml(runs, started)
+        hist.save(result)
+    if xml_out:
+        write_xml_copy(result, xml_out)
+    if base is not None:
+        result.baseline = base.name
+        result.deviations = baseline_deviations(result, base)
+    return result
+
+
+def write_xml_copy(result: ScanResult, dest: str) -> list[str]:
+    """``--xml-out FILE``: the last pass's XML (for smart, earlier passes get .passN)."""
+    out = []
+    p = Path(dest)
+    for i, run in enumerate(result.runs):
+        target = p if i == len(result.runs) - 1 else p.with_name(f"{p.name}.pass{i + 1}")
+        try:
+            target.write_text(run.xml, encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"cannot write {target}: {e.strerror}") from None
+        out.append(str(target))
+    return out
+
+
+def history(lab: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    return hist.list_scans(lab, limit)
+
+
+def diff(old: int | None = None, new: int | None = None,
+         lab: str | None = None) -> dict[str, Any]:
+    """Compare two saved scans (default: the last two of the same targets)."""
+    if old is None and new is None:
+        old, new = hist.last_two(lab)
+    elif new is None:
+        assert old is not None
+        latest = hist.list_scans(None, 1)
+        if not latest:
+            raise UsageError("the scan history is empty")
+        new = latest[0]["id"]
+    a, b = hist.load(int(old)), hist.load(int(new))  # type: ignore[arg-type]
+    changes = diff_scans(a, b)
+    return {"old": a.id, "new": b.id, "old_targets": a.targets, "new_targets": b.targets,
+            "changes": changes, "changed": bool(changes)}
+
+
+def baseline_check(result_or_id: ScanResult | int, baseline: str) -> list[dict[str, Any]]:
+    res = hist.load(result_or_id) if isinstance(result_or_id, int) else result_or_id
+    return baseline_deviations(res, load_baseline(baseline))
+
+
+def nmap_available() -> bool:
+    return shutil.which("nmap") is not None
