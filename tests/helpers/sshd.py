@@ -60,6 +60,7 @@ if cmd is None:
     sys.exit(1)
 first = cmd.split(None, 1)[0] if cmd.strip() else ""
 if STANDIN and first.lower() in ("powershell.exe", "powershell"):
+    os.environ["LABCTL_SSHD_DIR"] = HERE
     os.execv(PY, [PY, STANDIN])
 os.execv("/bin/sh", ["/bin/sh", "-c", cmd])
 '''
@@ -87,6 +88,13 @@ class SshdServer:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def standin_calls(self) -> list[dict[str, Any]]:
+        """What the powershell.exe stand-in received (argv, stdin, decoded body/params)."""
+        p = self.directory / "standin.jsonl"
+        if not p.exists():
+            return []
+        return [json.loads(line) for line in p.read_text().splitlines() if line]
 
     def commands(self) -> list[str]:
         """Every command line sessions asked for, in order."""

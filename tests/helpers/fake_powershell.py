@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""A stand-in for ``powershell.exe`` that checks what labctl sends and emulates its wrapper.
+
+Used two ways: by the throwaway sshd (tests/helpers/sshd.py, ``powershell_standin=``), where
+the original command line is in ``SSH_ORIGINAL_COMMAND``, and by the local runner through
+``LABCTL_POWERSHELL``, where it is ``sys.argv``. Standard library only, independent of labctl
+(it re-states the protocol instead of importing it, so a drift in labctl shows up as a test
+failure).
+
+Checks, each failing with exit code 64 and a message on stderr:
+  * the program was started as ``powershell.exe -NoProfile -NonInteractive -Command -``;
+  * stdin is exactly one line ``& ([scriptblock]::Create([Text.Encoding]::UTF8.GetString(
+    [Convert]::FromBase64String('<b64>')))) '<b64>' '<b64>'`` and a blank line;
+  * the decoded wrapper takes the two strings, splats a hashtable into
+    ``[scriptblock]::Create(...)``, and avoids ``ConvertFrom-Json -AsHashtable`` (not in 5.1);
+  * the parameters are a JSON object; when the body declares ``param(...)``, every parameter
+    sent is declared there (PowerShell's own binding rule).
+
+Emulation: directives written as PowerShell comments in the body, ``#fake: <verb> <arg>``,
+processed in order (no directive = ``echo``):
+  echo              output {"params": <params>} as one JSON document
+  json TEXT         output TEXT as one output string
+  outputs JSONLIST  output each string of the list as its own output object
+  error TEXT        an error record (TEXT may use {name} to quote a parameter)
+  noise             print host text (WARNING: ...) on stdout before the envelope
+  raw TEXT          print TEXT on stdout, no envelope, exit 0
+  die CODE TEXT     print TEXT on stderr, no envelope, exit CODE
+  clixml TEXT       an error as Windows PowerShell's CLIXML on stderr, exit 1
+  garble            a result marker followed by something that is not base64
+  sleep SECONDS     sleep (for timeouts)
+Every call is appended as a JSON line to $LABCTL_STANDIN_LOG (or $LABCTL_SSHD_DIR/standin.jsonl).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import sys
+import time
+
+EXPECTED_ARGS = ["-NoProfile", "-NonInteractive", "-Command", "-"]
+LINE_RE = re.compile(
+    r"^& \(\[scriptblock\]::Create\(\[Text\.Encoding\]::UTF8\.GetString\("
+    r"\[Convert\]::FromBase64String\('([A-Za-z0-9+/=]+)'\)\)\)\) "
+    r"'([A-Za-z0-9+/=]*)' '([A-Za-z0-9+/=]+)'$")
+MARKER = "#<labctl-result>#"
+
+
+def fail(msg: str) -> None:
+    sys.stderr.write(f"fake_powershell: {msg}\n")
+    sys.stderr.flush()
+    sys.exit(64)
+
+
+def record(entry: dict) -> None:
+    path = os.environ.get("LABCTL_STANDIN_LOG")
+    if not path and os.environ.get("LABCTL_SSHD_DIR"):
+        path = os.path.join(os.environ["LABCTL_SSHD_DIR"], "standin.jsonl")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+
+def declared_params(body: str) -> list[str] | None:
+    m = re.search(r"(?im)^\s*param\s*\(", body)
+    if not m:
+        return None
+    depth, i = 1, m.end()
+    while i < len(body) and depth:
+        depth += {"(": 1, ")": -1}.get(body[i], 0)
+        i += 1
+    block = body[m.end():i - 1]
+    # drop attribute arguments like [Parameter(Mandatory)] / [ValidateSet('a')]
+    block = re.sub(r"\[[^\]]*\]", "", block)
+    return re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", block)
+
+
+def envelope(ok: bool, output: list[str], errors: list[str]) -> str:
+    data = json.dumps({"v": 1, "ok": ok, "output": output, "errors": errors}, ensure_ascii=False)
+    return MARKER + base64.b64encode(data.encode("utf-8")).decode("ascii")
+
+
+def main() -> None:
+    command = os.environ.get("SSH_ORIGINAL_COMMAND")
+    if command is not None:
+        if command != "powershell.exe " + " ".join(EXPECTED_ARGS):
+            fail(f"unexpected command line {command!r}")
+        argv = command.split(" ")[1:]
+    else:
+        argv = sys.argv[1:]
+        if argv != EXPECTED_ARGS:
+            fail(f"unexpected arguments {argv!r}")
+    raw = sys.stdin.buffer.read()
+    entry: dict = {"argv": argv, "command": command, "stdin": raw.decode("latin-1")}
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        record(entry)
+        fail("stdin is not plain ASCII (values must travel as base64)")
+    lines = text.split("\n")
+    if len(lines) != 3 or lines[1:] != ["", ""]:
+        record(entry)
+        fail(f"stdin must be one line and a blank line, got {len(lines)} parts")
+    m = LINE_RE.match(lines[0])
+    if not m:
+        record(entry)
+        fail("stdin line does not match the bootstrap form")
+    wrapper = base64.b64decode(m.group(1)).decode("utf-8")
+    body = base64.b64decode(m.group(2)).decode("utf-8")
+    params_text = base64.b64decode(m.group(3)).decode("utf-8")
+    entry.update(wrapper=wrapper, body=body, params_json=params_text)
+    for needle in ("param([string]$LabctlBody, [string]$LabctlParams)", "[scriptblock]::Create(",
+                   "ConvertFrom-Json", "@labctlSplat", "#<labctl-result>#"):
+        if needle not in wrapper:
+            record(entry)
+            fail(f"wrapper lacks {needle!r}")
+    if "-AsHashtable" in wrapper:
+        record(entry)
+        fail("wrapper uses ConvertFrom-Json -AsHashtable (PowerShell 6+ only)")
+    try:
+        params = json.loads(params_text)
+    except ValueError as e:
+        record(entry)
+        fail(f"params are not JSON: {e}")
+    if not isinstance(params, dict):
+        record(entry)
+        fail("params are not a JSON object")
+    entry["params"] = params
+    record(entry)
+
+    declared = declared_params(body)
+    if declared is not None:
+        for name in params:
+            if name.lower() not in {d.lower() for d in declared}:
+                print(envelope(False, [], [
+                    f"A parameter cannot be found that matches parameter name '{name}'."]))
+                sys.exit(1)
+
+    output: list[str] = []
+    errors: list[str] = []
+    directives = re.findall(r"(?m)^\s*#fake:\s*(\w+)[ \t]*(.*)$", body) or [("echo", "")]
+    for verb, arg in directives:
+        arg = arg.rstrip("\r")
+        if verb == "echo":
+            output.append(json.dumps({"params": params}, ensure_ascii=False))
+        elif verb == "json":
+            output.append(arg)
+        elif verb == "outputs":
+            output.extend(json.loads(arg))
+        elif verb == "error":
+            errors.append(arg.format(**params))
+        elif verb == "noise":
+            print("WARNING: this is host output, not a result")
+        elif verb == "raw":
+            sys.stdout.write(arg + "\n")
+            sys.exit(0)
+        elif verb == "die":
+            code, _, msg = arg.partition(" ")
+            sys.stderr.write(msg + "\n")
+            sys.exit(int(code))
+        elif verb == "clixml":
+            esc = arg.replace("&", "&amp;").replace("<", "&lt;")
+            sys.stderr.write('#< CLIXML\r\n<Objs Version="1.1.0.1" '
+                             'xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+                             f'<S S="Error">{esc}_x000D__x000A_</S></Objs>')
+            sys.exit(1)
+        elif verb == "garble":
+            print(MARKER + "!!!not-base64!!!")
+            sys.exit(0)
+        elif verb == "sleep":
+            time.sleep(float(arg))
+        else:
+            fail(f"unknown directive {verb!r}")
+    sys.stdout.write("\n" + envelope(not errors, output, errors) + "\n")
+    sys.stdout.flush()
+    sys.exit(1 if errors else 0)
+
+
+if __name__ == "__main__":
+    main()
