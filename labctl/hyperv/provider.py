@@ -1,0 +1,154 @@
+"""HyperVProvider: the :class:`labctl.core.model.Provider` for a Windows Hyper-V host.
+
+It reads facts with ONE script (``facts/read``), diffs in Python (:mod:`labctl.hyperv.diff`),
+refuses unsafe plans in :meth:`preflight`, and applies a plan step by step through a
+:class:`~labctl.transport.powershell.PowerShellRunner`. The runner is created lazily, so
+``plan --assume-empty`` never resolves a secret or opens a connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+from labctl.core.errors import LabctlError, PreflightError, UsageError
+from labctl.core.model import Plan, ProgressFn, ResourceStatus
+from labctl.core.playbook import Playbook
+from labctl.hyperv import diff as _diff
+from labctl.hyperv.facts import HostFacts, empty_facts, owned_by, parse_facts
+from labctl.hyperv.scripts import rendered, step_script
+
+if TYPE_CHECKING:
+    from labctl.app.lab import LabContext
+    from labctl.transport.powershell import PowerShellRunner
+
+log = logging.getLogger(__name__)
+
+RunnerFactory = Callable[[], "PowerShellRunner"]
+
+
+class HyperVProvider:
+    """Switches, host vNIC IP/DNS, NetNat, SPAN, VHDX and VMs on one Hyper-V host."""
+
+    name = "hyperv"
+
+    def __init__(self, playbook: Playbook, runner: "PowerShellRunner | None" = None, *,
+                 runner_factory: RunnerFactory | None = None) -> None:
+        self.playbook = playbook
+        self._runner = runner
+        self._factory = runner_factory
+        self._down_plans: set[int] = set()
+
+    @classmethod
+    def from_context(cls, ctx: "LabContext") -> "HyperVProvider":
+        pb = ctx.loaded.model
+        if pb.hyperv is None:
+            raise UsageError("the playbook has no hyperv: section (host, transport)",
+                             hint="add hyperv: {host: ..., transport: winrm|ssh|local}")
+        hv = pb.hyperv
+
+        def factory() -> "PowerShellRunner":
+            from labctl.transport.runners import make_runner
+
+            return make_runner(hv, ctx.prompt_fn)
+
+        return cls(pb, runner_factory=factory)
+
+    # -- runner ----------------------------------------------------------------------------
+    @property
+    def runner(self) -> "PowerShellRunner":
+        if self._runner is None:
+            if self._factory is None:
+                raise LabctlError("no transport to the Hyper-V host was configured")
+            self._runner = self._factory()
+        return self._runner
+
+    def close(self) -> None:
+        if self._runner is not None:
+            try:
+                self._runner.close()
+            finally:
+                self._runner = None
+
+    # -- Provider protocol -----------------------------------------------------------------
+    def read_facts(self) -> HostFacts:
+        script = rendered("facts/read", _diff.facts_params(self.playbook))
+        log.info("reading Hyper-V facts (%s)", script.name)
+        return parse_facts(self.runner.run(script), script.name)
+
+    def empty_facts(self) -> HostFacts:
+        return empty_facts()
+
+    def plan_up(self, facts: HostFacts) -> Plan:
+        d = _diff.plan_up(self.playbook, facts)
+        d.plan.warnings.extend(f"pre-flight: {b.message}" for b in d.blockers)
+        return d.plan
+
+    def plan_down(self, facts: HostFacts) -> Plan:
+        p = _diff.plan_down(self.playbook, facts)
+        self._down_plans.add(id(p))
+        return p
+
+    def preflight(self, facts: HostFacts, plan: Plan) -> None:
+        """Refuse before any change. Every blocker found by the diff is a PreflightError."""
+        if id(plan) in self._down_plans:
+            if not facts.hyperv_module and plan.steps:
+                raise PreflightError("the Hyper-V PowerShell module is not installed on the host",
+                                     hint="install the Hyper-V management tools")
+            return
+        blockers = _diff.plan_up(self.playbook, facts).blockers
+        if not blockers:
+            return
+        first = blockers[0]
+        if len(blockers) == 1:
+            raise first
+        more = "; ".join(b.message for b in blockers[1:])
+        raise PreflightError(f"{first.message} (and {len(blockers) - 1} more: {more})",
+                             hint=first.hint)
+
+    def apply(self, plan: Plan, progress: ProgressFn | None = None) -> None:
+        steps = plan.steps
+        total = len(steps)
+        for i, s in enumerate(steps, 1):
+            if progress is not None:
+                progress(s, i, total)
+            log.info("step %d/%d: %s %s (%s)", i, total, s.resource, s.action, s.name)
+            try:
+                self.runner.run(step_script(s))
+            except LabctlError as e:
+                if e.hint is None:
+                    e.hint = (f"steps 1-{i - 1} of {total} were applied; fix the cause and run "
+                              "the command again: it re-reads the host and resumes")
+                raise
+
+    def status(self, facts: HostFacts) -> list[ResourceStatus]:
+        d = _diff.plan_up(self.playbook, facts)
+        out: list[ResourceStatus] = []
+        for c in d.plan.changes:
+            if c.is_noop:
+                state = "unmanaged" if "not managed by this lab" in c.reason else "ok"
+                details: tuple[str, ...] = (c.reason,) if c.reason else ()
+                if c.resource.startswith("hyperv.vmstate:"):
+                    vm = facts.vms_named(c.resource.split(":", 1)[1])
+                    if vm:
+                        state = "running" if vm[0].state == "Running" else "ok"
+            elif c.action == "create":
+                state, details = "missing", (c.reason,)
+            elif c.action == "start":
+                state, details = "stopped", (c.reason,)
+            else:
+                fields = sorted(set(c.before or {}) | set(c.after or {}))
+                details = tuple(f"{k}: {(c.before or {}).get(k)!r} -> {(c.after or {}).get(k)!r}"
+                                for k in fields) or (c.reason,)
+                state = "drift"
+            out.append(ResourceStatus(c.resource, state, details))
+        for b in d.blockers:
+            out.append(ResourceStatus("hyperv.preflight", "failed", (b.message,)))
+        return out
+
+    # -- helpers for tests and benches -------------------------------------------------------
+    def owned(self, facts: HostFacts) -> dict[str, list[str]]:
+        """Names of the switches and VMs on the host that carry this lab's marker."""
+        lab = self.playbook.lab
+        return {"switches": [s.name for s in facts.switches if owned_by(s.notes, lab)],
+                "vms": [v.name for v in facts.vms if owned_by(v.notes, lab)]}
