@@ -1,0 +1,193 @@
+"""Apply SDN edits as a transaction: back up, apply, read back, restore on any failure.
+
+Why: a half-written SDN table set can break the router's Wi-Fi and DHCP for every network.
+The router has no transaction of its own, so labctl makes one:
+
+1. back up every SDN key (from the same fresh read the edit was computed from) and write
+   the backup to a file in the lab's state directory before touching anything;
+2. apply the edit in one ``applyapp.cgi`` POST (never retried);
+3. read every SDN key back and compare with the expected state (backup + edit);
+4. on any failure (dropped connection, 5xx, unexpected reply, read-back mismatch) post the
+   backup values of every key that differs, read back again and verify the restore.
+
+The outcome is a :class:`TxReport`; failures raise with the report attached (``.report``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labctl.core.errors import ApiError, ConvergenceError, LabctlError
+from labctl.router.asus import sdn
+from labctl.router.asus.sdn import Edit
+
+log = logging.getLogger("labctl.router.tx")
+
+
+@dataclass
+class TxReport:
+    action: str
+    sdn_idx: str
+    changed_keys: list[str] = field(default_factory=list)
+    applied: bool = False
+    verified: bool = False
+    failure: str | None = None
+    restored: bool | None = None  # None: no restore needed
+    restore_verified: bool | None = None
+    restore_mismatch: list[str] = field(default_factory=list)
+    backup_file: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class TransactionFailed(LabctlError):
+    """The apply failed; the report says whether the backup was restored and verified."""
+
+    def __init__(self, message: str, report: TxReport, cause: LabctlError | None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.report = report
+        self.cause = cause
+        if cause is not None:
+            self.exit_code = cause.exit_code
+
+
+def write_backup(values: dict[str, str], directory: Path, label: str = "sdn-backup") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    path = directory / f"{label}-{stamp}-{os.getpid()}.json"
+    fd, tmp = tempfile.mkstemp(prefix=".backup.", dir=str(directory))
+    with os.fdopen(fd, "w") as f:
+        json.dump({"kind": "asus-sdn-nvram", "keys": values}, f, indent=1, sort_keys=True)
+    os.chmod(tmp, 0o600)  # it holds Wi-Fi passphrases
+    os.replace(tmp, path)
+    return path
+
+
+def _sdn_only(state: dict[str, str]) -> dict[str, str]:
+    keys = sdn.sdn_keys()
+    return {k: state.get(k, "") for k in keys}
+
+
+def _mismatch(expected: dict[str, str], actual: dict[str, str]) -> list[str]:
+    return sorted(k for k in expected if actual.get(k, "") != expected[k])
+
+
+def restore_values(client: Any, backup: dict[str, str], rc_service: str,
+                   current: dict[str, str] | None) -> list[str]:
+    """Post the backup value of every key that differs (all keys if current is unknown);
+    return the keys still differing after a read-back."""
+    if current is None:
+        todo = dict(backup)
+    else:
+        todo = {k: v for k, v in backup.items() if current.get(k, "") != v}
+    if todo:
+        client.apply(todo, rc_service)
+    after = _sdn_only(sdn.read_state(client))
+    return _mismatch(backup, after)
+
+
+def run(client: Any, state: dict[str, str], edit: Edit, *, backup_dir: Path) -> TxReport:
+    """Apply ``edit`` computed from ``state`` (a fresh read) as a transaction."""
+    report = TxReport(edit.action, edit.sdn_idx, sorted(edit.values))
+    if edit.empty:
+        report.verified = True
+        return report
+    backup = _sdn_only(state)
+    report.backup_file = str(write_backup(backup, backup_dir))
+    expected = dict(backup)
+    expected.update({k: v for k, v in edit.values.items() if k in expected})
+    try:
+        client.apply(edit.values, edit.rc_service)
+        report.applied = True
+        after = _sdn_only(sdn.read_state(client))
+        bad = _mismatch(expected, after)
+        if bad:
+            raise ConvergenceError(f"read-back mismatch after apply in {', '.join(bad[:8])}"
+                                   + (" ..." if len(bad) > 8 else ""))
+        report.verified = True
+        return report
+    except LabctlError as e:
+        report.failure = f"{type(e).__name__}: {e.message}"
+        log.warning("apply failed (%s); restoring the backup", e.message)
+        _restore(client, backup, edit, report)
+        if report.restore_verified:
+            msg = (f"applying the router change failed ({e.message}); the backup was "
+                   "restored and verified, the router is as it was before")
+            hint = e.hint or "run the command again once the router is healthy"
+        else:
+            msg = (f"applying the router change failed ({e.message}) and the automatic "
+                   f"restore could not be verified "
+                   f"({', '.join(report.restore_mismatch[:8]) or 'router unreachable'})")
+            hint = (f"restore it with `labctl router restore {report.backup_file}` once the "
+                    "router answers")
+        raise TransactionFailed(msg, report, e, hint) from None
+
+
+def _restore(client: Any, backup: dict[str, str], edit: Edit, report: TxReport) -> None:
+    current: dict[str, str] | None
+    try:
+        current = _sdn_only(sdn.read_state(client))
+    except LabctlError as e:
+        log.warning("cannot read the router before restoring (%s); posting every key", e)
+        current = None
+    try:
+        left = restore_values(client, backup, edit.rc_service, current)
+        if left:  # one more attempt, from a fresh read
+            left = restore_values(client, backup, edit.rc_service,
+                                  _sdn_only(sdn.read_state(client)))
+        report.restored = True
+        report.restore_verified = not left
+        report.restore_mismatch = left
+    except LabctlError as e:
+        report.restored = False
+        report.restore_verified = False
+        report.restore_mismatch = [f"restore failed: {e.message}"]
+
+
+def restore_backup(client: Any, backup: dict[str, str]) -> TxReport:
+    """`router restore FILE`: put every backed-up key back, verified."""
+    current = _sdn_only(sdn.read_state(client))
+    keys = sorted(k for k, v in backup.items() if current.get(k, "") != v)
+    report = TxReport("restore", "", keys)
+    if not keys:
+        report.verified = True
+        return report
+    left = restore_values(client, backup, "restart_wireless;restart_sdn;", current)
+    report.applied = True
+    report.verified = not left
+    if left:
+        raise ApiError(f"restore did not converge: {', '.join(left[:8])}",
+                       hint="run the restore again")
+    return report
+
+
+def load_backup(path: Path) -> dict[str, str]:
+    from labctl.core.errors import ConfigError
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError("no such file", file=str(path)) from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"not a labctl router backup ({e})", file=str(path)) from None
+    if not isinstance(doc, dict) or doc.get("kind") != "asus-sdn-nvram" or \
+            not isinstance(doc.get("keys"), dict):
+        raise ConfigError("not a labctl router backup (kind: asus-sdn-nvram expected)",
+                          file=str(path))
+    allowed = set(sdn.sdn_keys())
+    keys = doc["keys"]
+    for k, v in keys.items():
+        if k not in allowed:
+            raise ConfigError(f"{k!r} is not an SDN nvram key", file=str(path), key=f"keys.{k}")
+        if not isinstance(v, str):
+            raise ConfigError("value must be a string", file=str(path), key=f"keys.{k}")
+    return {str(k): v for k, v in keys.items()}
