@@ -1,0 +1,142 @@
+"""`labctl twin`: the Linux twin's helpers (demo, supervised processes, router twin)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from typing import Any
+
+import click
+
+from labctl.cli._common import echo, emit_json, json_option, playbook_option
+from labctl.core.errors import LabctlError
+
+
+class TwinGroup(click.Group):
+    """Adds ``serve-router`` lazily from labctl.cli.twin_router (written by the router twin)."""
+
+    LAZY = {"serve-router": ("labctl.cli.twin_router", "serve_router")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.LAZY))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name)
+        if cmd is not None or name not in self.LAZY:
+            return cmd
+        module, attr = self.LAZY[name]
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            return _missing(name, module)
+        return getattr(mod, attr)
+
+
+def _missing(name: str, module: str) -> click.Command:
+    @click.command(name=name, context_settings={"ignore_unknown_options": True},
+                   help=f"{name}: not available in this build ({module} is missing).")
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def _cmd(args: tuple[str, ...]) -> None:
+        raise LabctlError(f"`labctl twin {name}` is not available in this build "
+                          f"({module} is missing)")
+
+    return _cmd
+
+
+@click.group(cls=TwinGroup)
+def twin() -> None:
+    """Linux twin helpers: the end-to-end demo, supervised processes, the router twin.
+
+    The twin itself is built with `labctl up -f playbooks/twin.yaml -y` and removed with
+    `labctl down -f playbooks/twin.yaml -y`.
+    """
+
+
+def _service_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s: %(message)s")
+    root = logging.getLogger("labctl")
+    root.setLevel(logging.INFO)
+    root.propagate = True
+    for h in list(root.handlers):
+        root.removeHandler(h)
+
+
+@twin.command("run-persona", hidden=True)
+@click.option("--persona", "persona_file", required=True, help="Persona YAML file.")
+@click.option("--name", required=True, help="Device name (used in outbound lines).")
+@click.option("--wan", default="203.0.113.10", show_default=True,
+              help="Address of the twin's WAN services.")
+@click.option("--irc-port", default=6667, show_default=True, type=int)
+def run_persona_cmd(persona_file: str, name: str, wan: str, irc_port: int) -> None:
+    """Run one device persona in the current namespace (a supervised process)."""
+    from labctl.traffic.persona import load_persona, run_persona
+
+    _service_logging()
+    run_persona(load_persona(persona_file), name=name, wan=wan, irc_port=irc_port)
+
+
+@twin.command("run-wan", hidden=True)
+@click.option("--irc-port", default=6667, show_default=True, type=int)
+def run_wan_cmd(irc_port: int) -> None:
+    """Run the WAN services (IRC-like, HTTP, echo) in the current namespace."""
+    from labctl.traffic.wan import run_wan
+
+    _service_logging()
+    run_wan(irc_port=irc_port)
+
+
+@twin.command("ps")
+@playbook_option
+@json_option
+def ps(playbook: str | None, as_json: bool) -> None:
+    """List the twin's supervised processes (all labs, or the lab of -f)."""
+    from labctl.app.twin import list_processes
+
+    rows = list_processes(playbook)
+    if as_json:
+        emit_json({"processes": rows})
+        return
+    if not rows:
+        echo("no supervised processes")
+        return
+    echo(f"{'LAB':<8} {'NAME':<22} {'STATE':<8} {'PID':>7}  NETNS")
+    for r in rows:
+        echo(f"{r['lab']:<8} {r['name']:<22} {r['state']:<8} {r['pid']:>7}  {r['netns']}")
+
+
+@twin.command("demo")
+@playbook_option
+@click.option("--keep", is_flag=True, help="Leave the twin up afterwards.")
+@click.option("--timeout", default=60.0, show_default=True, type=float,
+              help="Seconds to wait for the sensor API.")
+@json_option
+def demo(playbook: str | None, keep: bool, timeout: float, as_json: bool) -> None:
+    """End to end on the twin: up, wait for the sensor, scan the IoT subnet from the
+    scanner namespace, fetch the sensor's alerts, print a summary, down (unless --keep).
+
+    Without -f the packaged playbooks/twin.yaml is used.
+    """
+    from labctl.app.twin import run_demo
+
+    progress = None if as_json else (lambda msg: echo(f"--> {msg}", err=True))
+    report = run_demo(playbook, keep=keep, sensor_timeout=timeout, progress=progress)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    _print_demo(report.to_dict())
+
+
+def _print_demo(d: dict[str, Any]) -> None:
+    echo(f"twin lab {d['lab']}: up in {d['up_seconds']:.1f} s")
+    echo(f"scan of {d['target']} from {d['scanner_netns']}: {len(d['hosts'])} host(s) up")
+    for h in d["hosts"]:
+        echo(f"  {h['ip']:<15} {', '.join(str(p) for p in h['ports']) or '-'}")
+    echo(f"sensor alerts: {len(d['alerts'])}")
+    for a in d["alerts"][:20]:
+        echo(f"  {a}")
+    echo("twin left running (--keep)" if d["kept"] else f"twin removed in "
+         f"{d['down_seconds']:.1f} s")
