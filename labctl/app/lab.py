@@ -1,7 +1,15 @@
-"""plan / up / down / status for the lab's switches, NAT and VMs, through one provider."""
+"""plan / up / down / status for the lab's switches, NAT and VMs, through one provider.
+
+``up`` runs stages: the provider stage (Hyper-V or the netns twin), then the router stage
+(``labctl.app.router.iot_net_stage``) and the sensor stage (``labctl.app.sensor.sensor_stage``)
+when those modules are part of this build and the playbook has the section. ``--only`` picks
+one stage. A stage whose module is missing is reported as "not available in this build".
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -11,6 +19,7 @@ from labctl.core.playbook import LoadedPlaybook
 from labctl.core.secrets import PromptFn
 
 ProviderFactory = Callable[["LabContext"], Provider]
+STAGES = ("hyperv", "router", "sensor")
 
 
 @dataclass
@@ -49,6 +58,21 @@ class UpReport:
                 "plan": self.plan.to_dict()}
 
 
+@dataclass
+class StageResult:
+    """What one stage of `up` did: applied, converged (nothing to do), dry-run, skipped..."""
+
+    stage: str
+    status: str  # applied | converged | dry-run | skipped | not-available
+    detail: str = ""
+    report: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        rep = self.report.to_dict() if hasattr(self.report, "to_dict") else self.report
+        return {"stage": self.stage, "status": self.status, "detail": self.detail,
+                "report": rep}
+
+
 def plan(ctx: LabContext, *, assume_empty: bool = False, down: bool = False) -> Plan:
     provider = make_provider(ctx)
     try:
@@ -85,6 +109,7 @@ def _apply(ctx: LabContext, *, down: bool, confirm: Callable[[Plan], bool],
 
 def up(ctx: LabContext, *, confirm: Callable[[Plan], bool], progress: ProgressFn | None = None,
        dry_run: bool = False) -> UpReport:
+    """The provider stage of `up`: read, plan, pre-flight, confirm, apply, re-read."""
     return _apply(ctx, down=False, confirm=confirm, progress=progress, dry_run=dry_run)
 
 
@@ -99,3 +124,79 @@ def status(ctx: LabContext) -> list[ResourceStatus]:
         return provider.status(provider.read_facts())
     finally:
         provider.close()
+
+
+# -- stages ------------------------------------------------------------------------------------
+_STAGE_TARGETS = {
+    "router": ("labctl.app.router", "iot_net_stage"),
+    "sensor": ("labctl.app.sensor", "sensor_stage"),
+}
+
+
+def stage_function(stage: str) -> Callable[..., Any] | None:
+    """The stage's entry point, or None when its module is not part of this build."""
+    module, attr = _STAGE_TARGETS[stage]
+    try:
+        if importlib.util.find_spec(module) is None:
+            return None
+    except ModuleNotFoundError:
+        return None
+    return getattr(importlib.import_module(module), attr, None)
+
+
+def _has_section(ctx: LabContext, stage: str) -> bool:
+    pb = ctx.loaded.model
+    if stage == "router":
+        return pb.router is not None and pb.router.iot_network is not None
+    return pb.sensor is not None
+
+
+def up_stages(ctx: LabContext, *, only: str | None = None,
+              confirm: Callable[[Plan], bool],
+              confirm_stage: Callable[[str, Any], bool] | None = None,
+              progress: ProgressFn | None = None, dry_run: bool = False,
+              on_stage: Callable[[StageResult], None] | None = None) -> list[StageResult]:
+    """Run `up`'s stages in order (or just ``only``) and report each one.
+
+    The provider stage raises on failure (pre-flight, transport, convergence). Router and
+    sensor stages run only after it succeeded, and only when their modules exist and the
+    playbook has the section (or when asked for by ``only``).
+    """
+    if only is not None and only not in STAGES:
+        raise UsageError(f"unknown stage {only!r}", hint=f"use one of: {', '.join(STAGES)}")
+    results: list[StageResult] = []
+
+    def done(r: StageResult) -> None:
+        results.append(r)
+        if on_stage is not None:
+            on_stage(r)
+
+    if only in (None, "hyperv"):
+        rep = up(ctx, confirm=confirm, progress=progress, dry_run=dry_run)
+        st = "dry-run" if dry_run else ("applied" if rep.applied else "converged")
+        n = len(rep.plan.steps)
+        done(StageResult("hyperv", st, f"{rep.plan.provider}: {n} step(s)"
+                         + (" applied" if rep.applied else " pending" if dry_run else ""), rep))
+    for stage in ("router", "sensor"):
+        if only not in (None, stage):
+            continue
+        fn = stage_function(stage)
+        if fn is None:
+            if only == stage or _has_section(ctx, stage):
+                done(StageResult(stage, "not-available", "not available in this build"))
+            continue
+        if not _has_section(ctx, stage):
+            done(StageResult(stage, "skipped", f"the playbook has no {stage} section"))
+            continue
+
+        def stage_confirm(obj: Any, _stage: str = stage) -> bool:
+            return confirm_stage(_stage, obj) if confirm_stage is not None else False
+
+        report = fn(ctx, confirm=stage_confirm, dry_run=dry_run)
+        if report is None:
+            done(StageResult(stage, "skipped", f"nothing to do for {stage}"))
+            continue
+        applied = bool(getattr(report, "applied", False))
+        st = "dry-run" if dry_run else ("applied" if applied else "converged")
+        done(StageResult(stage, st, str(getattr(report, "action", "")), report))
+    return results
