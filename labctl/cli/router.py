@@ -16,6 +16,8 @@ from labctl.cli._common import (confirm, echo, emit_json, json_option, playbook_
 
 
 def _target_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--timeout", "timeout", type=float, default=10.0, show_default=True,
+                     metavar="SECONDS", help="Per-request timeout.")(f)
     f = click.option("--user", "user", metavar="NAME", default=None,
                      help="Router admin user (overrides the playbook).")(f)
     f = click.option("--url", "url", metavar="URL", default=None,
@@ -24,11 +26,12 @@ def _target_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return playbook_option(f)
 
 
-def _target(playbook: str | None, url: str | None, user: str | None):
+def _target(playbook: str | None, url: str | None, user: str | None, timeout: float):
     from labctl.app import router as app
 
     loaded = app.ensure_loaded(playbook, url=url)
-    return loaded, app.resolve_target(loaded, url=url, user=user, prompt_fn=prompt_secret)
+    return loaded, app.resolve_target(loaded, url=url, user=user, prompt_fn=prompt_secret,
+                                      timeout=timeout)
 
 
 @click.group(help="ASUS router (ASUSWRT 3.0.0.6 SDN): the IoT network as code, backup, "
@@ -66,7 +69,8 @@ def _fmt(v: Any) -> str:
 @click.option("--dry-run", is_flag=True, help="Show the diff; change nothing.")
 @yes_option
 @json_option
-def iot_net(playbook: str | None, url: str | None, user: str | None, name: str | None,
+def iot_net(playbook: str | None, url: str | None, user: str | None, timeout: float,
+            name: str | None,
             ssid: str | None, vlan: int | None, subnet: str | None, dns: str | None,
             band: str | None, auth: str | None, ap_isolation: bool | None, dhcp: bool | None,
             dry_run: bool, yes: bool, as_json: bool) -> None:
@@ -79,7 +83,7 @@ def iot_net(playbook: str | None, url: str | None, user: str | None, name: str |
 
     overrides = app.parse_overrides(name=name, ssid=ssid, vlan=vlan, subnet=subnet, dns=dns,
                                     band=band, auth=auth, ap_isolation=ap_isolation, dhcp=dhcp)
-    loaded, target = _target(playbook, url, user)
+    loaded, target = _target(playbook, url, user, timeout)
     desired = app.desired_network(loaded, overrides, prompt_fn=prompt_secret)
 
     def _confirm(report: Any) -> bool:
@@ -118,11 +122,12 @@ def _print_diff(report: Any) -> None:
 @router.command("show")
 @_target_options
 @json_option
-def show(playbook: str | None, url: str | None, user: str | None, as_json: bool) -> None:
+def show(playbook: str | None, url: str | None, user: str | None, timeout: float,
+         as_json: bool) -> None:
     """Show the router's SDN networks, decoded (secrets masked)."""
     from labctl.app import router as app
 
-    _, target = _target(playbook, url, user)
+    _, target = _target(playbook, url, user, timeout)
     nets = app.show(target)
     if as_json:
         emit_json({"networks": nets})
@@ -139,12 +144,13 @@ def show(playbook: str | None, url: str | None, user: str | None, as_json: bool)
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Backup file (default: the lab's state directory).")
 @json_option
-def backup(playbook: str | None, url: str | None, user: str | None, output: Path | None,
+def backup(playbook: str | None, url: str | None, user: str | None, timeout: float,
+           output: Path | None,
            as_json: bool) -> None:
     """Save every SDN-related nvram key, byte for byte (the file holds Wi-Fi passphrases)."""
     from labctl.app import router as app
 
-    _, target = _target(playbook, url, user)
+    _, target = _target(playbook, url, user, timeout)
     res = app.backup(target, output)
     if as_json:
         emit_json(res)
@@ -157,12 +163,13 @@ def backup(playbook: str | None, url: str | None, user: str | None, output: Path
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @yes_option
 @json_option
-def restore(playbook: str | None, url: str | None, user: str | None, file: Path, yes: bool,
+def restore(playbook: str | None, url: str | None, user: str | None, timeout: float,
+            file: Path, yes: bool,
             as_json: bool) -> None:
     """Put back every SDN nvram key from a backup FILE, verified by read-back."""
     from labctl.app import router as app
 
-    _, target = _target(playbook, url, user)
+    _, target = _target(playbook, url, user, timeout)
 
     def _confirm(keys: list[str]) -> bool:
         if not as_json:
@@ -183,12 +190,13 @@ def restore(playbook: str | None, url: str | None, user: str | None, file: Path,
 @click.argument("name")
 @yes_option
 @json_option
-def delete_net(playbook: str | None, url: str | None, user: str | None, name: str, yes: bool,
+def delete_net(playbook: str | None, url: str | None, user: str | None, timeout: float,
+               name: str, yes: bool,
                as_json: bool) -> None:
     """Delete the SDN network NAME (its SSID, as `router show` prints it)."""
     from labctl.app import router as app
 
-    _, target = _target(playbook, url, user)
+    _, target = _target(playbook, url, user, timeout)
 
     def _confirm(net: dict[str, Any]) -> bool:
         if not as_json:

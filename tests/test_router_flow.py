@@ -1,0 +1,157 @@
+"""The full `labctl router` flow against the router twin over real HTTP and HTTPS."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from labctl.router.asus import codec
+from tests.helpers.router_twin import IOT_PASSPHRASE, ROUTER_PASSWORD, twin_lab
+
+
+def _net(lab, ssid="Azkaban"):
+    from labctl.router.asus import sdn
+
+    return sdn.find_network(lab.twin.nvram, ssid)
+
+
+@pytest.mark.parametrize("https", [False, True], ids=["http", "https"])
+def test_create_noop_change_vlan_delete(tmp_path, cli_run, https):
+    with twin_lab(tmp_path, https=https) as lab:
+        initial = lab.twin.sdn_snapshot()
+        env = lab.env()
+
+        r = cli_run("router", "iot-net", "-f", lab.playbook, "-y", "--json", env=env)
+        assert r.exit_code == 0, r
+        doc = r.json()
+        assert doc["action"] == "create" and doc["applied"] and doc["verified"]
+        assert {"field": "vlan", "old": None, "new": 52} in doc["diff"]
+        net = _net(lab)
+        assert net["vlan"] == 52 and net["subnet"] == "172.16.1.0/24"
+        assert net["gateway"] == "172.16.1.1" and net["dns"] == ["9.9.9.9", "149.112.112.112"]
+        assert net["auth"] == "wpa-wpa2-personal" and net["band"] == "2.4"
+        assert net["ap_isolation"] is False
+        # lowest free indexes next to the Guest network (sdn 1, apg 1, vlan 1, subnet 1)
+        assert (net["idx"], net["apg_idx"], net["vlan_idx"], net["subnet_idx"]) == ("2",) * 4
+        assert lab.twin.nvram["sdn_access_rl"] == "<0>1<0>2"
+        # the Guest network is untouched, its 3006 subnet tail included
+        for k in ("apg1_ssid", "apg1_security"):
+            assert lab.twin.nvram[k] == initial[k]
+        assert codec.parse_subnet(lab.twin.nvram["subnet_rl"]).rows[0].fields == \
+            codec.parse_subnet(initial["subnet_rl"]).rows[0].fields
+        apply_posts = lab.count("applyapp.cgi")
+        assert apply_posts == 1
+        assert lab.paths()[-1] == "Logout.asp"
+
+        # a second run changes nothing and posts nothing
+        r = cli_run("router", "iot-net", "-f", lab.playbook, "-y", "--json", env=env)
+        assert r.exit_code == 0, r
+        assert r.json()["action"] == "noop" and r.json()["changed_keys"] == []
+        assert lab.count("applyapp.cgi") == apply_posts
+
+        # change the VLAN: same profile, only the vlan row (and bridge name) change
+        before = lab.twin.sdn_snapshot()
+        r = cli_run("router", "iot-net", "-f", lab.playbook, "--vlan", "60", "-y", "--json",
+                    env=env)
+        assert r.exit_code == 0, r
+        doc = r.json()
+        assert doc["action"] == "update"
+        assert {"field": "vlan", "old": 52, "new": 60} in doc["diff"]
+        assert set(doc["changed_keys"]) == {"vlan_rl", "subnet_rl"}
+        assert _net(lab)["vlan"] == 60 and _net(lab)["idx"] == "2"
+        after = lab.twin.sdn_snapshot()
+        assert {k for k in before if before[k] != after[k]} == {"vlan_rl", "subnet_rl"}
+
+        # show: decoded, secrets masked
+        r = cli_run("router", "show", "-f", lab.playbook, "--json", env=env)
+        assert r.exit_code == 0, r
+        names = {n["name"]: n for n in r.json()["networks"]}
+        assert names["Azkaban"]["vlan"] == 60 and names["Azkaban"]["passphrase"] == "********"
+        assert "Hogwarts_Guest" in names
+        human = cli_run("router", "show", "-f", lab.playbook, env=env)
+        assert "Azkaban" in human.stdout and "172.16.1.0/24" in human.stdout
+        for out in (r.stdout + r.stderr, human.stdout + human.stderr):
+            assert IOT_PASSPHRASE not in out and ROUTER_PASSWORD not in out
+            assert "GuestPass2026" not in out
+
+        # delete: the SDN keys are byte-identical to the factory state again
+        r = cli_run("router", "delete-net", "Azkaban", "-f", lab.playbook, "-y", env=env)
+        assert r.exit_code == 0, r
+        assert lab.twin.sdn_snapshot() == initial
+
+
+def test_https_pin_is_stored_and_enforced(tmp_path, cli_run, _isolated_state):
+    with twin_lab(tmp_path, https=True) as lab:
+        r = cli_run("router", "show", "-f", lab.playbook, "--json", env=lab.env())
+        assert r.exit_code == 0, r
+        pins = json.loads((_isolated_state / "pins.json").read_text())
+        assert list(pins) == [f"127.0.0.1:{lab.server.port}"]
+        # a different certificate on the same address is refused before any login
+        (_isolated_state / "pins.json").write_text(json.dumps({f"127.0.0.1:{lab.server.port}":
+                                                               "ab" * 32}))
+        logins = lab.count("login.cgi")
+        r = cli_run("router", "show", "-f", lab.playbook, env=lab.env())
+        assert r.exit_code == 5
+        assert "changed" in r.stderr and "pins.json" in r.stderr
+        assert lab.count("login.cgi") == logins
+
+
+def test_plain_http_refused_unless_playbook_allows(tmp_path, cli_run):
+    with twin_lab(tmp_path) as lab:
+        r = cli_run("router", "show", "-f", lab.playbook, "--url",
+                    lab.url, env=lab.env())
+        assert r.exit_code == 0, r
+        text = open(lab.playbook).read().replace("allow_http: true", "allow_http: false")
+        open(lab.playbook, "w").write(text)
+        n = len(lab.twin.log)
+        r = cli_run("router", "show", "-f", lab.playbook, env=lab.env())
+        assert r.exit_code == 2 and "allow_http" in r.stderr
+        r = cli_run("router", "show", "-f", str(tmp_path / "nope.yaml"), "--url", lab.url,
+                    env=lab.env())
+        assert r.exit_code == 2
+        assert len(lab.twin.log) == n
+
+
+def test_backup_and_restore_byte_for_byte(tmp_path, cli_run):
+    with twin_lab(tmp_path) as lab:
+        env = lab.env()
+        initial = lab.twin.sdn_snapshot()
+        out = tmp_path / "b.json"
+        r = cli_run("router", "backup", "-f", lab.playbook, "-o", str(out), env=env)
+        assert r.exit_code == 0, r
+        saved = json.loads(out.read_text())["keys"]
+        assert all(saved[k] == initial[k] for k in saved)
+        assert saved["subnet_rl"] == initial["subnet_rl"]
+        assert cli_run("router", "iot-net", "-f", lab.playbook, "-y", env=env).exit_code == 0
+        assert lab.twin.sdn_snapshot() != initial
+        r = cli_run("router", "restore", str(out), "-f", lab.playbook, "-y", "--json", env=env)
+        assert r.exit_code == 0, r
+        assert r.json()["verified"]
+        assert lab.twin.sdn_snapshot() == initial
+        # a second restore has nothing to do
+        n = lab.count("applyapp.cgi")
+        r = cli_run("router", "restore", str(out), "-f", lab.playbook, "-y", env=env)
+        assert r.exit_code == 0 and "nothing to restore" in r.stdout
+        assert lab.count("applyapp.cgi") == n
+        # a broken backup file is refused before any request
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({"kind": "asus-sdn-nvram", "keys": {"http_passwd": "x"}}))
+        m = len(lab.twin.log)
+        r = cli_run("router", "restore", str(bad), "-f", lab.playbook, "-y", env=env)
+        assert r.exit_code == 2 and "http_passwd" in r.stderr
+        assert len(lab.twin.log) == m
+
+
+def test_dry_run_and_human_diff_change_nothing(tmp_path, cli_run):
+    with twin_lab(tmp_path) as lab:
+        before = lab.twin.sdn_snapshot()
+        r = cli_run("router", "iot-net", "-f", lab.playbook, "--dry-run", env=lab.env())
+        assert r.exit_code == 0, r
+        assert "vlan" in r.stdout and "52" in r.stdout and "Dry run" in r.stdout
+        assert lab.twin.sdn_snapshot() == before and lab.count("applyapp.cgi") == 0
+        # without -y and without a terminal: refused, nothing changed
+        r = cli_run("router", "iot-net", "-f", lab.playbook, env=lab.env())
+        assert r.exit_code == 2 and "-y" in r.stderr
+        assert lab.twin.sdn_snapshot() == before
+        assert lab.paths()[-1] == "Logout.asp"
