@@ -1,0 +1,155 @@
+"""``labctl sensor serve``: live capture + engines + SQLite + HTTPS API, until SIGTERM/SIGINT.
+
+Threads and why:
+
+* the capture loop (the calling thread) reads frames in batches and feeds the sensor under
+  its lock, so the API never sees a half-updated inventory;
+* a one-second housekeeping thread moves changed rows to SQLite in one transaction (an
+  unclean stop loses at most ~1 s), runs the idle timer that raises the Operational
+  "No Traffic / Traffic Detected on Sensor Interface" alerts, prunes scan windows and
+  writes ``<state>/status.json`` (listen URL, certificate fingerprint, kernel drop counts);
+* the HTTPS server runs in its own threads.
+
+On SIGTERM/SIGINT the loop ends, the API stops, and a final flush is committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from labctl.core.errors import UsageError
+from labctl.sensor.config import load_config
+from labctl.sensor.engine import Sensor
+from labctl.sensor.store import SensorStore
+
+log = logging.getLogger("labctl.sensor.service")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``ADDR:PORT`` (``[v6]:PORT`` for IPv6) -> (addr, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--listen {text!r} is not ADDR:PORT", hint="e.g. 192.168.0.101:443")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+class SensorService:
+    """Wires capture, sensor, store and API together; usable from tests in a thread."""
+
+    def __init__(self, *, interface: str, listen: str, state_dir: str | Path,
+                 config: str | Path | None = None, learning_mode: bool | None = None,
+                 authorized_scanners: list[str] | None = None) -> None:
+        self.interface = interface
+        self.listen = parse_listen(listen)
+        self.state_dir = Path(state_dir)
+        cfg = load_config(config)
+        self.store = SensorStore(self.state_dir)
+        self.sensor = Sensor(cfg, learning_mode=learning_mode,
+                             authorized_scanners=authorized_scanners or [],
+                             interface=interface)
+        self.sensor.restore(*self.store.load_all())
+        self.stop_event = threading.Event()
+        self.capture: Any = None
+        self.server: Any = None
+        self.idle = False
+        self.last_rx = time.time()
+        self.idle_seconds = cfg.detections.no_traffic.idle_seconds or 300.0
+        self.flushes = 0
+
+    def start_api(self) -> str:
+        from labctl.sensor.api import make_server, start_in_thread
+        from labctl.sensor.tls import fingerprint
+
+        self.server = make_server(self.sensor, self.store, self.listen, self.state_dir)
+        start_in_thread(self.server)
+        host, port = self.server.server_address[:2]
+        shown = host if ":" not in host else f"[{host}]"
+        self.url = f"https://{shown}:{port}"
+        self.fingerprint = fingerprint(self.state_dir / "tls" / "cert.pem")
+        return self.url
+
+    def flush(self) -> None:
+        with self.sensor.lock:
+            rows = self.sensor.take_dirty()
+        self.store.write_batch(*rows)
+        self.flushes += 1
+
+    def housekeeping(self, now: float) -> None:
+        """Idle timer, window pruning and the status file (runs every second)."""
+        with self.sensor.lock:
+            if not self.idle and now - self.last_rx >= self.idle_seconds:
+                self.idle = True
+                self.sensor.operational("no_traffic", now)
+            self.sensor.prune(self.sensor.last_ts or now)
+        self.write_status()
+
+    def write_status(self) -> None:
+        st = self.capture.stats() if self.capture is not None else {}
+        doc = {"pid": os.getpid(), "interface": self.interface,
+               "url": getattr(self, "url", None),
+               "fingerprint": getattr(self, "fingerprint", None),
+               "idle": self.idle, **st, **self.sensor.summary()}
+        tmp = self.state_dir / "status.json.tmp"
+        tmp.write_text(json.dumps(doc, indent=2))
+        os.replace(tmp, self.state_dir / "status.json")
+
+    def _ticker(self) -> None:
+        while not self.stop_event.wait(1.0):
+            try:
+                self.flush()
+                self.housekeeping(time.time())
+            except Exception:  # keep flushing even if one round fails
+                log.exception("sensor housekeeping failed")
+
+    def run(self, ready: Callable[[SensorService], None] | None = None) -> None:
+        """Capture until :attr:`stop_event` is set; always flush on the way out."""
+        from labctl.sensor.capture import LiveCapture
+
+        self.capture = LiveCapture(self.interface)
+        ticker = threading.Thread(target=self._ticker, name="sensor-flush", daemon=True)
+        try:
+            self.start_api()
+            self.write_status()
+            ticker.start()
+            if ready:
+                ready(self)
+            sensor = self.sensor
+            cap = self.capture
+            while not self.stop_event.is_set():
+                batch = cap.recv_batch()
+                if not batch:
+                    continue
+                self.last_rx = batch[-1][1]
+                with sensor.lock:
+                    if self.idle:
+                        self.idle = False
+                        sensor.operational("traffic_resumed", self.last_rx)
+                    feed = sensor.feed
+                    for frame, ts in batch:
+                        feed(frame, 0, len(frame), ts)
+        finally:
+            self.stop_event.set()
+            if self.server is not None:
+                self.server.shutdown()
+                self.server.server_close()
+            if ticker.is_alive():
+                ticker.join(timeout=5)
+            self.flush()
+            self.write_status()
+            self.capture.close()
+            self.store.close()
+
+    def install_signal_handlers(self) -> None:
+        def _stop(signum: int, frame: Any) -> None:
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
