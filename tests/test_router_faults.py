@@ -1,0 +1,66 @@
+"""Injected faults during apply: the transaction restores the backup and verifies it."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers.router_twin import IOT_PASSPHRASE, ROUTER_PASSWORD, twin_lab
+
+CASES = [
+    # fault, expected exit code, what the error says
+    ("drop", 5, "dropped"),
+    ("5xx", 1, "HTTP 500"),
+    ("slow", 5, "no reply in time"),
+    ("mangle", 4, "read-back mismatch"),
+]
+
+
+@pytest.mark.parametrize("fault,code,says", CASES, ids=[c[0] for c in CASES])
+def test_fault_during_create_leaves_sdn_keys_byte_identical(tmp_path, cli_run, fault, code, says):
+    with twin_lab(tmp_path) as lab:
+        before = lab.twin.sdn_snapshot()
+        lab.twin.add_fault("apply", fault)
+        r = cli_run("router", "iot-net", "-f", lab.playbook, "-y", "--timeout", "1", env=lab.env())
+        assert r.exit_code == code, r
+        assert says in r.stderr
+        assert "restored and verified" in r.stderr
+        assert lab.twin.sdn_snapshot() == before
+        # the failed apply really did change the router before the restore
+        applies = lab.twin.requests_to("applyapp.cgi")
+        assert len(applies) == 2 and applies[0]["fault"] == fault
+        if fault != "slow":
+            assert applies[1]["changed"], "the restore had something to undo"
+        assert lab.paths()[-1] == "Logout.asp"
+        assert IOT_PASSPHRASE not in r.stderr + r.stdout
+        assert ROUTER_PASSWORD not in r.stderr + r.stdout
+
+
+@pytest.mark.parametrize("fault", ["drop", "5xx"])
+def test_fault_during_vlan_change_restores_previous_network(tmp_path, cli_run, fault):
+    with twin_lab(tmp_path) as lab:
+        assert cli_run("router", "iot-net", "-f", lab.playbook, "-y", env=lab.env()).exit_code == 0
+        before = lab.twin.sdn_snapshot()
+        lab.twin.add_fault("apply", fault)
+        r = cli_run("router", "iot-net", "-f", lab.playbook, "--vlan", "70", "-y", "--json",
+                    env=lab.env())
+        assert r.exit_code != 0
+        assert lab.twin.sdn_snapshot() == before
+
+
+def test_restore_that_cannot_be_verified_says_so_and_names_the_backup(tmp_path, cli_run):
+    with twin_lab(tmp_path) as lab:
+        lab.twin.add_fault("apply", "drop", count=3)  # the apply and both restore attempts
+        r = cli_run("router", "iot-net", "-f", lab.playbook, "-y", env=lab.env())
+        assert r.exit_code == 5
+        assert "could not be verified" in r.stderr
+        assert "labctl router restore" in r.stderr and "router-backups" in r.stderr
+
+
+def test_slow_reads_are_retried_not_fatal(tmp_path, cli_run):
+    with twin_lab(tmp_path) as lab:
+        lab.twin.slow_seconds = 1.5
+        lab.twin.add_fault("appget", "slow")
+        r = cli_run("router", "show", "-f", lab.playbook, "--timeout", "0.5", "--json",
+                    env=lab.env())
+        assert r.exit_code == 0, r
+        assert lab.count("appGet.cgi") >= 2
