@@ -47,6 +47,7 @@ switches:
 vms:
   - name: ids
     role: sensor
+    boot_first: disk
     nics:
       - {{name: mgmt, switch: Mgmt, role: management, ip: 10.{a}.0.50/24, gateway: 10.{a}.0.1}}
       - {{name: tap, switch: Plant, role: monitor, port_mirroring: destination}}
