@@ -151,6 +151,7 @@ def test_wrong_key_is_auth_error_naming_the_script(srv, tmp_path):
         with pytest.raises(AuthError) as ei:
             runner.run(script(name="facts/read"))
     assert str(ei.value).startswith("facts/read: ") and srv.user in str(ei.value)
+    assert "administrators_authorized_keys" in ei.value.hint
 
 
 def test_closed_port_is_host_unreachable(srv):

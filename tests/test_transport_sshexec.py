@@ -182,3 +182,11 @@ def test_parse_ssh_spec_rejects(spec):
 def test_sshd_helper_gives_a_spec_that_parses(srv):
     t = parse_ssh_spec(srv.spec, key_filename=str(srv.key_path), known_hosts=str(srv.known_hosts))
     assert ssh_exec(t, ["id", "-un"])[1].decode().strip() == srv.user
+
+
+def test_sshd_helper_accepts_a_given_key_and_environment(tmp_path):
+    key = keygen(tmp_path / "mine")
+    with sshd_server(tmp_path / "s", client_key=key, setenv={"LABCTL_PROBE": "on air"}) as s:
+        assert s.key_path == key.resolve()
+        rc, out, _ = ssh_exec(s.target(), ["sh", "-c", 'printf %s "$LABCTL_PROBE"'])
+    assert (rc, out) == (0, b"on air")

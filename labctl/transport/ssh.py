@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from labctl.core.errors import TransportError, UsageError
+from labctl.core.errors import AuthError, TransportError, UsageError
 from labctl.core.secrets import PromptFn
 from labctl.transport import pswrap
 from labctl.transport.powershell import RenderedScript
@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 POWERSHELL_COMMAND = "powershell.exe " + " ".join(pswrap.POWERSHELL_ARGS)
 CONNECT_TIMEOUT = 30.0
+WINDOWS_KEYS_HINT = ("; on Windows OpenSSH, keys of administrators are read from "
+                     "C:\\ProgramData\\ssh\\administrators_authorized_keys, not the user's "
+                     "profile (see docs/hyperv-host.md)")
 
 
 class SshRunner:
@@ -61,6 +64,8 @@ class SshRunner:
             rc, out, err = self._conn.exec(POWERSHELL_COMMAND, stdin=data,
                                            timeout=float(self.cfg.timeout))
         except TransportError as e:
+            if isinstance(e, AuthError):
+                e.hint = (e.hint or "") + WINDOWS_KEYS_HINT
             raise pswrap.name_script(e, script.name) from None
         return pswrap.parse_result(script.name, self.host, rc, out, err)
 

@@ -161,8 +161,13 @@ def _wait_banner(host: str, port: int, proc: subprocess.Popen[bytes], deadline: 
 def start_sshd(directory: Path, *, user: str | None = None,
                extra_authorized_keys: list[str] | tuple[str, ...] = (),
                powershell_standin: Path | str | None = None, password_auth: bool = False,
-               host: str = "127.0.0.1") -> SshdServer:
-    """Start sshd (see module docstring). Call ``stop()`` when done, or use :func:`sshd_server`."""
+               host: str = "127.0.0.1", client_key: Path | str | None = None,
+               setenv: dict[str, str] | None = None) -> SshdServer:
+    """Start sshd (see module docstring). Call ``stop()`` when done, or use :func:`sshd_server`.
+
+    ``client_key``: use this existing private key (with ``<key>.pub`` beside it) instead of
+    generating one. ``setenv``: extra environment for every session (sshd ``SetEnv``).
+    """
     if not os.path.exists(SSHD):
         pytest.skip("openssh-server (/usr/sbin/sshd) is not installed")
     directory = Path(directory).resolve()
@@ -170,14 +175,17 @@ def start_sshd(directory: Path, *, user: str | None = None,
     user = user or getpass.getuser()
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
     host_key = keygen(directory / "ssh_host_ed25519_key", "labctl-test-host")
-    client_key = keygen(directory / "client_ed25519", "labctl-test-client")
-    pub = (directory / "client_ed25519.pub").read_text().strip()
+    if client_key is None:
+        client_key = keygen(directory / "client_ed25519", "labctl-test-client")
+    client_key = Path(client_key).resolve()
+    pub = Path(f"{client_key}.pub").read_text().strip()
     (directory / "authorized_keys").write_text("\n".join([pub, *extra_authorized_keys]) + "\n")
     host_key_pub = " ".join(Path(f"{host_key}.pub").read_text().split()[:2])
     standin = str(Path(powershell_standin).resolve()) if powershell_standin else ""
     dispatch = directory / "dispatch.py"
     dispatch.write_text(_DISPATCH.format(here=str(directory), standin=standin,
                                          py=sys.executable))
+    env_lines = "".join(f'SetEnv {k}="{v}"\n' for k, v in (setenv or {}).items())
     log_path = directory / "sshd.log"
     last_log = ""
     for _attempt in range(4):
@@ -204,7 +212,7 @@ def start_sshd(directory: Path, *, user: str | None = None,
             MaxAuthTries 6
             LoginGraceTime 20
             LogLevel VERBOSE
-            """))
+            """) + env_lines)
         with open(log_path, "ab") as logf:
             proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=logf,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
