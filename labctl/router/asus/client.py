@@ -184,6 +184,9 @@ class AsusClient:
         cid = pysecrets.token_hex(5)
         resp = self._send("POST", "get_Nonce.cgi", data=json.dumps({"id": cid}),
                           headers={"Content-Type": "application/json"})
+        if resp.status_code == 404:
+            raise AuthError("this router has no v2 login (get_Nonce.cgi: HTTP 404)",
+                            hint="it may only support login.cgi: set router.login: v1 or auto")
         obj = self._json(resp, "get_Nonce.cgi")
         check_error_status(obj, "get_Nonce.cgi")
         if not isinstance(obj, dict) or not obj.get("nonce"):
