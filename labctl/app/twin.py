@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
+from labctl.core.errors import LabctlError, PreflightError, TransportError
 from labctl.core.state import state_home
 
 
@@ -25,3 +32,176 @@ def list_processes(playbook: str | None = None) -> list[dict[str, Any]]:
         for info in supervisor.read_all(d).values():
             rows.append({"lab": lab, **info.to_dict()})
     return rows
+
+
+# ---------------------------------------------------------------------------- the demo
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class DemoReport:
+    lab: str
+    playbook: str
+    target: str
+    scanner_netns: str
+    up_seconds: float
+    scan_seconds: float = 0.0
+    hosts: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[str] = field(default_factory=list)
+    alert_count: int = 0
+    kept: bool = False
+    down_seconds: float = 0.0
+    sensor_url: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lab": self.lab, "playbook": self.playbook, "target": self.target,
+            "scanner_netns": self.scanner_netns, "up_seconds": round(self.up_seconds, 3),
+            "scan_seconds": round(self.scan_seconds, 3), "hosts": self.hosts,
+            "hosts_found": len(self.hosts), "alerts": self.alerts,
+            "alerts_fired": self.alert_count, "sensor_url": self.sensor_url,
+            "kept": self.kept, "down_seconds": round(self.down_seconds, 3),
+        }
+
+
+def default_twin_playbook() -> str:
+    from labctl.core.assets import asset_path
+
+    return str(asset_path("playbooks", "twin.yaml"))
+
+
+def _need(module: str, what: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and module.startswith(e.name):
+            raise LabctlError(f"the demo needs {what} ({module}), which this build lacks",
+                              hint="update labctl; the twin itself still works with "
+                                   "`labctl up -f playbooks/twin.yaml -y`") from None
+        raise
+
+
+def _sensor_status(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((state_dir / "sensor" / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def wait_for_sensor(lab_state: Path, timeout: float) -> dict[str, Any]:
+    """Wait until the embedded sensor wrote its status (URL, certificate fingerprint)."""
+    from labctl.netns import supervisor
+
+    deadline = time.monotonic() + timeout
+    while True:
+        st = _sensor_status(lab_state)
+        if st and st.get("url") and st.get("fingerprint"):
+            return st
+        info = supervisor.read(lab_state, "sensor")
+        if info is None or not info.alive:
+            tail = "; ".join(info.log_tail(3)) if info else "never started"
+            raise PreflightError(f"the embedded sensor is not running ({tail})",
+                                 hint=f"see {lab_state / 'logs' / 'sensor.log'}")
+        if time.monotonic() > deadline:
+            raise TransportError(f"the embedded sensor did not come up within {timeout:g} s",
+                                 hint=f"see {lab_state / 'logs' / 'sensor.log'}")
+        time.sleep(0.2)
+
+
+def create_sensor_token(lab_state: Path) -> str:
+    """``labctl sensor token create --state <lab state>/sensor --json`` (the sensor's CLI)."""
+    from labctl.netns.topology import labctl_env
+
+    argv = [sys.executable, "-m", "labctl", "sensor", "token", "create", "--state",
+            str(lab_state / "sensor"), "--description", "twin demo", "--json"]
+    cp = subprocess.run(argv, capture_output=True, text=True, env=labctl_env(), timeout=60)
+    if cp.returncode != 0:
+        raise LabctlError(f"could not create a sensor token: {cp.stderr.strip()[-300:]}")
+    return json.loads(cp.stdout)["token"]
+
+
+def _alert_line(a: dict[str, Any]) -> str:
+    title = a.get("title") or a.get("name") or a.get("type") or "alert"
+    sev = a.get("severity") or ""
+    src = a.get("source_device_address") or a.get("source") or a.get("sourceDeviceAddress") or ""
+    dst = a.get("destination_device_address") or a.get("destination") or ""
+    where = f" {src} -> {dst}" if src or dst else ""
+    return f"[{sev}] {title}{where}".strip()
+
+
+def run_demo(playbook: str | None = None, *, keep: bool = False, sensor_timeout: float = 60.0,
+             alert_wait: float = 15.0, progress: Progress | None = None) -> DemoReport:
+    """up -> wait for the sensor API -> scan the IoT subnet from the scanner namespace ->
+    fetch the sensor's alerts -> down (unless ``keep``). Returns the summary."""
+    from labctl.app import lab as labapp
+    from labctl.core.playbook import load_playbook
+    from labctl.core.secrets import Secret
+    from labctl.core.state import lab_state_dir
+    from labctl.netns.provider import check_platform
+    from labctl.transport.netns import lab_host_netns
+
+    say = progress or (lambda msg: None)
+    check_platform()
+    scan_app = _need("labctl.app.scan", "the scanner")
+    client_mod = _need("labctl.sensor.client", "the sensor client")
+    http = _need("labctl.transport.http", "the HTTP transport")
+    path = playbook or default_twin_playbook()
+    loaded = load_playbook(path)
+    pb = loaded.model
+    if pb.provider != "netns":
+        raise LabctlError(f"{path} is not a twin playbook (provider: {pb.provider})",
+                          hint="use playbooks/twin.yaml or a playbook with provider: netns")
+    if pb.sensor is None or pb.sensor.kind != "embedded":
+        raise LabctlError("the demo needs an embedded sensor (sensor: kind: embedded)")
+    iot = pb.router.iot_network if pb.router else None
+    target = str(iot.subnet) if iot else None
+    if target is None:
+        raise LabctlError("the demo needs router.iot_network (the subnet to scan)")
+    ctx = labapp.LabContext(loaded)
+    state = lab_state_dir(pb.lab)
+    report = DemoReport(lab=pb.lab, playbook=str(path), target=target,
+                        scanner_netns=scan_app.default_scanner_spec(loaded), up_seconds=0.0,
+                        kept=keep)
+    say(f"bringing up twin lab {pb.lab} from {path}")
+    t0 = time.monotonic()
+    labapp.up(ctx, confirm=lambda p: True)
+    report.up_seconds = time.monotonic() - t0
+    try:
+        say("waiting for the embedded sensor API")
+        st = wait_for_sensor(state, sensor_timeout)
+        report.sensor_url = pb.sensor.base_url
+        token = Secret(create_sensor_token(state), source="twin demo")
+        session = http.make_session(pb.sensor.base_url, fingerprint=st["fingerprint"],
+                                    netns=lab_host_netns(pb))
+        client = client_mod.D4IoTClient(pb.sensor.base_url, token=token, session=session)
+        before = {json.dumps(a, sort_keys=True, default=str) for a in client.alerts()}
+        say(f"scanning {target} from {report.scanner_netns}")
+        t1 = time.monotonic()
+        result = scan_app.run_scan(loaded, [target])
+        report.scan_seconds = time.monotonic() - t1
+        report.hosts = [{"ip": h.addr, "ports": [p.key for p in h.open_ports()]}
+                        for h in result.up_hosts()]
+        say(f"{len(report.hosts)} host(s) up; waiting for the sensor's alerts")
+        new: list[dict[str, Any]] = []
+        deadline = time.monotonic() + alert_wait
+        last = -1
+        while time.monotonic() < deadline:
+            now = [a for a in client.alerts()
+                   if json.dumps(a, sort_keys=True, default=str) not in before]
+            if now and len(now) == last:
+                new = now
+                break
+            new, last = now, len(now)
+            time.sleep(1.0)
+        report.alert_count = len(new)
+        report.alerts = [_alert_line(a) for a in new]
+    finally:
+        if not keep:
+            say(f"removing twin lab {pb.lab}")
+            t2 = time.monotonic()
+            labapp.down(ctx, confirm=lambda p: True)
+            report.down_seconds = time.monotonic() - t2
+    return report
