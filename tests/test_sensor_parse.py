@@ -1,0 +1,167 @@
+"""The hot-path parser and the pcap/pcapng reader: field extraction, malformed and truncated
+input (counted, never raised), bad files (clear error), and the fused replay fast path giving
+exactly the same results as the generic path."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from labctl.sensor.parse import K_ARP, K_IPV4, K_IPV6, K_OTHER, ip_str, parse_frame
+from tests.helpers import sensor_pcaps as P
+
+scapy = pytest.importorskip("scapy.all")
+
+
+def raw(p) -> bytes:
+    return bytes(p)
+
+
+def test_ipv4_tcp_fields():
+    from scapy.all import IP, TCP, Ether
+
+    f = raw(Ether(src="00:11:22:33:44:55", dst="66:77:88:99:aa:bb") /
+            IP(src="172.16.1.5", dst="172.16.1.6") / TCP(sport=1234, dport=6667, flags="SA"))
+    vlan, smac, dmac, kind, sip, dip, proto, sport, dport, flags = parse_frame(f)
+    assert (vlan, kind, proto, sport, dport) == (0, K_IPV4, 6, 1234, 6667)
+    assert smac.hex(":") == "00:11:22:33:44:55" and dmac.hex(":") == "66:77:88:99:aa:bb"
+    assert (ip_str(sip), ip_str(dip)) == ("172.16.1.5", "172.16.1.6")
+    assert flags == 0x12
+
+
+def test_ipv4_options_udp_icmp_and_fragments():
+    from scapy.all import ICMP, IP, UDP, Ether, IPOption_RR
+
+    f = raw(Ether() / IP(src="10.0.0.1", dst="10.0.0.2", options=[IPOption_RR()]) /
+            UDP(sport=5353, dport=53))
+    assert parse_frame(f)[6:9] == (17, 5353, 53)
+    f = raw(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / ICMP(type=8, code=0))
+    assert parse_frame(f)[6:9] == (1, 8, 0)
+    f = raw(Ether() / IP(src="10.0.0.1", dst="10.0.0.2", frag=100, proto=6) / (b"x" * 20))
+    assert parse_frame(f)[6:9] == (6, -1, -1)  # non-first fragment: no transport header
+
+
+def test_ipv6_with_extension_headers_and_icmpv6():
+    from scapy.all import TCP, Ether, ICMPv6EchoRequest, IPv6, IPv6ExtHdrHopByHop
+
+    f = raw(Ether() / IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrHopByHop() /
+            TCP(sport=1, dport=22, flags="S"))
+    p = parse_frame(f)
+    assert p[3] == K_IPV6 and ip_str(p[4]) == "fd00::1" and p[6:9] == (6, 1, 22)
+    p = parse_frame(raw(Ether() / IPv6(src="fd00::1", dst="fd00::2") / ICMPv6EchoRequest()))
+    assert p[6:8] == (58, 128)
+
+
+def test_vlan_8021q_and_qinq_and_arp():
+    from scapy.all import ARP, Dot1AD, Dot1Q, Ether, IP, UDP
+
+    assert parse_frame(raw(Ether() / Dot1Q(vlan=52) / IP() / UDP()))[0] == 52
+    assert parse_frame(raw(Ether() / Dot1AD(vlan=7) / Dot1Q(vlan=52) / IP() / UDP()))[0] == 52
+    p = parse_frame(raw(Ether() / Dot1Q(vlan=52) / ARP(op=2, psrc="172.16.1.1",
+                                                       pdst="172.16.1.2")))
+    assert p[3] == K_ARP and p[0] == 52 and p[6] == 2 and ip_str(p[4]) == "172.16.1.1"
+
+
+def test_other_ethertypes_are_not_errors():
+    from scapy.all import Ether
+
+    assert parse_frame(raw(Ether(type=0x88CC) / (b"\0" * 40)))[3] == K_OTHER
+
+
+def test_truncated_and_malformed_frames_return_none():
+    from scapy.all import IP, TCP, Dot1Q, Ether
+
+    full = raw(Ether() / IP(src="1.2.3.4", dst="5.6.7.8") / TCP())
+    for cut in (0, 5, 13, 14, 20, 33, 34 + 13):
+        assert parse_frame(full[:cut]) is None, cut
+    bad_ihl = bytearray(full)
+    bad_ihl[14] = 0x43  # IHL 3 (< 5)
+    assert parse_frame(bytes(bad_ihl)) is None
+    bad_ver = bytearray(full)
+    bad_ver[14] = 0x65
+    assert parse_frame(bytes(bad_ver)) is None
+    assert parse_frame(raw(Ether() / Dot1Q() / Dot1Q() / Dot1Q() / IP())) is None  # 3 tags
+    assert parse_frame(full, 0, len(full) + 10) is None  # length past the buffer
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=120))
+def test_parser_never_raises_on_random_bytes(data):
+    parse_frame(data)
+    parse_frame(b"\x00" * 12 + b"\x08\x00" + data)
+    parse_frame(b"\x00" * 12 + b"\x81\x00\x00\x34\x86\xdd" + data)
+
+
+def test_replay_counts_malformed_and_truncated(tmp_path, cli_run):
+    from scapy.all import IP, TCP, Ether
+
+    good = P.tcp_packet(P.SCANNER_IP, P.TARGET_IP, 80)
+    short = Ether(raw(good)[:20])
+    short.time = P.T0 + 1
+    pcap = P.write(tmp_path / "m.pcap", [good, short])
+    with open(pcap, "ab") as f:  # a record header promising more bytes than the file has
+        f.write(struct.pack("<IIII", int(P.T0) + 2, 0, 500, 500) + b"\x00" * 10)
+    r = cli_run("sensor", "replay", "--pcap", str(pcap), "--json")
+    assert r.exit_code == 0, r
+    doc = r.json()
+    assert doc["packets"] == 2 and doc["malformed"] == 1 and doc["truncated"] == 1
+    assert [d["ipAddresses"] for d in doc["devices"]] == [[P.SCANNER_IP]]
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"", "too short"),
+    (b"hello, this is not a capture file at all", "unknown magic"),
+])
+def test_bad_pcap_is_a_usage_error(tmp_path, cli_run, content, needle):
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(content)
+    r = cli_run("sensor", "replay", "--pcap", str(bad))
+    assert r.exit_code == 2
+    assert str(bad) in r.stderr and needle in r.stderr
+
+
+def test_missing_pcap(tmp_path, cli_run):
+    r = cli_run("sensor", "replay", "--pcap", str(tmp_path / "nope.pcap"))
+    assert r.exit_code == 2 and "not found" in r.stderr
+
+
+def test_pcapng_gives_the_same_result_as_pcap(tmp_path, cli_run):
+    pk = P.syn_scan(30, vlan=52) + P.address_scan(55, t0=P.T0 + 1)
+    a = cli_run("sensor", "replay", "--pcap", str(P.write(tmp_path / "a.pcap", pk)), "--json")
+    b = cli_run("sensor", "replay", "--pcap",
+                str(P.write(tmp_path / "a.pcapng", pk, pcapng=True)), "--json")
+    da, db = a.json(), b.json()
+    assert da["packets"] == db["packets"] == 85
+    assert da["alerts"] == db["alerts"]
+    assert da["devices"] == db["devices"]
+
+
+def test_fused_fast_path_matches_generic_path(tmp_path):
+    """The bench-style mixed pcap through the fused loop and through parse+process."""
+    import importlib.util
+    from pathlib import Path
+
+    from labctl.sensor.config import load_config
+    from labctl.sensor.engine import Sensor
+    from labctl.sensor.pcap import CaptureFile
+
+    spec = importlib.util.spec_from_file_location(
+        "sensor_bench", Path(__file__).resolve().parent.parent / "bench" / "sensor_replay.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    path = tmp_path / "mix.pcap"
+    bench.build(str(path), 60_000)
+    cfg = load_config()
+    results = []
+    for fused in (True, False):
+        s = Sensor(cfg)
+        cap = CaptureFile(path)
+        n = s.replay(cap, cap.data) if fused else s._replay_generic(cap, cap.data)
+        results.append((n, s.packets, s.malformed, [a.to_api() for a in s.alerts],
+                        [d.to_api() for d in s.devices.values()], s.connections_api()))
+    assert results[0] == results[1]
+    assert results[0][0] == 60_000 and results[0][1] == 60_000
+    assert results[0][3], "the mix contains a port scan"
