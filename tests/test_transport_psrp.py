@@ -429,3 +429,16 @@ def test_real_silent_endpoint_times_out():
         lsock.close()
         for c in held:
             c.close()
+
+
+def test_pypsrp_debug_logging_is_held_back_and_values_are_serializable(remote):
+    """pypsrp logs whole WSMan messages at DEBUG; the runner keeps its loggers at INFO."""
+    import ipaddress
+
+    logging.getLogger("pypsrp.wsman").setLevel(logging.NOTSET)
+    with make_runner(cfg()) as r:
+        r.run(script(Name="x", Ip=ipaddress.IPv4Interface("192.168.0.1/24"),
+                     Net=ipaddress.IPv4Network("172.16.1.0/24"), Ids=(1, 52)))
+    assert logging.getLogger("pypsrp.wsman").getEffectiveLevel() >= logging.INFO
+    assert remote.invocations[0]["params"] == {"Name": "x", "Ip": "192.168.0.1/24",
+                                               "Net": "172.16.1.0/24", "Ids": [1, 52]}

@@ -30,7 +30,9 @@ the UTF-8 JSON ``{"v": 1, "ok": bool, "output": [str...], "errors": [str...]}`` 
 (ok) or 1. Base64 again, so the console code page cannot garble non-ASCII text. Anything
 else on stdout (``Write-Host``, warnings) is ignored. When no envelope arrives (PowerShell
 missing, a parse error, the process killed) the exit code and stderr (CLIXML cleaned up) are
-reported instead. Either way the caller gets :class:`RemoteCommandError` naming the script
+reported instead. When an envelope arrives it is authoritative and the exit code is only
+informational (how ``exit`` inside a script block sets the code of ``powershell.exe -Command -``
+is not something to rely on). Either way the caller gets :class:`RemoteCommandError` naming the script
 and the host and quoting the remote message, scrubbed by ``REDACTOR``.
 """
 
