@@ -610,8 +610,9 @@ class TwinServer:
         return f"{'https' if self.https else 'http'}://{self.host}:{self.port}"
 
     def start(self) -> "TwinServer":
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True,
-                                        name="router-twin")
+        # A short poll interval makes stop() quick (tests start many twins).
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                        daemon=True, name="router-twin")
         self._thread.start()
         return self
 
