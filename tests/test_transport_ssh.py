@@ -197,3 +197,24 @@ def test_slow_script_times_out(srv):
     with make_runner(cfg_for(srv, timeout=5)) as runner:
         with pytest.raises(ConnectTimeout, match="^facts/read: "):
             runner.run(script("#fake: sleep 30", name="facts/read"))
+
+
+def test_reference_lab_steps_travel_intact_over_ssh(srv):
+    """Every step of the reference lab's plan (helper A's real templates and parameters) goes
+    through the SSH runner; the stand-in checks each parameter is declared in the script's
+    param() block and echoes what it decoded, which must equal what was sent."""
+    import json
+
+    load_playbook = pytest.importorskip("labctl.core.playbook").load_playbook
+    diff = pytest.importorskip("labctl.hyperv.diff")
+    facts = pytest.importorskip("labctl.hyperv.facts")
+    repo = Path(__file__).resolve().parent.parent
+    pb = load_playbook(repo / "playbooks" / "home-lab.yaml").model
+    steps = [s for s in diff.plan_up(pb, facts.empty_facts()).plan.steps
+             if s.kind == "powershell"]
+    assert len(steps) >= 10
+    with make_runner(cfg_for(srv)) as runner:
+        for st in steps:
+            rs = RenderedScript(st.name, st.script, st.params)
+            sent = json.loads(pswrap.encode_params(rs.plain_params()))
+            assert runner.run(rs) == {"params": sent}, st.name
