@@ -1,0 +1,65 @@
+"""Run the embedded sensor's real HTTPS API on 127.0.0.1 for tests (no capture needed)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import requests
+
+from labctl.sensor.api import make_server, start_in_thread
+from labctl.sensor.config import load_config
+from labctl.sensor.engine import Sensor
+from labctl.sensor.pcap import CaptureFile
+from labctl.sensor.store import SensorStore
+
+
+class RunningApi:
+    def __init__(self, url: str, cert: Path, token: str, sensor: Sensor, store: SensorStore,
+                 state: Path) -> None:
+        self.url = url
+        self.cert = cert
+        self.token = token
+        self.sensor = sensor
+        self.store = store
+        self.state = state
+
+    def session(self) -> requests.Session:
+        s = requests.Session()
+        s.verify = str(self.cert)  # the sensor's own certificate as trust anchor
+        s.trust_env = False  # else REQUESTS_CA_BUNDLE overrides Session.verify
+        return s
+
+    def get(self, path: str, token: str | None = "default", **params) -> requests.Response:
+        headers = {}
+        if token == "default":
+            token = self.token
+        if token is not None:
+            headers["Authorization"] = token
+        return self.session().get(self.url + path, params=params, headers=headers, timeout=10)
+
+
+@contextlib.contextmanager
+def running_api(state: Path, pcap: Path | None = None, *, learning: bool | None = None,
+                config: Path | None = None) -> Iterator[RunningApi]:
+    store = SensorStore(state)
+    sensor = Sensor(load_config(config), learning_mode=learning)
+    sensor.restore(*store.load_all())
+    if pcap is not None:
+        cap = CaptureFile(pcap)
+        sensor.replay(cap, cap.data)
+    token = store.create_token("tests")
+    server = make_server(sensor, store, ("127.0.0.1", 0), state)
+    start_in_thread(server)
+    try:
+        port = server.server_address[1]
+        yield RunningApi(f"https://127.0.0.1:{port}", state / "tls" / "cert.pem", token,
+                         sensor, store, state)
+    finally:
+        server.shutdown()
+        server.server_close()
+        with sensor.lock:
+            rows = sensor.take_dirty()
+        store.write_batch(*rows)
+        store.close()
