@@ -31,7 +31,7 @@ def default_scanner_spec(loaded: Any) -> str:
     if loaded is None:
         return "local"
     pb = loaded.model
-    if pb.scanner is not None and "scanner" in (loaded.doc.data or {}):
+    if pb.scanner is not None:
         return pb.scanner.spec
     if pb.provider == "netns" and pb.twin is not None and pb.twin.scanner is not None:
         return f"netns:{pb.lab}-{pb.twin.scanner.name}"
@@ -39,7 +39,7 @@ def default_scanner_spec(loaded: Any) -> str:
 
 
 def plan_scan(loaded: Any, targets: Iterable[str], *, profile: str | ScanProfile | None = None,
-              scanner: str | None = None, excludes: Iterable[str] = (),
+              scanner: Any = None, excludes: Iterable[str] = (),
               scope: Iterable[str] = (), force: bool = False):
     """Everything run_scan decides before nmap starts; raises ScopeError/UsageError."""
     pb = loaded.model if loaded is not None else None
@@ -61,16 +61,19 @@ def plan_scan(loaded: Any, targets: Iterable[str], *, profile: str | ScanProfile
                          f"at most {prof.max_addresses}",
                          hint="scan a smaller range or use a profile with a higher "
                               "max_addresses")
-    spec = scanner or default_scanner_spec(loaded)
-    ssh_key = pb.scanner.ssh_key if pb is not None and pb.scanner is not None else None
-    sc = make_scanner(spec, ssh_key=ssh_key, stats_every=prof.stats_every)
+    if scanner is not None and not isinstance(scanner, str):
+        sc = scanner  # a ready Scanner object (e.g. an SshScanner with its own SshTarget)
+    else:
+        spec = scanner or default_scanner_spec(loaded)
+        ssh_key = pb.scanner.ssh_key if pb is not None and pb.scanner is not None else None
+        sc = make_scanner(spec, ssh_key=ssh_key, stats_every=prof.stats_every)
     if sc.checks_routes and not force:
         check_routes(parsed, allowed, sc.route_netns or None)
     return prof, parsed, excl, sc
 
 
 def run_scan(loaded: Any, targets: Iterable[str], profile: str | ScanProfile | None = None,
-             scanner: str | None = None, excludes: Iterable[str] = (), save: bool = True,
+             scanner: Any = None, excludes: Iterable[str] = (), save: bool = True,
              progress: ProgressFn | None = None, *, scope: Iterable[str] = (),
              force: bool = False, baseline: str | None = None,
              xml_out: str | None = None) -> ScanResult:

@@ -203,11 +203,12 @@ def prefers_root(args: list[str]) -> bool:
 class SshScanner:
     """nmap on a remote box (Kali) over SSH; XML comes back on stdout and is parsed here."""
 
-    def __init__(self, spec: str, key: str | None = None, stats_every: str = "2s") -> None:
+    def __init__(self, spec: str, key: str | None = None, stats_every: str = "2s",
+                 target: object | None = None) -> None:
         self.spec = spec
         self.key = key
         self.stats_every = stats_every
-        self._target = None
+        self._target = target  # an SshTarget, when the caller built one (known_hosts...)
 
     @property
     def route_netns(self) -> str | None:
@@ -221,21 +222,15 @@ class SshScanner:
         if self._target is None:
             from labctl.transport import sshexec
 
-            t = sshexec.parse_ssh_spec(self.spec)
-            if self.key and getattr(t, "key_filename", None) is None:
-                try:
-                    import dataclasses
-
-                    t = dataclasses.replace(t, key_filename=self.key)
-                except (TypeError, ValueError):
-                    pass
-            self._target = t
+            self._target = sshexec.parse_ssh_spec(self.spec, key_filename=self.key)
         return self._target
 
     def _exec(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
         from labctl.transport.sshexec import ssh_exec
 
-        return ssh_exec(self.target(), argv, timeout=timeout)
+        rc, out, err = ssh_exec(self.target(), argv, timeout=timeout)  # type: ignore[arg-type]
+        dec = (lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b))
+        return rc, dec(out), dec(err)
 
     def preflight(self, args: list[str]) -> list[str]:
         """Return the remote argv prefix (``nmap`` or ``sudo -n nmap``), or raise clearly."""
@@ -260,8 +255,7 @@ class SshScanner:
         return ["sudo", "-n", nmap_path]
 
     def target_user(self) -> str:
-        t = self.target()
-        return str(getattr(t, "user", None) or getattr(t, "username", "") or "user")
+        return str(getattr(self.target(), "user", "") or "user")
 
     def run(self, args: list[str], targets: list[str], *, timeout: float,
             progress: ProgressFn | None = None, phase: str = "scan") -> NmapRun:
