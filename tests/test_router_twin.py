@@ -1,0 +1,149 @@
+"""The router twin as a program: `labctl twin serve-router`, state file, --iot-interface."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from labctl.app import router as app
+from labctl.core.errors import TransportError
+from labctl.core.secrets import Secret
+from labctl.router.asus.sdn import DesiredNetwork
+from labctl.transport.http import make_session
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _wait_ready(url: str, netns: str | None, proc: subprocess.Popen, deadline: float = 15.0):
+    s = make_session(url, allow_http=True, retries=0, timeout=1.0, netns=netns)
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise AssertionError(f"twin exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            s.get("/Main_Login.asp")
+            return
+        except TransportError:
+            time.sleep(0.1)
+    raise AssertionError("twin did not start")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _desired(vlan: int = 52) -> DesiredNetwork:
+    return DesiredNetwork(name="Azkaban", ssid="Azkaban", passphrase=Secret("Azkaban-PSK-1"),
+                          subnet=ipaddress.IPv4Network("172.16.1.0/24"), vlan=vlan,
+                          dns=(ipaddress.IPv4Address("9.9.9.9"),))
+
+
+def _serve_argv(*args: str) -> list[str]:
+    code = "import sys; from labctl.cli.twin_router import serve_router; serve_router(sys.argv[1:])"
+    return [sys.executable, "-c", code, *args]
+
+
+def test_serve_router_process_persists_state_and_takes_custom_password(tmp_path):
+    state = tmp_path / "router-nvram.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RT_PW="Twin-Pw-9911")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(_serve_argv("--listen", f"127.0.0.1:{port}", "--state", str(state),
+                                        "--password-env", "RT_PW", "--login", "v2"),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, None, proc)
+        target = app.RouterTarget(url=url, user="admin", password=Secret("Twin-Pw-9911"),
+                                  allow_http=True)
+        rep = app.iot_net(target, _desired(), confirm=lambda r: True)
+        assert rep.verified and rep.login == "v2"
+        saved = json.loads(state.read_text())
+        assert "<0>2" in saved["sdn_access_rl"] and saved["apg2_ssid"] == "Azkaban"
+    finally:
+        _stop(proc)
+    # restart from the state file: the network is still there (a no-op run)
+    proc = subprocess.Popen(_serve_argv("--listen", f"127.0.0.1:{port}", "--state", str(state),
+                                        "--password-env", "RT_PW"),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}", None, proc)
+        rep = app.iot_net(target, _desired(), confirm=lambda r: pytest.fail("asked to change"))
+        assert rep.action == "noop"
+    finally:
+        _stop(proc)
+
+
+def test_serve_router_help_and_bad_arguments(cli_run):
+    from click.testing import CliRunner
+
+    from labctl.cli.twin_router import serve_router
+
+    r = CliRunner().invoke(serve_router, ["--help"])
+    assert r.exit_code == 0 and "--iot-interface" in r.output
+    r = CliRunner().invoke(serve_router, ["--listen", "nope"])
+    assert r.exit_code != 0
+
+
+def _ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.mark.netns
+def test_iot_interface_gets_the_gateway_inside_the_router_namespace(tmp_path):
+    ns = f"rt{os.getpid() % 100000}"
+    _ip("netns", "add", ns)
+    proc = None
+    try:
+        _ip("-n", ns, "link", "set", "lo", "up")
+        # (no dummy module on every kernel: a veth pair inside the namespace does the job)
+        _ip("-n", ns, "link", "add", "rtiot0", "type", "veth", "peer", "name", "rtiot1")
+        _ip("-n", ns, "link", "set", "rtiot0", "up")
+        # the twin provider may already have put the gateway there: replace is idempotent
+        _ip("-n", ns, "addr", "add", "172.16.1.1/24", "dev", "rtiot0")
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *_serve_argv(
+                "--listen", "127.0.0.1:8443", "--https", "--state", str(tmp_path / "nv.json"),
+                "--iot-interface", "52=rtiot0", "--iot-interface", "60=rtiot0")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        url = "https://127.0.0.1:8443"
+        target = app.RouterTarget(url=url, user="admin", password=Secret("admin"), netns=ns,
+                                  pin_store=tmp_path / "pins.json")
+        end = time.monotonic() + 15
+        while True:
+            try:
+                app.show(target)
+                break
+            except TransportError:
+                if time.monotonic() > end or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        assert json.loads((tmp_path / "pins.json").read_text())  # pinned on first use
+        rep = app.iot_net(target, _desired(), confirm=lambda r: True)
+        assert rep.verified
+        assert "172.16.1.1/24" in _ip("-n", ns, "-4", "addr", "show", "rtiot0")
+        # the root namespace has no route to it: the client really connected inside ns
+        assert "172.16.1.1" not in _ip("-4", "addr", "show")
+        app.delete_net(target, "Azkaban", confirm=lambda n: True)
+        assert "172.16.1.1" not in _ip("-n", ns, "-4", "addr", "show", "rtiot0")
+    finally:
+        if proc is not None:
+            _stop(proc)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
