@@ -50,6 +50,7 @@ class DemoReport:
     hosts: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[str] = field(default_factory=list)
     alert_count: int = 0
+    devices: list[dict[str, Any]] = field(default_factory=list)
     kept: bool = False
     down_seconds: float = 0.0
     sensor_url: str = ""
@@ -60,7 +61,8 @@ class DemoReport:
             "scanner_netns": self.scanner_netns, "up_seconds": round(self.up_seconds, 3),
             "scan_seconds": round(self.scan_seconds, 3), "hosts": self.hosts,
             "hosts_found": len(self.hosts), "alerts": self.alerts,
-            "alerts_fired": self.alert_count, "sensor_url": self.sensor_url,
+            "alerts_fired": self.alert_count, "sensor_devices": self.devices,
+            "sensor_url": self.sensor_url,
             "kept": self.kept, "down_seconds": round(self.down_seconds, 3),
         }
 
@@ -97,10 +99,15 @@ def wait_for_sensor(lab_state: Path, timeout: float) -> dict[str, Any]:
 
     deadline = time.monotonic() + timeout
     while True:
-        st = _sensor_status(lab_state)
-        if st and st.get("url") and st.get("fingerprint"):
-            return st
         info = supervisor.read(lab_state, "sensor")
+        st = _sensor_status(lab_state)
+        try:
+            fresh = info is not None and \
+                (lab_state / "sensor" / "status.json").stat().st_mtime >= info.started
+        except OSError:
+            fresh = False
+        if fresh and st and st.get("url") and st.get("fingerprint"):
+            return st
         if info is None or not info.alive:
             tail = "; ".join(info.log_tail(3)) if info else "never started"
             raise PreflightError(f"the embedded sensor is not running ({tail})",
@@ -126,8 +133,8 @@ def create_sensor_token(lab_state: Path) -> str:
 def _alert_line(a: dict[str, Any]) -> str:
     title = a.get("title") or a.get("name") or a.get("type") or "alert"
     sev = a.get("severity") or ""
-    src = a.get("source_device_address") or a.get("source") or a.get("sourceDeviceAddress") or ""
-    dst = a.get("destination_device_address") or a.get("destination") or ""
+    src = a.get("sourceDeviceAddress") or a.get("source_device_address") or ""
+    dst = a.get("destinationDeviceAddress") or a.get("destination_device_address") or ""
     where = f" {src} -> {dst}" if src or dst else ""
     return f"[{sev}] {title}{where}".strip()
 
@@ -165,6 +172,15 @@ def run_demo(playbook: str | None = None, *, keep: bool = False, sensor_timeout:
     report = DemoReport(lab=pb.lab, playbook=str(path), target=target,
                         scanner_netns=scan_app.default_scanner_spec(loaded), up_seconds=0.0,
                         kept=keep)
+    from labctl.netns import supervisor
+
+    running = supervisor.read(state, "sensor")
+    if running is None or not running.alive:
+        # a fresh embedded sensor, so the alerts counted are this run's (the sensor
+        # deduplicates repeats of an earlier demo's alerts)
+        import shutil
+
+        shutil.rmtree(state / "sensor", ignore_errors=True)
     say(f"bringing up twin lab {pb.lab} from {path}")
     t0 = time.monotonic()
     labapp.up(ctx, confirm=lambda p: True)
@@ -177,7 +193,15 @@ def run_demo(playbook: str | None = None, *, keep: bool = False, sensor_timeout:
         session = http.make_session(pb.sensor.base_url, fingerprint=st["fingerprint"],
                                     netns=lab_host_netns(pb))
         client = client_mod.D4IoTClient(pb.sensor.base_url, token=token, session=session)
-        before = {json.dumps(a, sort_keys=True, default=str) for a in client.alerts()}
+        while True:  # the API may lag the status file by a moment
+            try:
+                first = client.alerts()
+                break
+            except TransportError:
+                if time.monotonic() > t0 + report.up_seconds + sensor_timeout:
+                    raise
+                time.sleep(0.3)
+        before = {json.dumps(a, sort_keys=True, default=str) for a in first}
         say(f"scanning {target} from {report.scanner_netns}")
         t1 = time.monotonic()
         result = scan_app.run_scan(loaded, [target])
@@ -198,6 +222,12 @@ def run_demo(playbook: str | None = None, *, keep: bool = False, sensor_timeout:
             time.sleep(1.0)
         report.alert_count = len(new)
         report.alerts = [_alert_line(a) for a in new]
+        try:
+            report.devices = [{"name": d.get("name"), "ip": (d.get("ipAddresses") or [None])[0],
+                               "mac": (d.get("macAddresses") or [None])[0],
+                               "vendor": d.get("vendor")} for d in client.devices()]
+        except LabctlError:
+            report.devices = []
     finally:
         if not keep:
             say(f"removing twin lab {pb.lab}")

@@ -135,7 +135,12 @@ def _print_demo(d: dict[str, Any]) -> None:
     echo(f"scan of {d['target']} from {d['scanner_netns']}: {len(d['hosts'])} host(s) up")
     for h in d["hosts"]:
         echo(f"  {h['ip']:<15} {', '.join(str(p) for p in h['ports']) or '-'}")
-    echo(f"sensor alerts: {len(d['alerts'])}")
+    if d.get("sensor_devices"):
+        echo(f"sensor inventory: {len(d['sensor_devices'])} device(s)")
+        for dev in d["sensor_devices"]:
+            echo(f"  {dev.get('ip') or '-':<15} {dev.get('mac') or '-':<17} "
+                 f"{dev.get('vendor') or ''}")
+    echo(f"sensor alerts: {d['alerts_fired']}")
     for a in d["alerts"][:20]:
         echo(f"  {a}")
     echo("twin left running (--keep)" if d["kept"] else f"twin removed in "
