@@ -442,3 +442,44 @@ def test_pypsrp_debug_logging_is_held_back_and_values_are_serializable(remote):
     assert logging.getLogger("pypsrp.wsman").getEffectiveLevel() >= logging.INFO
     assert remote.invocations[0]["params"] == {"Name": "x", "Ip": "192.168.0.1/24",
                                                "Net": "172.16.1.0/24", "Ids": [1, 52]}
+
+
+def test_real_pypsrp_powershell_object_gets_script_and_named_parameters(monkeypatch):
+    """With pypsrp's own PowerShell class (only the pool and invoke faked): the body becomes
+    one script Command unchanged, each parameter a named CommandParameter, and a None value
+    is left out instead of becoming a bare switch."""
+    import pypsrp.powershell
+    import pypsrp.wsman
+
+    captured: list = []
+
+    class Pool:
+        protocol_version = "2.3"
+
+        def __init__(self, wsman, **kw):
+            pass
+
+        def open(self):
+            pass
+
+        def close(self):
+            pass
+
+    def fake_invoke(self, *a, **kw):
+        captured.append(self)
+        return ['{"done": true}']
+
+    monkeypatch.setattr(pypsrp.wsman, "WSMan", lambda server, **kw: object())
+    monkeypatch.setattr(pypsrp.powershell, "RunspacePool", Pool)
+    monkeypatch.setattr(pypsrp.powershell.PowerShell, "invoke", fake_invoke)
+    body = "param($Name, $Ids, $Notes, $Force)\n'{}'"
+    with make_runner(cfg()) as r:
+        assert r.run(RenderedScript("vm/set", body, {"Name": HOSTILE, "Ids": [1, 52],
+                                                     "Notes": None, "Force": True})) == {
+            "done": True}
+    ps = captured[0]
+    assert isinstance(ps, pypsrp.powershell.PowerShell)
+    (cmd,) = ps.commands
+    assert cmd.cmd == body and cmd.is_script is True
+    assert [(a.name, a.value) for a in cmd.args] == [("Name", HOSTILE), ("Ids", [1, 52]),
+                                                      ("Force", True)]

@@ -5,6 +5,8 @@ Why these choices:
 * ``PowerShell(pool).add_script(body).add_parameters(params)``: values are bound as typed
   parameters by the remote runspace, never spliced into the script text (pypsrp's
   ``Client.execute_ps`` would wrap text in ``Invoke-Expression`` and log the whole script).
+* Top-level parameters whose value is ``None`` are not sent (pypsrp would turn them into a
+  bare switch); the script's default applies. The SSH/local wrapper does the same.
 * One ``RunspacePool`` per runner, opened on the first script and reused for every script of
   a run (a converged ``labctl up`` is one round trip of one script), closed by ``close()``.
 * HTTPS on 5986 with the certificate verified by default (``cert_validation=True``, or the CA
@@ -73,6 +75,13 @@ def _psrp_value(v: Any) -> Any:
                       ipaddress.IPv6Address, ipaddress.IPv6Network, PurePath)):
         return str(v)
     return str(v)
+
+
+def _bound_params(script: RenderedScript) -> dict[str, Any]:
+    """Top-level parameters for ``add_parameters``. A ``None`` value is left out: pypsrp would
+    send it as a bare switch (``-Name`` with no value), so the script's default applies instead,
+    exactly as over SSH (see :func:`labctl.transport.pswrap.bound_params`)."""
+    return {k: _psrp_value(v) for k, v in script.plain_params().items() if v is not None}
 
 
 def error_record_text(rec: Any) -> str:
@@ -154,7 +163,7 @@ class PsrpRunner:
 
             ps = PowerShell(pool)
             ps.add_script(script.body)
-            params = {k: _psrp_value(v) for k, v in script.plain_params().items()}
+            params = _bound_params(script)
             if params:
                 ps.add_parameters(params)
             output = ps.invoke()

@@ -20,7 +20,8 @@ The fixed :data:`WRAPPER` (Windows PowerShell 5.1 compatible: no ``ConvertFrom-J
 -AsHashtable``) decodes the body (UTF-8) and the parameters (a UTF-8 JSON object), converts
 the JSON object to a hashtable with a small recursive helper, and splats it into
 ``[scriptblock]::Create(body)`` -- the same named-parameter binding that pypsrp's
-``add_parameters`` gives over WinRM. The body's own prelude decides ``$ErrorActionPreference``;
+``add_parameters`` gives over WinRM. Top-level ``None`` values are not sent (:func:`bound_params`), as over WinRM. The body's own
+prelude decides ``$ErrorActionPreference``;
 the wrapper runs it with the session default (Continue), as PSRP does.
 
 **Error reporting: a JSON envelope on stdout** (the one choice made for both runners).
@@ -155,10 +156,17 @@ def _json_default(v: Any) -> Any:
     return str(v)
 
 
+def bound_params(script: RenderedScript) -> dict[str, Any]:
+    """The parameters that are sent: secrets revealed, top-level ``None`` values left out so
+    the script's own default applies (the same rule as the WinRM runner, where pypsrp would
+    otherwise send ``None`` as a bare switch)."""
+    return {k: v for k, v in script.plain_params().items() if v is not None}
+
+
 def stdin_for(script: RenderedScript) -> bytes:
     """The bytes written to ``powershell.exe -Command -``: one bootstrap line, a blank line."""
     line = BOOTSTRAP.format(wrapper=_b64(WRAPPER), body=_b64(script.body),
-                            params=_b64(encode_params(script.plain_params())))
+                            params=_b64(encode_params(bound_params(script))))
     return (line + "\n\n").encode("ascii")
 
 
