@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 
+import pytest
 import requests
 
 from labctl.core.errors import AuthError, LockedOutError
@@ -12,9 +13,7 @@ from labctl.core.secrets import Secret
 from labctl.router.asus import sdn
 from labctl.router.asus.client import AsusClient
 from labctl.router.asus.twin import RouterTwin, TwinServer
-from tests.helpers.router_twin import APP_UA, ROUTER_PASSWORD, twin_lab
-
-import pytest
+from tests.helpers.router_twin import APP_UA, twin_lab
 
 
 def _bad_login(url: str) -> dict:

@@ -52,9 +52,8 @@ class RouterTarget:
     def client(self) -> Any:
         if self.client_factory is not None:
             return self.client_factory(self)
-        from labctl.router.asus.client import AsusClient
+        from labctl.router.asus.client import APP_USER_AGENT, AsusClient
         from labctl.transport.http import make_session
-        from labctl.router.asus.client import APP_USER_AGENT
 
         session = make_session(self.url, pin_store=self.pin_store, user_agent=APP_USER_AGENT,
                                timeout=self.timeout, netns=self.netns,
@@ -162,7 +161,8 @@ def desired_network(loaded: LoadedPlaybook | None, overrides: dict[str, Any], *,
         auth=str(pick("auth", "wpa2-personal")),
         gateway=ipaddress.IPv4Address(str(gateway)) if gateway else None,
         dhcp=bool(pick("dhcp", True)),
-        dhcp_range=tuple(ipaddress.IPv4Address(str(a)) for a in rng) if rng else None,  # type: ignore[arg-type]
+        dhcp_range=(ipaddress.IPv4Address(str(rng[0])), ipaddress.IPv4Address(str(rng[1])))
+        if rng else None,
         lease_seconds=int(pick("lease_seconds", 86400)), dns=dns,
         ap_isolation=bool(pick("ap_isolation", False)), hidden=bool(pick("hidden", False)))
 

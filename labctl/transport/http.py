@@ -167,7 +167,7 @@ def fetch_peer_certificate(host: str, port: int, timeout: float,
 
 
 class _DeviceAdapter(HTTPAdapter):
-    """HTTPAdapter with a default timeout, a netns, and fingerprint pinning for self-signed peers."""
+    """HTTPAdapter with a default timeout, a netns, and pinning for self-signed peers."""
 
     def __init__(self, *, base_url: str, pin_store: PinStore, fingerprint: str | None,
                  trust_on_first_use: bool, ca_bundle: str | None, timeout: float,
@@ -253,7 +253,9 @@ class DeviceSession(requests.Session):
     base_url: str
     pin_store: PinStore
 
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+    def request(  # type: ignore[override]
+        self, method: str, url: str, *args: Any, **kwargs: Any
+    ) -> requests.Response:
         if not url.lower().startswith(("http://", "https://")):
             url = self.base_url.rstrip("/") + "/" + url.lstrip("/")
         try:

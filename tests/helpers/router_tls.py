@@ -8,7 +8,6 @@ import ipaddress
 import ssl
 import threading
 from pathlib import Path
-from typing import Iterator
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization

@@ -186,7 +186,8 @@ def decode_networks(state: dict[str, str]) -> list[dict[str, Any]]:
             mask = int(dut.rows[0]["bandmask"]) if dut.rows else 0
         except ValueError:
             mask = 0
-        vrow = t.vlan.find("vlan_idx", row["vlan_idx"]) if row["vlan_idx"] not in ("", "0") else None
+        vrow = (t.vlan.find("vlan_idx", row["vlan_idx"])
+                if row["vlan_idx"] not in ("", "0") else None)
         srow = (t.subnet.find("subnet_idx", row["subnet_idx"])
                 if row["subnet_idx"] not in ("", "0") else None)
         subnet = gateway = None
