@@ -155,3 +155,22 @@ def test_dry_run_and_human_diff_change_nothing(tmp_path, cli_run):
         assert r.exit_code == 2 and "-y" in r.stderr
         assert lab.twin.sdn_snapshot() == before
         assert lab.paths()[-1] == "Logout.asp"
+
+
+def test_up_router_stage_applies_then_converges(tmp_path, monkeypatch):
+    from labctl.app import router as app
+    from labctl.app.lab import LabContext
+    from labctl.core.playbook import load_playbook
+
+    with twin_lab(tmp_path) as lab:
+        for k, v in lab.env().items():
+            monkeypatch.setenv(k, v)
+        ctx = LabContext(load_playbook(lab.playbook))
+        seen = []
+        rep = app.iot_net_stage(ctx, confirm=lambda r: seen.append(r) or True, dry_run=True)
+        assert rep.action == "create" and not rep.applied and seen == []
+        rep = app.iot_net_stage(ctx, confirm=lambda r: seen.append(r) or True)
+        assert rep.applied and rep.verified and seen and seen[0].diff
+        rep = app.iot_net_stage(ctx, confirm=lambda r: False)
+        assert rep.action == "noop" and not rep.applied
+        assert lab.count("applyapp.cgi") == 1
