@@ -101,6 +101,17 @@ def test_error_record_becomes_remote_command_error_quoting_the_message(srv):
     assert "#fake" not in str(e)  # never the body
 
 
+def test_missing_mandatory_parameter_is_a_remote_error(srv):
+    body = "param(\n  [Parameter(Mandatory = $true)][string]$Name,\n  [int]$Size = 1\n)\n#fake: echo"
+    with make_runner(cfg_for(srv)) as runner:
+        with pytest.raises(RemoteCommandError, match="missing mandatory parameters: Name"):
+            runner.run(script(body, Size=2))
+        # a None value is left out, so a mandatory parameter set to None is missing too
+        with pytest.raises(RemoteCommandError, match="mandatory"):
+            runner.run(script(body, Name=None))
+        assert runner.run(script(body, Name="x")) == {"params": {"Name": "x"}}
+
+
 def test_undeclared_parameter_is_a_remote_error(srv):
     with make_runner(cfg_for(srv)) as runner:
         with pytest.raises(RemoteCommandError, match="matches parameter name 'Bogus'"):

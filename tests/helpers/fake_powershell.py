@@ -14,7 +14,8 @@ Checks, each failing with exit code 64 and a message on stderr:
   * the decoded wrapper takes the two strings, splats a hashtable into
     ``[scriptblock]::Create(...)``, and avoids ``ConvertFrom-Json -AsHashtable`` (not in 5.1);
   * the parameters are a JSON object; when the body declares ``param(...)``, every parameter
-    sent is declared there (PowerShell's own binding rule).
+    sent is declared there and every Mandatory one is sent (PowerShell's own binding rules,
+    reported as error records the way -NonInteractive PowerShell does).
 
 Emulation: directives written as PowerShell comments in the body, ``#fake: <verb> <arg>``,
 processed in order (no directive = ``echo``):
@@ -63,18 +64,59 @@ def record(entry: dict) -> None:
             f.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
 
-def declared_params(body: str) -> list[str] | None:
+def declared_params(body: str) -> dict[str, bool] | None:
+    """``param(...)`` of the body: parameter name -> Mandatory. None when there is no block."""
     m = re.search(r"(?im)^\s*param\s*\(", body)
     if not m:
         return None
-    depth, i = 1, m.end()
-    while i < len(body) and depth:
-        depth += {"(": 1, ")": -1}.get(body[i], 0)
+    depth, i, quote = 1, m.end(), ""
+    segments: list[str] = []
+    cur = ""
+    while i < len(body):
+        ch = body[i]
         i += 1
-    block = body[m.end():i - 1]
-    # drop attribute arguments like [Parameter(Mandatory)] / [ValidateSet('a')]
-    block = re.sub(r"\[[^\]]*\]", "", block)
-    return re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", block)
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch == "#":  # a comment runs to the end of the line
+            while i < len(body) and body[i] != "\n":
+                i += 1
+            continue
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0:
+                break
+        elif ch == "," and depth == 1:
+            segments.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    segments.append(cur)
+    out: dict[str, bool] = {}
+    for seg in segments:
+        seg = re.sub(r"(?m)#.*$", "", seg)
+        # the name is the first $variable outside brackets (attributes, type constraints)
+        d, name_at = 0, None
+        for j, ch in enumerate(seg):
+            if ch in "([{":
+                d += 1
+            elif ch in ")]}":
+                d -= 1
+            elif ch == "$" and d == 0:
+                name_at = j
+                break
+        if name_at is None:
+            continue
+        mm = re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)", seg[name_at:])
+        if not mm:
+            continue
+        attrs = seg[:name_at]
+        mandatory = bool(re.search(r"Mandatory\s*(=\s*\$true\s*)?[,)]", attrs, re.I))
+        out[mm.group(1)] = mandatory
+    return out
 
 
 def envelope(ok: bool, output: list[str], errors: list[str]) -> str:
@@ -132,11 +174,19 @@ def main() -> None:
 
     declared = declared_params(body)
     if declared is not None:
+        known = {d.lower() for d in declared}
         for name in params:
-            if name.lower() not in {d.lower() for d in declared}:
+            if name.lower() not in known:
                 print(envelope(False, [], [
                     f"A parameter cannot be found that matches parameter name '{name}'."]))
                 sys.exit(1)
+        sent = {k.lower() for k in params}
+        missing = [d for d, mand in declared.items() if mand and d.lower() not in sent]
+        if missing:  # -NonInteractive: PowerShell refuses instead of prompting
+            print(envelope(False, [], [
+                "Cannot process command because of one or more missing mandatory parameters: "
+                + " ".join(missing) + "."]))
+            sys.exit(1)
 
     output: list[str] = []
     errors: list[str] = []
