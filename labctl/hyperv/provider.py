@@ -9,7 +9,7 @@ refuses unsafe plans in :meth:`preflight`, and applies a plan step by step throu
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from labctl.core.errors import LabctlError, PreflightError, UsageError
 from labctl.core.model import Plan, ProgressFn, ResourceStatus
