@@ -167,11 +167,21 @@ def test_defaults_are_https_5986_with_certificate_validation(remote):
     assert kw["username"] == "LAB\\labadmin" and kw["password"] == "not-the-canary-pw"
 
 
-def test_ca_trust_path_and_auth_are_passed_through(remote):
-    with make_runner(cfg(ca_trust_path="/etc/labctl/ca.pem", auth="kerberos")) as r:
+def test_ca_trust_path_and_auth_are_passed_through(remote, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "labctl-winrm.pem").write_text("pem")
+    with make_runner(cfg(ca_trust_path="~/labctl-winrm.pem", auth="kerberos")) as r:
         r.run(script(Name="x"))
     kw = remote.wsman_kwargs[0]
-    assert kw["cert_validation"] == "/etc/labctl/ca.pem" and kw["auth"] == "kerberos"
+    assert kw["cert_validation"] == str(tmp_path / "labctl-winrm.pem")  # ~ expanded
+    assert kw["auth"] == "kerberos"
+
+
+def test_missing_ca_trust_path_is_a_usage_error(remote, tmp_path):
+    with make_runner(cfg(ca_trust_path=str(tmp_path / "nope.pem"))) as r:
+        with pytest.raises(UsageError, match="ca_trust_path"):
+            r.run(script(Name="x"))
+    assert remote.wsman_kwargs == []
 
 
 def test_params_go_through_add_parameters_never_into_the_script_text(remote):

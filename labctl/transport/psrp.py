@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from enum import Enum
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
@@ -134,7 +135,13 @@ class PsrpRunner:
         if cfg.password is not None:
             password = cfg.password.resolve(f"password for {cfg.user or '?'}@{cfg.host}",
                                             self.prompt_fn)
-        cert: bool | str = cfg.ca_trust_path if cfg.ca_trust_path else cfg.cert_validation
+        cert: bool | str = cfg.cert_validation
+        if cfg.ca_trust_path:
+            cert = os.path.expanduser(cfg.ca_trust_path)
+            if not os.path.exists(cert):
+                raise UsageError(f"hyperv.ca_trust_path {cfg.ca_trust_path!r} does not exist",
+                                 hint="copy the host's WinRM certificate (PEM) there; "
+                                      "see docs/hyperv-host.md")
         # WSMan holds a Receive for up to operation_timeout, so reads must wait longer.
         read_timeout = int(cfg.timeout)
         operation_timeout = max(1, min(OPERATION_TIMEOUT, read_timeout - 3))
