@@ -55,6 +55,10 @@ def plan_scan(loaded: Any, targets: Iterable[str], *, profile: str | ScanProfile
     allowed = list(pb.lab_networks) if pb is not None else []
     allowed += [n for n in (parse_scope(s) for s in scope) if n not in allowed]
     check_scope(parsed, allowed)
+    families = {t.first.version for t in parsed}
+    if len(families) > 1:
+        raise UsageError("IPv4 and IPv6 targets cannot be mixed in one scan (nmap scans one "
+                         "address family per run)", hint="run one scan per family")
     size = sum(t.size for t in parsed)
     if size > prof.max_addresses:
         raise UsageError(f"the targets cover {size} addresses; profile {prof.name!r} allows "
@@ -90,7 +94,9 @@ def run_scan(loaded: Any, targets: Iterable[str], profile: str | ScanProfile | N
                                        excludes=excludes, scope=scope, force=force)
     base = load_baseline(baseline) if baseline else None
     started = time.time()
-    runs, hosts = execute(prof, sc, [t.text for t in parsed], excl, progress)
+    v6 = any(t.first.version == 6 for t in parsed)
+    runs, hosts = execute(prof, sc, [t.text for t in parsed], excl, progress,
+                          extra_args=["-6"] if v6 and "-6" not in prof.all_args() else None)
     lab = loaded.model.lab if loaded is not None else ADHOC_LAB
     result = ScanResult(lab=lab, scanner=sc.spec, profile=prof.name,
                         targets=[t.text for t in parsed], excludes=excl, started=started,

@@ -55,9 +55,14 @@ def merge_hosts(first: list[HostResult], second: list[HostResult]) -> list[HostR
 
 
 def execute(profile: ScanProfile, scanner, targets: list[str], excludes: list[str],
-            progress: ProgressFn | None = None) -> tuple[list[NmapRun], list[HostResult]]:
-    """Run the profile; return every nmap run (exact argv, XML) and the merged hosts."""
-    excl = _exclude_args(excludes)
+            progress: ProgressFn | None = None,
+            extra_args: list[str] | None = None) -> tuple[list[NmapRun], list[HostResult]]:
+    """Run the profile; return every nmap run (exact argv, XML) and the merged hosts.
+
+    ``extra_args`` (e.g. ``-6`` for IPv6 targets) go into every pass.
+    """
+    extra = list(extra_args or [])
+    excl = [*extra, *_exclude_args(excludes)]
     if profile.strategy == "oneshot":
         run = scanner.run([*profile.args, *excl], targets, timeout=profile.timeout,
                           progress=progress, phase="scan")
@@ -71,7 +76,7 @@ def execute(profile: ScanProfile, scanner, targets: list[str], excludes: list[st
         return [run1], hosts1
     keys = {p.key for h in live for p in h.open_ports()}
     remaining = max(5.0, profile.timeout - (run1.ended - run1.started))
-    run2 = scanner.run([*profile.service_args, "-p", port_spec(keys)],
+    run2 = scanner.run([*profile.service_args, *extra, "-p", port_spec(keys)],
                        [h.addr for h in live], timeout=remaining, progress=progress,
                        phase="service")
     _, hosts2 = parse_nmap_xml(run2.xml, scanner.spec)
