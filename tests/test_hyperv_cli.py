@@ -244,3 +244,17 @@ def test_secret_canary_never_appears(cli_run, tmp_path, monkeypatch, _isolated_s
     for f in Path(_isolated_state).rglob("*"):
         if f.is_file():
             assert CANARY not in f.read_text(errors="replace"), f
+
+
+def test_plan_shows_before_after_and_needs_the_vm_off(cli_run, host, pb):
+    cli_run("up", "-f", pb, "-y")
+    vm = [v for v in host.vms if v["name"] == "d4iot-sensor"][0]
+    vm["cpu"], vm["dynamic_memory"] = 2, True
+    r = cli_run("plan", "-f", pb)
+    assert r.exit_code == 0
+    assert "~ hyperv.vm:d4iot-sensor: update" in r.stdout
+    assert "cpu: 2 -> 4" in r.stdout and "dynamic_memory: true -> false" in r.stdout
+    assert "[needs the VM off]" in r.stdout
+    assert "= hyperv.vmswitch:Core: noop  (switch exists with the wanted settings)" in r.stdout
+    assert "pre-flight: VM d4iot-sensor is Running" in r.stdout  # shown before `up` refuses
+    assert cli_run("up", "-f", pb, "-y").exit_code == ExitCode.PRECONDITION

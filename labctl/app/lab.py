@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -144,6 +145,18 @@ def stage_function(stage: str) -> Callable[..., Any] | None:
     return getattr(importlib.import_module(module), attr, None)
 
 
+def _accepted(fn: Callable[..., Any], **kwargs: Any) -> dict[str, Any]:
+    """The keyword arguments ``fn`` accepts: stage modules come from other parts of labctl
+    and may not take every option (e.g. no ``dry_run``)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return kwargs
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
 def _has_section(ctx: LabContext, stage: str) -> bool:
     pb = ctx.loaded.model
     if stage == "router":
@@ -192,7 +205,7 @@ def up_stages(ctx: LabContext, *, only: str | None = None,
         def stage_confirm(obj: Any, _stage: str = stage) -> bool:
             return confirm_stage(_stage, obj) if confirm_stage is not None else False
 
-        report = fn(ctx, confirm=stage_confirm, dry_run=dry_run)
+        report = fn(ctx, **_accepted(fn, confirm=stage_confirm, dry_run=dry_run))
         if report is None:
             done(StageResult(stage, "skipped", f"nothing to do for {stage}"))
             continue

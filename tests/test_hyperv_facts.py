@@ -1,0 +1,90 @@
+"""The facts script and the facts parser agree on the JSON shape, and the parser copes with
+what Windows PowerShell 5.1's ConvertTo-Json really prints."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from pydantic import BaseModel
+
+from labctl.core.errors import RemoteCommandError
+from labctl.hyperv import facts as F
+from labctl.hyperv.scripts import script_body
+
+
+def _model_fields(model: type[BaseModel], seen: set | None = None) -> set[str]:
+    out: set[str] = set()
+    for name, f in model.model_fields.items():
+        out.add(name)
+        ann = f.annotation
+        for sub in getattr(ann, "__args__", ()) + (ann,):
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                out |= _model_fields(sub)
+    return out
+
+
+def test_facts_script_keys_match_the_parser():
+    body = script_body("facts/read").split("param(", 1)[1]
+    # keys of the [ordered]@{ ... } hashtables the script emits
+    keys = set()
+    for block in re.findall(r"\[ordered\]@\{(.*?)\n\s*\}|\[ordered\]@\{([^\n]*?)\}", body, re.S):
+        text = block[0] or block[1]
+        keys |= set(re.findall(r"(?:^|[;{\s])([a-z_]+) = ", text, re.M))
+    fields = _model_fields(F.HostFacts) - {"assumed"}
+    assert keys - fields == set(), "script emits keys the parser ignores"
+    assert fields - keys == set(), "parser expects keys the script never emits"
+
+
+def test_parser_accepts_ps51_quirks():
+    # ConvertTo-Json on 5.1 turns a one-element array built by a pipeline into an object,
+    # and $null lists into null.
+    doc = {
+        "hyperv_module": True, "default_route_alias": "Ethernet",
+        "net_adapters": {"name": "Ethernet", "description": "x", "status": "Up"},
+        "switches": {"name": "Core", "type": "Internal", "notes": None, "extensions": None,
+                     "net_adapter": None, "allow_management_os": True, "monitor_mode": None},
+        "host_vnics": [{"name": "Core", "switch": "Core", "alias": "vEthernet (Core)",
+                        "ips": {"address": "192.168.0.1", "prefix_length": 24,
+                                "origin": "Manual"}, "dns": "8.8.8.8"}],
+        "nats": None,
+        "vms": {"name": "v", "state": "Off", "adapters": {"name": "A", "switch": "Core",
+                                                          "vlan": {"mode": "Untagged"}},
+                "vhds": None, "dvd": "D:\\x.iso"},
+        "disk": {"path": "D:\\", "exists": True, "free_gb": 12.5},
+        "isos": None, "vhd_files": [],
+    }
+    f = F.parse_facts(doc)
+    assert f.switches[0].name == "Core" and f.switches[0].extensions == []
+    assert f.host_vnics[0].dns == ["8.8.8.8"] and f.host_vnics[0].ips[0].cidr == "192.168.0.1/24"
+    assert f.vms[0].dvd == ["D:\\x.iso"] and f.vms[0].adapters[0].name == "A"
+    assert f.nats == [] and f.net_adapters[0].name == "Ethernet"
+
+
+def test_parser_rejects_a_wrong_shape_as_a_remote_error():
+    with pytest.raises(RemoteCommandError, match="facts/read"):
+        F.parse_facts(["not", "an", "object"])
+    with pytest.raises(RemoteCommandError, match="switches"):
+        F.parse_facts({"switches": [{"type": "Internal"}]})
+
+
+def test_default_route_adapter_through_a_shared_external_switch():
+    f = F.parse_facts({
+        "default_route_alias": "vEthernet (Uplink)",
+        "switches": [{"name": "Uplink", "type": "External", "net_adapter": "Ethernet"}],
+        "host_vnics": [{"name": "Uplink", "switch": "Uplink", "alias": "vEthernet (Uplink)"}],
+    })
+    assert f.default_route_adapter == "Ethernet"
+    assert F.parse_facts({"default_route_alias": "Wi-Fi"}).default_route_adapter == "Wi-Fi"
+
+
+@pytest.mark.parametrize("notes,owned", [
+    ("managed-by: labctl lab=homelab", True),
+    ("my notes\r\nmanaged-by: labctl lab=homelab\r\n", True),
+    ("managed-by: labctl lab=homelab2", False),
+    ("managed-by: labctl lab=home", False),
+    ("", False), (None, False),
+])
+def test_ownership_marker(notes, owned):
+    assert F.owned_by(notes, "homelab") is owned
+    assert F.owned_by(F.notes_with_marker("x", "homelab"), "homelab")
