@@ -22,7 +22,7 @@ def _listen(value: str) -> tuple[str, int]:
 @click.command("serve-router")
 @click.option("--listen", required=True, metavar="HOST:PORT", help="Address to serve on.")
 @click.option("--https", "use_https", is_flag=True,
-              help="Serve HTTPS with a self-signed certificate kept next to --state.")
+              help="Serve HTTPS with a self-signed certificate kept in the state home.")
 @click.option("--state", "state", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="nvram JSON file (created from the realistic defaults, saved on apply).")
 @click.option("--login", "login_mode", type=click.Choice(["v1", "v2", "both"]), default="both",
@@ -67,7 +67,10 @@ def serve_router(listen: str, use_https: bool, state: Path | None, login_mode: s
     if use_https:
         from labctl.core.state import state_home
 
-        cert, key = ensure_certificate(state.parent if state else state_home() / "router-twin")
+        # Kept beside pins.json (not in the lab's state dir), so re-creating a twin lab keeps
+        # the same certificate and the client's TOFU pin stays valid.
+        safe = f"{host}_{port}".replace(":", "_").replace("/", "_")
+        cert, key = ensure_certificate(state_home() / "router-twin" / safe)
     server = TwinServer(twin, host, port, https=use_https, certfile=cert, keyfile=key)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     echo(f"router twin ({model}, login {login_mode}) serving on {server.url}", err=True)

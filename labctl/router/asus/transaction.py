@@ -130,6 +130,16 @@ def run(client: Any, state: dict[str, str], edit: Edit, *, backup_dir: Path) -> 
             hint = (f"restore it with `labctl router restore {report.backup_file}` once the "
                     "router answers")
         raise TransactionFailed(msg, report, e, hint) from None
+    except KeyboardInterrupt:
+        # Ctrl-C mid-apply must not leave a half-written router either.
+        report.failure = "interrupted"
+        _restore(client, backup, edit, report)
+        from labctl.core.errors import Interrupted
+
+        raise Interrupted("interrupted during the apply; the backup was "
+                          + ("restored and verified" if report.restore_verified else
+                             f"NOT verified; run `labctl router restore {report.backup_file}`")
+                          ) from None
 
 
 def _restore(client: Any, backup: dict[str, str], edit: Edit, report: TxReport) -> None:
