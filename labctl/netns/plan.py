@@ -122,10 +122,11 @@ def plan_up(topo: Topology, facts: TwinFacts, state_dir: str) -> Plan:
             ops.append(_ip(ns, "link", "set", "lo", "up"))
         wrong = {k: v for k, v in sysctls.items() if k in f.sysctls and f.sysctls[k] != v}
         ops += [{"op": "sysctl", "netns": ns, "key": k, "value": v} for k, v in wrong.items()]
-        ch.append(_change(f"netns.namespace:{ns}", "update",
-                          "sysctl " + ", ".join(f"{k}={f.sysctls.get(k)} (want {v})"
-                                                for k, v in wrong.items()) if wrong else "lo down",
-                          ops, "namespace/update"))
+        why = [f"sysctl {k}={f.sysctls.get(k)} (want {v})" for k, v in wrong.items()]
+        if not _is_up(f.links.get("lo", {})):
+            why.insert(0, "lo down")
+        ch.append(_change(f"netns.namespace:{ns}", "update", ", ".join(why), ops,
+                          "namespace/update"))
 
     # -- bridges (vSwitches)
     for br in topo.bridges:

@@ -374,6 +374,11 @@ def build(loaded: LoadedPlaybook, state_dir: Path) -> Topology:
         argv += ["--state", str(state_dir / "router-nvram.json")]
         if iot is not None and iot_bridge is not None:
             argv += ["--iot-interface", f"{iot.vlan}=iot0"]
+        pw_env = pb.router.password.env
+        if pw_env and os.environ.get(pw_env):
+            # the router twin then accepts the password labctl will log in with (the value
+            # stays in the environment, only the variable's name is on the command line)
+            argv += ["--password-env", pw_env]
         t.processes.insert(1, Process(name="router", ns=rtr, kind="router",
                                       argv=_labctl_argv(*argv)))
     if pb.sensor is not None and pb.sensor.kind == "embedded" and t.sensor_ns:

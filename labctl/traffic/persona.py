@@ -161,11 +161,11 @@ def _talk(ob: Outbound, name: str, wan: str, irc_port: int, stop: threading.Even
 
 
 def run_persona(persona: Persona, name: str, wan: str, irc_port: int = 6667,
-                stop: threading.Event | None = None) -> None:
+                stop: threading.Event | None = None, bind: str = "0.0.0.0") -> None:
     """Run a persona until ``stop`` is set (forever in a supervised process)."""
     stop = stop or threading.Event()
     threads = []
-    socks = open_listeners(persona)
+    socks = open_listeners(persona, bind)
     for s, lst in socks:
         fn = _serve_tcp if lst.proto == "tcp" else _serve_udp
         threads.append(threading.Thread(target=fn, args=(s, lst, stop), daemon=True))
