@@ -35,7 +35,7 @@ log = logging.getLogger("labctl.sensor.service")
 def parse_listen(text: str) -> tuple[str, int]:
     """``ADDR:PORT`` (``[v6]:PORT`` for IPv6) -> (addr, port)."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise UsageError(f"--listen {text!r} is not ADDR:PORT", hint="e.g. 192.168.0.101:443")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
