@@ -127,6 +127,7 @@ def test_missing_known_hosts_file_is_refused(srv, tmp_path):
 
 def test_not_an_ssh_server_is_a_transport_error():
     """A server that accepts and talks garbage: a clear TransportError, quickly."""
+    t0 = time.monotonic()
     lsock = socket.socket()
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(1)
@@ -141,8 +142,10 @@ def test_not_an_ssh_server_is_a_transport_error():
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     try:
-        with pytest.raises(TransportError):
+        with pytest.raises(TransportError) as ei:
             ssh_exec(SshTarget("u", "127.0.0.1", port, timeout=3.0), ["true"])
+        assert "SSH" in str(ei.value) and "SSH server" in (ei.value.hint or "")
+        assert time.monotonic() - t0 < 3
     finally:
         t.join(timeout=3)
         lsock.close()
@@ -190,3 +193,28 @@ def test_sshd_helper_accepts_a_given_key_and_environment(tmp_path):
         assert s.key_path == key.resolve()
         rc, out, _ = ssh_exec(s.target(), ["sh", "-c", 'printf %s "$LABCTL_PROBE"'])
     assert (rc, out) == (0, b"on air")
+
+
+def test_handshake_failure_prints_no_paramiko_traceback(tmp_path):
+    """Outside pytest (no logging configured) paramiko's thread must not dump a traceback on
+    stderr next to labctl's own error."""
+    import subprocess
+    import sys
+
+    code = (
+        "import socket, threading, time\n"
+        "from labctl.transport.sshexec import ssh_exec, SshTarget\n"
+        "l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(1)\n"
+        "def serve():\n"
+        "    c, _ = l.accept(); c.sendall(b'HTTP/1.1 400 Bad\\r\\n\\r\\n'); time.sleep(0.3); c.close()\n"
+        "threading.Thread(target=serve, daemon=True).start()\n"
+        "try:\n"
+        "    ssh_exec(SshTarget('u', '127.0.0.1', l.getsockname()[1], timeout=3.0), ['true'])\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                       timeout=30)
+    assert p.stdout.strip() == "TransportError"
+    assert "Traceback" not in p.stderr, p.stderr

@@ -152,8 +152,11 @@ def _translate_connect_error(target: SshTarget, exc: BaseException) -> Transport
                 hint=f"verify the key and add it: `ssh-keyscan -p {target.port} {target.host} "
                      ">> ~/.ssh/known_hosts` (then compare the fingerprint out of band), or set "
                      "the known_hosts file in the playbook (ssh_known_hosts)")
-        if "banner" in msg.lower() or "timed out" in msg.lower():
-            return ConnectTimeout(_scrub(f"SSH handshake with {where} failed: {msg}"),
+        if "timed out" in msg.lower() or "timeout" in msg.lower():
+            return ConnectTimeout(_scrub(f"SSH handshake with {where} timed out: {msg}"),
+                                  hint="is this really an SSH server? check the port")
+        if "banner" in msg.lower():
+            return TransportError(_scrub(f"{where} does not speak SSH ({msg})"),
                                   hint="is this really an SSH server? check the port")
         return TransportError(_scrub(f"SSH error talking to {where}: {msg}"))
     if isinstance(exc, EOFError):
@@ -192,9 +195,20 @@ def _load_host_keys(client: "paramiko.SSHClient", target: SshTarget) -> None:
             log.debug("cannot read %s", SYSTEM_KNOWN_HOSTS)
 
 
+def _quiet_paramiko() -> None:
+    """paramiko's transport thread logs handshake failures with a traceback; with no handler
+    configured Python would print them on stderr next to labctl's own, clearer error. A
+    NullHandler keeps them out of the terminal; they still reach any handler labctl sets up."""
+    lg = logging.getLogger("paramiko")
+    if not any(isinstance(h, logging.NullHandler) for h in lg.handlers):
+        lg.addHandler(logging.NullHandler())
+
+
 def connect_client(target: SshTarget) -> "paramiko.SSHClient":
     """Open an authenticated paramiko ``SSHClient`` with host-key checking on."""
     import paramiko
+
+    _quiet_paramiko()
 
     if target.key_filename and not os.path.isfile(os.path.expanduser(target.key_filename)):
         raise UsageError(f"SSH key file {target.key_filename!r} does not exist",
@@ -319,6 +333,11 @@ def _run_channel(chan: "paramiko.Channel", command: str, stdin: bytes | None, li
             break
         if chan.closed:
             break
+    # data that raced with the close/EOF check above
+    while chan.recv_ready():
+        out.append(chan.recv(65536))
+    while chan.recv_stderr_ready():
+        err.append(chan.recv_stderr(65536))
     # exit status arrives with or just after EOF
     while not chan.exit_status_ready():
         if time.monotonic() > deadline or chan.closed:
