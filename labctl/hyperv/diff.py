@@ -185,6 +185,12 @@ class _Builder:
             self.block(f"physical adapter {sw.adapter!r} for External switch {sw.name} was not "
                        "found on the host", f"use one of: {', '.join(names)} (Get-NetAdapter "
                                                 "-Physical)")
+        for other in f.switches:
+            if other.type == "External" and other.name.lower() != sw.name.lower() and \
+                    (other.net_adapter or "").lower() == (sw.adapter or "").lower():
+                self.block(f"adapter {sw.adapter!r} is already bound to External switch "
+                           f"{other.name!r}; an adapter can carry only one External switch",
+                           f"use another adapter for {sw.name}, or remove switch {other.name!r}")
         mgmt = f.default_route_adapter
         if mgmt and (sw.adapter or "").lower() == mgmt.lower():
             self.block(f"adapter {sw.adapter!r} carries the host's default route; binding External "
