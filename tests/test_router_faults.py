@@ -12,6 +12,7 @@ CASES = [
     ("5xx", 1, "HTTP 500"),
     ("slow", 5, "no reply in time"),
     ("mangle", 4, "read-back mismatch"),
+    ("badecho", 1, "echoed run_service"),
 ]
 
 
@@ -64,3 +65,36 @@ def test_slow_reads_are_retried_not_fatal(tmp_path, cli_run):
                     env=lab.env())
         assert r.exit_code == 0, r
         assert lab.count("appGet.cgi") >= 2
+
+
+def test_ctrl_c_mid_apply_restores_the_backup(tmp_path):
+    from labctl.app import router as app
+    from labctl.core.errors import Interrupted
+    from labctl.core.playbook import load_playbook
+    from labctl.router.asus.client import AsusClient
+
+    with twin_lab(tmp_path) as lab:
+        before = lab.twin.sdn_snapshot()
+        loaded = load_playbook(lab.playbook)
+        env = lab.env()
+        target = app.resolve_target(loaded, environ=env)
+        desired = app.desired_network(loaded, {}, environ=env)
+        calls = []
+        client = target.client()
+        assert isinstance(client, AsusClient)
+        orig_apply = client.apply
+
+        def apply(values, rc):
+            calls.append(rc)
+            out = orig_apply(values, rc)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+            return out
+
+        client.apply = apply  # type: ignore[method-assign]
+        target.client_factory = lambda t: client
+        with pytest.raises(Interrupted) as ei:
+            app.iot_net(target, desired, confirm=lambda r: True)
+        assert "restored and verified" in ei.value.message
+        assert len(calls) == 2
+        assert lab.twin.sdn_snapshot() == before

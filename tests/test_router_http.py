@@ -115,3 +115,28 @@ def test_unreachable_and_timeout_are_translated(tmp_path):
         assert ei.value.exit_code == 5
     finally:
         lsock.close()
+
+
+@pytest.mark.netns
+def test_netns_session_connects_inside_the_namespace(tmp_path):
+    import os
+    import subprocess
+
+    from labctl.transport.netns import netns_context
+
+    ns = f"rth{os.getpid() % 100000}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        cert, key = self_signed(tmp_path)
+        with netns_context(ns):
+            srv = HelloServer(cert, key)  # its listening socket lives in the namespace
+        with srv:
+            s = make_session(srv.url, pin_store=tmp_path / "p.json", netns=ns)
+            assert s.get("/").json() == {"hello": "world"}
+            # from the root namespace the same address has nothing listening
+            plain = make_session(srv.url, pin_store=tmp_path / "p2.json", retries=0)
+            with pytest.raises(TransportError):
+                plain.get("/")
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

@@ -182,7 +182,8 @@ class _DeviceAdapter(HTTPAdapter):
         # (host, port) -> sha256 to enforce, or None for CA verification
         self._modes: dict[tuple[str, int], str | None] = {}
         self._mode_lock = threading.Lock()
-        retry = Retry(total=retries, connect=retries, read=retries, status=retries,
+        # other=0: TLS failures (e.g. a pin mismatch) are final, not retried.
+        retry = Retry(total=retries, connect=retries, read=retries, status=retries, other=0,
                       backoff_factor=0.2, allowed_methods=IDEMPOTENT_METHODS,
                       status_forcelist=(502, 503, 504), raise_on_status=False,
                       respect_retry_after_header=False)

@@ -53,7 +53,7 @@ LOGIN_MAX_FAIL = 5  # DEFAULT_LOGIN_MAX_NUM
 LOCK_SECONDS = 300  # MAX_LOGIN_BLOCK_TIME
 APG_MAXINUM = 16
 APP_FRAMEWORKS = ("DUTUtil", "ASSIA", "IFTTT", "Alexa", "WebView")
-FAULT_KINDS = ("drop", "5xx", "slow", "mangle")
+FAULT_KINDS = ("drop", "5xx", "slow", "mangle", "badecho")
 _APG_RE = re.compile(r"^apg(\d+)_(.+)$")
 
 
@@ -576,6 +576,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.twin.sync_interfaces()
         if fault == "slow":
             time.sleep(self.twin.slow_seconds)
+        if fault == "badecho":  # applied, but the reply names another service
+            service = "restart_wireless;"
         entry["outcome"] = "ok"
         self._json({"modify": "1" if changed else "0", "run_service": service,
                     "restart_needed_time": "20"})
