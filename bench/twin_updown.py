@@ -88,8 +88,8 @@ def main() -> int:
         print(f"twin up   {out['up_seconds']:.3f} s (raw commands {out['raw_up_seconds']:.3f} s, "
               f"ratio {out['up_ratio_vs_raw']}) over {steps} steps; goal <= 10 s: "
               f"{'met' if out['goal_met'] else 'MISSED'}")
-        print(f"twin down {out['down_seconds']:.3f} s (raw commands {out['raw_down_seconds']:.3f} s, "
-              f"ratio {out['down_ratio_vs_raw']})")
+        print(f"twin down {out['down_seconds']:.3f} s (raw commands "
+              f"{out['raw_down_seconds']:.3f} s, ratio {out['down_ratio_vs_raw']})")
     return 0 if out["goal_met"] else 1
 
 

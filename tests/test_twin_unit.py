@@ -228,7 +228,7 @@ def test_wan_irc_session_speaks_enough_irc():
 
 
 def test_supervisor_lifecycle(tmp_path):
-    pid = supervisor.spawn(tmp_path, "sleeper", None,  # type: ignore[arg-type]
+    pid = supervisor.spawn(tmp_path, "sleeper", None,
                            [sys.executable, "-c", "import time; print('up', flush=True); "
                                               "time.sleep(30)"])
     info = supervisor.read(tmp_path, "sleeper")
@@ -240,7 +240,8 @@ def test_supervisor_lifecycle(tmp_path):
     assert "up" in info.log_tail()
     supervisor.stop(tmp_path, "sleeper")
     assert supervisor.read(tmp_path, "sleeper") is None
-    supervisor.spawn(tmp_path, "quitter", None, [sys.executable, "-c", "raise SystemExit(3)"])  # type: ignore[arg-type]
+    supervisor.spawn(tmp_path, "quitter", None,
+                     [sys.executable, "-c", "raise SystemExit(3)"])
     for _ in range(100):
         info = supervisor.read(tmp_path, "quitter")
         if not info.alive:

@@ -84,7 +84,7 @@ def _reap(pid: int) -> int | None:
     return None
 
 
-def spawn(state_dir: Path, name: str, netns: str, argv: list[str],
+def spawn(state_dir: Path, name: str, netns: str | None, argv: list[str],
           env: dict[str, str] | None = None) -> int:
     """Start one supervised process and write its pid file. Returns the pid."""
     run_dir(state_dir).mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,8 @@ from labctl.core.playbook import LoadedPlaybook, Playbook
 IFNAMSIZ = 15
 NFT_TABLE = "labctl"
 # no IPv6 in the twin: no router solicitations or MLD chatter on the mirrored segment
-IPV6_OFF = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}  # the lab's own nftables table in the host and router namespaces
+IPV6_OFF = {"net.ipv6.conf.all.disable_ipv6": "1",
+            "net.ipv6.conf.default.disable_ipv6": "1"}  # the lab's own nftables table in the host and router namespaces
 
 
 def sanitize(name: str) -> str:
