@@ -88,3 +88,15 @@ def test_default_route_adapter_through_a_shared_external_switch():
 def test_ownership_marker(notes, owned):
     assert F.owned_by(notes, "homelab") is owned
     assert F.owned_by(F.notes_with_marker("x", "homelab"), "homelab")
+
+
+def test_vlan_list_from_the_host_in_either_form():
+    from labctl.hyperv.diff import _vlan_matches
+
+    want = {"Mode": "Trunk", "AllowedVlanIdList": "1-4094", "NativeVlanId": 0, "AccessVlanId": 0}
+    long_form = F.VlanFacts(mode="Trunk", allowed=",".join(map(str, range(1, 4095))), native=0)
+    assert _vlan_matches(want, long_form)
+    assert _vlan_matches(want, F.VlanFacts(mode="Trunk", allowed="1-4094", native=0))
+    assert not _vlan_matches(want, F.VlanFacts(mode="Trunk", allowed="1-51,53-4094", native=0))
+    assert not _vlan_matches(want, F.VlanFacts(mode="Trunk", allowed="1-4094", native=52))
+    assert not _vlan_matches(want, F.VlanFacts(mode="Access", access_id=52))
