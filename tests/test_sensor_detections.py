@@ -132,14 +132,17 @@ def test_excessive_sessions_50_per_minute(tmp_path, cli_run):
 
 
 def test_dos_3000_attempts_per_minute(tmp_path, cli_run):
+    template = bytes(P.tcp_packet("10.1.0.9", P.TARGET_IP, 80))
+
     def flood(n):
-        return [P.tcp_packet(f"10.{1 + i // 250}.{i % 250}.9", P.TARGET_IP, 80,
-                             sport=1024 + i, t=P.T0 + i * 0.01) for i in range(n)]
-    doc = _replay(cli_run, P.write(tmp_path / "d.pcap", flood(3000)))
+        frames = P.vary_source(template, (f"10.{1 + i // 250}.{i % 250}.9" for i in range(n)),
+                               (1024 + i for i in range(n)))
+        return [(P.T0 + i * 0.01, f) for i, f in enumerate(frames)]
+    doc = _replay(cli_run, P.write_raw(tmp_path / "d.pcap", flood(3000)))
     hit = [a for a in doc["alerts"] if a["title"] == "Suspicion of Denial Of Service Attack"]
     assert len(hit) == 1 and hit[0]["engine"] == "Malware"
     assert hit[0]["destinationDeviceAddress"] == P.TARGET_IP
-    doc = _replay(cli_run, P.write(tmp_path / "d2.pcap", flood(2999)))
+    doc = _replay(cli_run, P.write_raw(tmp_path / "d2.pcap", flood(2999)))
     assert "Suspicion of Denial Of Service Attack" not in _titles(doc)
 
 

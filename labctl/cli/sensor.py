@@ -47,13 +47,16 @@ def sensor() -> None:
 @state_option
 @learning_option
 @scanner_option
+@click.option("--ring-mb", default=128, show_default=True, type=click.IntRange(0, 4096),
+              help="Size of the TPACKET_V3 capture ring that absorbs bursts "
+                   "(0: plain recvmsg, no ring).")
 def serve(interface: str, listen: str, config: str | None, state: str | None,
-          learning: bool | None, scanners: tuple[str, ...]) -> None:
+          learning: bool | None, scanners: tuple[str, ...], ring_mb: int) -> None:
     from labctl.sensor.service import SensorService
 
     svc = SensorService(interface=interface, listen=listen, state_dir=_state_dir(state),
                         config=config, learning_mode=learning,
-                        authorized_scanners=list(scanners))
+                        authorized_scanners=list(scanners), ring_mb=ring_mb)
     svc.install_signal_handlers()
 
     def ready(s: SensorService) -> None:

@@ -46,8 +46,9 @@ class SensorService:
 
     def __init__(self, *, interface: str, listen: str, state_dir: str | Path,
                  config: str | Path | None = None, learning_mode: bool | None = None,
-                 authorized_scanners: list[str] | None = None) -> None:
+                 authorized_scanners: list[str] | None = None, ring_mb: int = 128) -> None:
         self.interface = interface
+        self.ring_mb = ring_mb
         self.listen = parse_listen(listen)
         self.state_dir = Path(state_dir)
         cfg = load_config(config)
@@ -111,9 +112,9 @@ class SensorService:
 
     def run(self, ready: Callable[[SensorService], None] | None = None) -> None:
         """Capture until :attr:`stop_event` is set; always flush on the way out."""
-        from labctl.sensor.capture import LiveCapture
+        from labctl.sensor.capture import open_capture
 
-        self.capture = LiveCapture(self.interface)
+        self.capture = open_capture(self.interface, ring_mb=self.ring_mb)
         ticker = threading.Thread(target=self._ticker, name="sensor-flush", daemon=True)
         try:
             self.start_api()
@@ -132,9 +133,7 @@ class SensorService:
                     if self.idle:
                         self.idle = False
                         sensor.operational("traffic_resumed", self.last_rx)
-                    feed = sensor.feed
-                    for frame, ts in batch:
-                        feed(frame, 0, len(frame), ts)
+                    sensor.feed_batch(batch)
         finally:
             self.stop_event.set()
             if self.server is not None:

@@ -127,3 +127,30 @@ def engines_file(tmp: Path, *, learning: bool | None = None, scanners: list[str]
     out = tmp / "engines.yaml"
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     return out
+
+
+def write_raw(path: Path, frames: Iterable[tuple[float, bytes]]) -> Path:
+    """Write (timestamp, frame bytes) records as a classic pcap, fast (no scapy per packet)."""
+    import struct
+
+    out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+    for ts, frame in frames:
+        sec = int(ts)
+        out += struct.pack("<IIII", sec, int(round((ts - sec) * 1e6)), len(frame), len(frame))
+        out += frame
+    path.write_bytes(bytes(out))
+    return path
+
+
+def vary_source(template: bytes, ips: Iterable[str], sports: Iterable[int]) -> list[bytes]:
+    """Copies of an untagged IPv4/TCP-or-UDP frame with other source IPs and ports (the
+    checksums are left stale: the sensor does not verify them)."""
+    import ipaddress
+
+    out = []
+    for ip, sp in zip(ips, sports):
+        b = bytearray(template)
+        b[26:30] = ipaddress.IPv4Address(ip).packed
+        b[34:36] = sp.to_bytes(2, "big")
+        out.append(bytes(b))
+    return out
