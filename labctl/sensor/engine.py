@@ -356,6 +356,7 @@ class Sensor:
         self.by_ip: dict[bytes, Device | bool] = {}  # False = not a device (global address)
         self.connections: dict[tuple[str, str, int], Connection] = {}
         self.alerts: list[Alert] = []
+        self._alert_by_id: dict[int, Alert] = {}
         self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._next_device = 1
         self._next_alert = 1
@@ -858,6 +859,7 @@ class Sensor:
             information=list(info or []), last_time=ms)
         self._next_alert += 1
         self.alerts.append(alert)
+        self._alert_by_id[alert.id] = alert
         if dedup:
             self._dedup[key] = alert
         self.dirty_alerts.add(alert.id)
@@ -889,9 +891,15 @@ class Sensor:
                 dev.last_seen = ts
                 self.dirty_devices.add(dev.id)
         self._dev_seen.clear()
+        # bound the caches a long-running sensor keeps (an internet-wide scan would
+        # otherwise grow them without limit)
         if len(self._udp_flows) > 200_000:
             cutoff = now - 600
             self._udp_flows = {k: t for k, t in self._udp_flows.items() if t >= cutoff}
+        if len(self._global) > 500_000:
+            self._global.clear()
+        if len(self.by_ip) - len(self.devices) > 500_000:
+            self.by_ip = {k: v for k, v in self.by_ip.items() if v is not False}
 
     def prune(self, now: float) -> None:
         for w in (self._port_scan, self._addr_scan, self._arp_scan, self._icmp_flood,
@@ -905,13 +913,8 @@ class Sensor:
         devs = [self.devices[i].to_row() for i in self.dirty_devices if i in self.devices]
         conns = [self.connections[k].to_row() for k in self.dirty_connections
                  if k in self.connections]
-        amap = {a.id: a for a in self.alerts[-len(self.dirty_alerts) * 4 - 64:]} \
-            if self.dirty_alerts else {}
-        alerts = []
-        for i in self.dirty_alerts:
-            a = amap.get(i) or next((x for x in self.alerts if x.id == i), None)
-            if a is not None:
-                alerts.append(a.to_row())
+        alerts = [self._alert_by_id[i].to_row() for i in sorted(self.dirty_alerts)
+                  if i in self._alert_by_id]
         events = [e.to_row() for e in self.new_events]
         self.dirty_devices.clear()
         self.dirty_connections.clear()
@@ -936,6 +939,7 @@ class Sensor:
         for r in alerts:
             a = Alert.from_row(r)
             self.alerts.append(a)
+            self._alert_by_id[a.id] = a
             self._next_alert = max(self._next_alert, a.id + 1)
             if a.engine != "Operational":
                 self._dedup[(a.title, a.source_address,
