@@ -134,9 +134,10 @@ def show(playbook: str | None, url: str | None, user: str | None, timeout: float
         return
     cols = ("idx", "name", "type", "band", "auth", "vlan", "subnet", "dhcp", "dns",
             "ap_isolation")
-    echo("  ".join(f"{c:<14}" for c in cols).rstrip())
-    for n in nets:
-        echo("  ".join(f"{_fmt(n.get(c)):<14}" for c in cols).rstrip())
+    rows = [[c.upper() for c in cols]] + [[_fmt(n.get(c)) for c in cols] for n in nets]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+    for r in rows:
+        echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
 
 
 @router.command("backup")
