@@ -40,6 +40,8 @@ def _verbosity() -> int:
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return "(none)"
     if isinstance(v, str):
         return v.replace("\n", "\\n")
     return json.dumps(v, default=str)
@@ -175,7 +177,8 @@ def up(playbook: str | None, yes: bool, dry_run: bool, only: str | None, as_json
         if r.stage == "hyperv" and rep is not None and not shown.get("plan"):
             if not rep.plan.empty or dry_run:
                 echo(render_plan(rep.plan, show_noop=False))
-        echo(f"[{r.stage}] {r.status}: {r.detail}", err=True)
+        if _verbosity() >= 0:
+            echo(f"[{r.stage}] {r.status}: {r.detail}", err=True)
 
     results = app.up_stages(ctx, only=only, confirm=ask, confirm_stage=ask_stage,
                             progress=progress_printer(_verbosity() >= 0 and not as_json),
