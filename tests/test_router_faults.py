@@ -98,3 +98,15 @@ def test_ctrl_c_mid_apply_restores_the_backup(tmp_path):
         assert "restored and verified" in ei.value.message
         assert len(calls) == 2
         assert lab.twin.sdn_snapshot() == before
+
+
+def test_fault_during_delete_puts_the_network_back(tmp_path, cli_run):
+    with twin_lab(tmp_path) as lab:
+        assert cli_run("router", "iot-net", "-f", lab.playbook, "-y", env=lab.env()).exit_code == 0
+        before = lab.twin.sdn_snapshot()
+        lab.twin.add_fault("apply", "drop")
+        r = cli_run("router", "delete-net", "Azkaban", "-f", lab.playbook, "-y", env=lab.env())
+        assert r.exit_code == 5 and "restored and verified" in r.stderr
+        assert lab.twin.sdn_snapshot() == before
+        posts = lab.twin.requests_to("applyapp.cgi")
+        assert posts[-1]["changed"]  # the restore undid the half-applied delete

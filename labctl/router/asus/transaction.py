@@ -143,6 +143,8 @@ def run(client: Any, state: dict[str, str], edit: Edit, *, backup_dir: Path) -> 
 
 
 def _restore(client: Any, backup: dict[str, str], edit: Edit, report: TxReport) -> None:
+    # Putting a profile back (also after a failed delete) is an edit of that profile.
+    service = f"restart_wireless;restart_sdn {edit.sdn_idx};"
     current: dict[str, str] | None
     try:
         current = _sdn_only(sdn.read_state(client))
@@ -150,9 +152,9 @@ def _restore(client: Any, backup: dict[str, str], edit: Edit, report: TxReport) 
         log.warning("cannot read the router before restoring (%s); posting every key", e)
         current = None
     try:
-        left = restore_values(client, backup, edit.rc_service, current)
+        left = restore_values(client, backup, service, current)
         if left:  # one more attempt, from a fresh read
-            left = restore_values(client, backup, edit.rc_service,
+            left = restore_values(client, backup, service,
                                   _sdn_only(sdn.read_state(client)))
         report.restored = True
         report.restore_verified = not left
