@@ -258,3 +258,12 @@ def test_plan_shows_before_after_and_needs_the_vm_off(cli_run, host, pb):
     assert "= hyperv.vmswitch:Core: noop  (switch exists with the wanted settings)" in r.stdout
     assert "pre-flight: VM d4iot-sensor is Running" in r.stdout  # shown before `up` refuses
     assert cli_run("up", "-f", pb, "-y").exit_code == ExitCode.PRECONDITION
+
+
+def test_plan_against_the_host_needs_the_password_first(cli_run, repo_root, monkeypatch):
+    # The real WinRM runner resolves the password before it opens any connection, so this
+    # fails with a usage error (exit 2) and a hint, and nothing is contacted.
+    monkeypatch.delenv("LABCTL_HYPERV_PASSWORD", raising=False)
+    r = cli_run("plan", "-f", str(repo_root / "playbooks/home-lab.yaml"))
+    assert r.exit_code == ExitCode.USAGE, r
+    assert "LABCTL_HYPERV_PASSWORD" in r.stderr and "facts/read" in r.stderr
