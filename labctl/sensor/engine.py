@@ -385,6 +385,8 @@ class Sensor:
         self._port_scan = _Window(d.port_scan) if d.port_scan.enabled else None
         self._addr_scan = _Window(d.address_scan) if d.address_scan.enabled else None
         self._addr_prefix_bytes = max(1, (d.address_scan.prefix or 16) // 8)
+        self._port0_on = d.port_zero.enabled
+        self._internet_on = d.internet.enabled
         self._arp_scan = _Window(d.arp_scan) if d.arp_scan.enabled else None
         self._icmp_flood = _Rate(d.icmp_flood) if d.icmp_flood.enabled else None
         self._sessions = _Rate(d.excessive_sessions) if d.excessive_sessions.enabled else None
@@ -635,66 +637,81 @@ class Sensor:
 
     def _attempt(self, p: tuple, ts: float, proto: int) -> None:
         sip, dip, dport = p[F_SIP], p[F_DIP], p[F_DPORT]
-        if proto in (6, 17) and dport == 0 and self.det.port_zero.enabled:
+        tcpudp = proto == 6 or proto == 17
+        if tcpudp and dport == 0 and self._port0_on:
             self._raise(self.det.port_zero, ts, sip, dip,
-                        f"A connection attempt to port 0 ({PROTO_NAMES[proto]}) was detected "
-                        f"from {ip_str(sip)} to {ip_str(dip)}. Port 0 is reserved.")
+                        lambda: f"A connection attempt to port 0 ({PROTO_NAMES[proto]}) was "
+                                f"detected from {ip_str(sip)} to {ip_str(dip)}. "
+                                f"Port 0 is reserved.")
         scanner = None  # computed lazily
-        if self._port_scan is not None and proto in (6, 17):
+        if tcpudp and self._port_scan is not None:
             hit = self._port_scan.add((sip, dip), dport, ts)
             if hit:
                 scanner = self._is_scanner(sip, p[F_SMAC])
                 if not scanner:
                     ports = sorted(hit)
-                    self._raise(self.det.port_scan, ts, sip, dip,
-                                f"Port scan detected.\nScanning address: {ip_str(sip)}\n"
+                    new = self._raise(
+                        self.det.port_scan, ts, sip, dip,
+                        lambda: f"Port scan detected.\nScanning address: {ip_str(sip)}\n"
                                 f"Scanned address: {ip_str(dip)}\n"
                                 f"Scanned ports: {_short_list(ports)}\n"
-                                f"The source hasn't been authorized as a network scanning device.",
-                                info=[f"{len(ports)} ports in "
+                                f"The source hasn't been authorized as a network scanning "
+                                f"device.",
+                        info=lambda: [f"{len(ports)} ports in "
                                       f"{int(self.det.port_scan.window_seconds or 0)} seconds"])
-                    self._scan_event(sip, ts)
+                    if new:
+                        self._scan_event(sip, ts)
         if self._addr_scan is not None:
-            nb = self._addr_prefix_bytes
-            hit = self._addr_scan.add((sip, dip[:nb]), dip, ts)
+            hit = self._addr_scan.add((sip, dip[:self._addr_prefix_bytes]), dip, ts)
             if hit:
                 if scanner is None:
                     scanner = self._is_scanner(sip, p[F_SMAC])
                 if not scanner:
                     subnet = _subnet(dip, self.det.address_scan.prefix or 16)
                     addrs = sorted(hit)
-                    self._raise(self.det.address_scan, ts, sip, None,
-                                f"Address scan detected.\nScanning address: {ip_str(sip)}\n"
-                                f"Scanned subnet: {subnet}\n"
-                                f"Scanned addresses: {_short_list([ip_str(a) for a in addrs])}",
-                                dedup_dst=subnet,
-                                info=[f"{len(addrs)} addresses in "
-                                      f"{int(self.det.address_scan.window_seconds or 0)} seconds"])
-                    self._scan_event(sip, ts)
+                    new = self._raise(
+                        self.det.address_scan, ts, sip, None,
+                        lambda: f"Address scan detected.\nScanning address: {ip_str(sip)}\n"
+                                f"Scanned subnet: {subnet}\nScanned addresses: "
+                                f"{_short_list([ip_str(a) for a in addrs])}",
+                        dedup_dst=subnet,
+                        info=lambda: [f"{len(addrs)} addresses in "
+                                      f"{int(self.det.address_scan.window_seconds or 0)} "
+                                      f"seconds"])
+                    if new:
+                        self._scan_event(sip, ts)
         if proto == 6:
             if self._sessions is not None:
                 n = self._sessions.add(sip, ts)
                 if n:
                     self._raise(self.det.excessive_sessions, ts, sip, None,
-                                f"Excessive number of sessions: {ip_str(sip)} opened {n} TCP "
-                                f"sessions within {int(self._sessions.window)} seconds.")
+                                lambda: f"Excessive number of sessions: {ip_str(sip)} opened "
+                                        f"{n} TCP sessions within "
+                                        f"{int(self._sessions.window)} seconds.")
             if self._dos is not None:
-                n = self._dos.add(dip, ts)
-                if n:
+                n2 = self._dos.add(dip, ts)
+                if n2:
                     self._raise(self.det.dos, ts, None, dip,
-                                f"Suspicion of denial of service: {ip_str(dip)} received {n} "
-                                f"connection attempts within {int(self._dos.window)} seconds.")
-        elif proto in (1, 58) and self._icmp_flood is not None:
-            n = self._icmp_flood.add((sip, dip), ts)
-            if n:
+                                lambda: f"Suspicion of denial of service: {ip_str(dip)} "
+                                        f"received {n2} connection attempts within "
+                                        f"{int(self._dos.window)} seconds.")
+        elif (proto == 1 or proto == 58) and self._icmp_flood is not None:
+            n3 = self._icmp_flood.add((sip, dip), ts)
+            if n3:
                 self._raise(self.det.icmp_flood, ts, sip, dip,
-                            f"ICMP flooding: {ip_str(sip)} sent {n} ICMP echo requests to "
-                            f"{ip_str(dip)} within {int(self._icmp_flood.window)} seconds.")
-        if self.det.internet.enabled and self.by_ip.get(sip) and self._is_global(dip):
-            self._raise(self.det.internet, ts, sip, dip,
-                        f"Unauthorized internet connectivity: {ip_str(sip)} communicated with "
-                        f"the internet address {ip_str(dip)} ({PROTO_NAMES.get(proto, proto)}"
-                        + (f" port {dport})" if proto in (6, 17) else ")"))
+                            lambda: f"ICMP flooding: {ip_str(sip)} sent {n3} ICMP echo "
+                                    f"requests to {ip_str(dip)} within "
+                                    f"{int(self._icmp_flood.window)} seconds.")
+        if self._internet_on:
+            g = self._global.get(dip)
+            if g is None:
+                g = self._is_global(dip)
+            if g and self.by_ip.get(sip):
+                self._raise(self.det.internet, ts, sip, dip,
+                            lambda: f"Unauthorized internet connectivity: {ip_str(sip)} "
+                                    f"communicated with the internet address {ip_str(dip)} "
+                                    f"({PROTO_NAMES.get(proto, proto)}"
+                                    + (f" port {dport})" if tcpudp else ")"))
         if proto == 17 and self.by_ip.get(sip):
             self._conn(sip, dip, 17, dport, ts)
 
@@ -830,9 +847,15 @@ class Sensor:
         self.new_events.append(ev)
 
     def _raise(self, det: Detection, ts: float, src: bytes | None, dst: bytes | None,
-               message: str, *, dedup_dst: str | None = None, info: list[str] | None = None,
+               message: str | Callable[[], str], *, dedup_dst: str | None = None,
+               info: list[str] | Callable[[], list[str]] | None = None,
                user_rule: bool = False, dedup: bool = True, src_text: str | None = None
                ) -> Alert | None:
+        """Raise an alert; returns it if new, None if withheld (learning) or deduplicated.
+
+        ``message`` and ``info`` may be callables so that the text of an alert that is
+        deduplicated (the common case during a long scan) is never built.
+        """
         if det.engine == "Policy Violation" and self.learning and not user_rule:
             self.withheld += 1
             return None
@@ -846,7 +869,11 @@ class Sensor:
                 prev.last_time = max(prev.last_time, ms)
                 prev.count += 1
                 self.dirty_alerts.add(prev.id)
-                return prev
+                return None
+        if callable(message):
+            message = message()
+        if callable(info):
+            info = info()
         sd = self.by_ip.get(src) if src else None
         dd = self.by_ip.get(dst) if dst else None
         alert = Alert(
