@@ -204,9 +204,10 @@ class SshScanner:
     """nmap on a remote box (Kali) over SSH; XML comes back on stdout and is parsed here."""
 
     def __init__(self, spec: str, key: str | None = None, stats_every: str = "2s",
-                 target: object | None = None) -> None:
+                 target: object | None = None, program: str = "nmap") -> None:
         self.spec = spec
         self.key = key
+        self.program = program  # the remote nmap (name on the remote PATH, or a path)
         self.stats_every = stats_every
         self._target = target  # an SshTarget, when the caller built one (known_hosts...)
 
@@ -234,11 +235,13 @@ class SshScanner:
 
     def preflight(self, args: list[str]) -> list[str]:
         """Return the remote argv prefix (``nmap`` or ``sudo -n nmap``), or raise clearly."""
-        rc, out, _ = self._exec(["sh", "-c", "command -v nmap; id -u"], timeout=30)
+        # the program travels as $0, a separate word, never spliced into the script
+        rc, out, _ = self._exec(["sh", "-c", 'command -v "$0"; id -u', self.program],
+                                timeout=30)
         lines = [x.strip() for x in out.splitlines() if x.strip()]
         uid = lines[-1] if lines else ""
         if rc != 0 or len(lines) < 2:
-            raise ToolMissingError(f"nmap is not installed on {self.spec}",
+            raise ToolMissingError(f"nmap ({self.program}) is not installed on {self.spec}",
                                    hint="install it there: sudo apt-get install nmap")
         nmap_path = lines[0]
         if uid == "0" or not (needs_root(args) or prefers_root(args)):
