@@ -49,7 +49,8 @@ def test_token_create_json_and_list(cli_run, tmp_path):
     store = SensorStore(state)
     try:
         assert store.check_token(token) and not store.check_token(token[:-1] + "0")
-        assert store.list_tokens()[0]["used"] is not None
+        used = {t["description"]: t["used"] for t in store.list_tokens()}
+        assert used["twin"] is not None and used["labctl"] is None
     finally:
         store.close()
 

@@ -153,7 +153,7 @@ class SensorStore:
     def list_tokens(self) -> list[dict[str, Any]]:
         with self._lock:
             rows = self.db.execute(
-                "SELECT hash, description, created, last_used FROM tokens ORDER BY created"
+                "SELECT hash, description, created, last_used FROM tokens ORDER BY created, rowid"
             ).fetchall()
         return [{"id": h[:12], "description": d, "created": c, "used": u}
                 for h, d, c, u in rows]
