@@ -174,3 +174,28 @@ def test_up_router_stage_applies_then_converges(tmp_path, monkeypatch):
         rep = app.iot_net_stage(ctx, confirm=lambda r: False)
         assert rep.action == "noop" and not rep.applied
         assert lab.count("applyapp.cgi") == 1
+
+
+def test_no_playbook_url_and_flags_only(tmp_path, cli_run, monkeypatch):
+    monkeypatch.delenv("LABCTL_PLAYBOOK", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./labctl.yaml here
+    with twin_lab(tmp_path, https=True) as lab:
+        env = lab.env()
+        base = ["router", "iot-net", "--url", lab.url, "--ssid", "Sensors", "--vlan", "70",
+                "--subnet", "10.70.0.0/24", "--dns", "9.9.9.9", "--no-dhcp", "-y", "--json"]
+        r = cli_run(*base, env=env)
+        assert r.exit_code == 0, r
+        net = _net(lab, "Sensors")
+        assert net["vlan"] == 70 and net["dhcp"] is False and net["dns"] == ["9.9.9.9"]
+        assert net["auth"] == "wpa2-personal" and net["type"] == "IoT"
+        # the router's own LAN is checked from the fresh read when there is no playbook
+        r = cli_run("router", "iot-net", "--url", lab.url, "--ssid", "Other", "--vlan", "71",
+                    "--subnet", "192.168.50.0/24", "-y", env=env)
+        assert r.exit_code == 2 and "main LAN" in r.stderr
+        assert lab.count("applyapp.cgi") == 1
+        # plain HTTP is never allowed without a playbook saying so
+        r = cli_run("router", "show", "--url", lab.url.replace("https", "http"), env=env)
+        assert r.exit_code == 2
+        # --user overrides: a wrong user is refused by the router (exit 5)
+        r = cli_run("router", "show", "--url", lab.url, "--user", "mallory", env=env)
+        assert r.exit_code == 5 and "user name or password" in r.stderr
