@@ -267,3 +267,20 @@ def test_plan_against_the_host_needs_the_password_first(cli_run, repo_root, monk
     r = cli_run("plan", "-f", str(repo_root / "playbooks/home-lab.yaml"))
     assert r.exit_code == ExitCode.USAGE, r
     assert "LABCTL_HYPERV_PASSWORD" in r.stderr and "facts/read" in r.stderr
+
+
+def test_render_plan_masks_secret_parameters():
+    # No Hyper-V step carries a secret today; if one ever does, --show-steps and --json mask it.
+    from labctl.core.model import Change, Plan, Step
+    from labctl.core.secrets import MASK, Secret
+
+    secret = Secret("Sup3r-S3cret-Param-Value")
+    step = Step("hyperv.x:y", "create", "param([string]$P)\n", {"P": secret, "Q": "plain"},
+                name="x/create")
+    plan = Plan("hyperv", "homelab", [Change("hyperv.x:y", "create", "test", None, {"p": secret},
+                                             (step,))])
+    text = cli_lab.render_plan(plan, show_steps=True)
+    assert "Sup3r-S3cret-Param-Value" not in text and MASK in text and '"Q": "plain"' in text
+    doc = plan.to_dict()
+    assert "Sup3r-S3cret-Param-Value" not in repr(doc)
+    assert doc["steps"][0]["params"]["P"] == MASK
