@@ -199,3 +199,16 @@ def test_no_playbook_url_and_flags_only(tmp_path, cli_run, monkeypatch):
         # --user overrides: a wrong user is refused by the router (exit 5)
         r = cli_run("router", "show", "--url", lab.url, "--user", "mallory", env=env)
         assert r.exit_code == 5 and "user name or password" in r.stderr
+
+
+def test_each_transaction_keeps_its_own_backup_file(tmp_path, cli_run):
+    with twin_lab(tmp_path) as lab:
+        files = []
+        for vlan in ("52", "60", "61"):
+            r = cli_run("router", "iot-net", "-f", lab.playbook, "--vlan", vlan, "-y", "--json",
+                        env=lab.env())
+            assert r.exit_code == 0, r
+            files.append(r.json()["transaction"]["backup_file"])
+        assert len(set(files)) == 3
+        vlans = [json.loads(open(f).read())["keys"]["vlan_rl"] for f in files]
+        assert "52" not in vlans[0] and "<2>52>0>" in vlans[1] and "<2>60>0>" in vlans[2]

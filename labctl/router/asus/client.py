@@ -259,7 +259,13 @@ class AsusClient:
                     raise ApiError(f"appGet.cgi: the reply lacks {n}", endpoint="appGet.cgi",
                                    hint="the firmware may not support this nvram key")
                 v = "" if obj[n] is None else str(obj[n])
-                out[n] = unquote(v, errors="strict") if n in ascii_set else v
+                if n in ascii_set:
+                    try:
+                        v = unquote(v, errors="strict")
+                    except UnicodeDecodeError:
+                        raise ApiError(f"appGet.cgi: {n} is not valid percent-encoded UTF-8",
+                                       endpoint="appGet.cgi") from None
+                out[n] = v
         return out
 
     def apply(self, values: dict[str, str], rc_service: str) -> dict[str, Any]:

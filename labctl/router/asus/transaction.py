@@ -63,7 +63,11 @@ class TransactionFailed(LabctlError):
 def write_backup(values: dict[str, str], directory: Path, label: str = "sdn-backup") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    path = directory / f"{label}-{stamp}-{os.getpid()}.json"
+    path = directory / f"{label}-{stamp}.json"
+    n = 1
+    while path.exists():  # several transactions in one second keep every backup
+        n += 1
+        path = directory / f"{label}-{stamp}-{n}.json"
     fd, tmp = tempfile.mkstemp(prefix=".backup.", dir=str(directory))
     with os.fdopen(fd, "w") as f:
         json.dump({"kind": "asus-sdn-nvram", "keys": values}, f, indent=1, sort_keys=True)
