@@ -381,6 +381,10 @@ class _Builder:
                               description="Add-VMDvdDrive", requires_vm_off=True))
         if vm.generation == 2:
             steps.append(self._firmware_step(vm, want))
+        else:
+            self.plan.warnings.append(
+                f"VM {vm.name} is Generation 1: boot order and Secure Boot are not managed "
+                "(the D4IoT sensor wants Generation 2)")
         self.add(res, "create", f"VM {vm.name} does not exist", None, want, steps)
         for nic in vm.nics:
             self._nic(vm, nic, None, vm_off=True)
@@ -502,6 +506,13 @@ class _Builder:
             before["vlan"], after["vlan"] = _vlan_text(have.vlan), _want_vlan_text(want_vlan)
             steps.append(step("vmnic/vlan", res, "update", vlan_params or {},
                               description="Set-VMNetworkAdapterVlan"))
+        if nic.mac:
+            want_mac = nic.mac.replace(":", "").replace("-", "").upper()
+            if have.mac.replace(":", "").replace("-", "").upper() != want_mac:
+                self.plan.warnings.append(
+                    f"VM {vm.name} adapter {nic.name} has MAC {have.mac or '?'}, the playbook "
+                    f"says {nic.mac}; labctl sets a MAC only when it adds the adapter (change it "
+                    "with the VM off: Set-VMNetworkAdapter -StaticMacAddress)")
         if steps:
             self.add(res, "update", "adapter settings differ", before, after, steps)
         else:
