@@ -48,7 +48,8 @@ def test_token_create_json_and_list(cli_run, tmp_path):
     assert token.encode() not in raw
     store = SensorStore(state)
     try:
-        assert store.check_token(token) and not store.check_token(token[:-1] + "0")
+        assert store.check_token(token) and not store.check_token(
+            token[:-1] + ("1" if token[-1] == "0" else "0"))
         used = {t["description"]: t["used"] for t in store.list_tokens()}
         assert used["twin"] is not None and used["labctl"] is None
     finally:
