@@ -283,7 +283,7 @@ class DeviceSession(requests.Session):
             text = _short(e)
             if any(s in text for s in ("RemoteDisconnected", "Connection aborted",
                                         "ProtocolError", "reset by peer")):
-                raise TransportError(f"{_where(url)}: the connection was dropped ({text})",
+                raise TransportError(f"{_where(url)}: the connection was dropped before a reply",
                                      hint="the device closed the connection mid-request") from None
             raise HostUnreachable(f"cannot reach {_where(url)} ({text})",
                                   hint="check the URL and that the device is up") from None
