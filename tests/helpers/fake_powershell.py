@@ -3,9 +3,9 @@
 
 Used two ways: by the throwaway sshd (tests/helpers/sshd.py, ``powershell_standin=``), where
 the original command line is in ``SSH_ORIGINAL_COMMAND``, and by the local runner through
-``LABCTL_POWERSHELL``, where it is ``sys.argv``. Standard library only, independent of labctl
+``LABCTL_POWERSHELL``, where it is ``sys.argv``. Standard library only and independent of labctl
 (it re-states the protocol instead of importing it, so a drift in labctl shows up as a test
-failure).
+failure), except for the optional fake-Hyper-V-host mode below.
 
 Checks, each failing with exit code 64 and a message on stderr:
   * the program was started as ``powershell.exe -NoProfile -NonInteractive -Command -``;
@@ -29,6 +29,8 @@ processed in order (no directive = ``echo``):
   clixml TEXT       an error as Windows PowerShell's CLIXML on stderr, exit 1
   garble            a result marker followed by something that is not base64
   sleep SECONDS     sleep (for timeouts)
+With ``LABCTL_STANDIN_HYPERV_STATE=<pickle>`` a body without directives is a real labctl
+Hyper-V script and is run by the stateful fake Hyper-V host stored in that pickle.
 Every call is appended as a JSON line to $LABCTL_STANDIN_LOG (or $LABCTL_SSHD_DIR/standin.jsonl).
 """
 
@@ -188,6 +190,11 @@ def main() -> None:
                 + " ".join(missing) + "."]))
             sys.exit(1)
 
+    state_file = os.environ.get("LABCTL_STANDIN_HYPERV_STATE")
+    if state_file and "#fake:" not in body:
+        run_on_fake_host(state_file, body, params)
+        return
+
     output: list[str] = []
     errors: list[str] = []
     directives = re.findall(r"(?m)^\s*#fake:\s*(\w+)[ \t]*(.*)$", body) or [("echo", "")]
@@ -223,6 +230,40 @@ def main() -> None:
             time.sleep(float(arg))
         else:
             fail(f"unknown directive {verb!r}")
+    sys.stdout.write("\n" + envelope(not errors, output, errors) + "\n")
+    sys.stdout.flush()
+    sys.exit(1 if errors else 0)
+
+
+def run_on_fake_host(state_file: str, body: str, params: dict) -> None:
+    """Hand a real labctl Hyper-V script to the stateful fake host (tests/helpers/fake_hyperv),
+    whose state lives in a pickle between SSH sessions, and answer with the wrapper's
+    envelope. The script's name comes from its header comment (``# labctl <name>: ...``).
+    This is the only part of the stand-in that imports labctl."""
+    import pickle
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    sys.path[:0] = [str(here.parent.parent), str(here.parent)]
+    from labctl.core.errors import LabctlError, RemoteCommandError
+    from labctl.transport.powershell import RenderedScript
+
+    m = re.match(r"#\s*labctl\s+([a-z_]+/[a-z_]+):", body)
+    if not m:
+        fail("a Hyper-V script must start with its header comment '# labctl <name>:'")
+    with open(state_file, "rb") as f:
+        host = pickle.load(f)
+    output: list[str] = []
+    errors: list[str] = []
+    try:
+        output.append(json.dumps(host.run(RenderedScript(m.group(1), body, params))))
+    except RemoteCommandError as e:
+        errors.extend(e.errors or [e.message])
+    except LabctlError as e:
+        errors.append(e.message)
+    with open(state_file + ".tmp", "wb") as f:
+        pickle.dump(host, f)
+    os.replace(state_file + ".tmp", state_file)
     sys.stdout.write("\n" + envelope(not errors, output, errors) + "\n")
     sys.stdout.flush()
     sys.exit(1 if errors else 0)
