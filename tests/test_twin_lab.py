@@ -68,6 +68,9 @@ def test_up_converges_fast_and_leaves_root_namespace_alone(tw1):
     expected = {f"{LAB}-{n}" for n in ("host", "rtr", "wan", "d4iot-sensor", "feeder1", "feeder2",
                                        "roborock", "roomba", "google-home", "kali")}
     assert set(tl.lab_namespaces(LAB)) == expected
+    # per-namespace resolver: DNS fails fast inside the lab instead of leaking or hanging
+    conf = Path(f"/etc/netns/{LAB}-kali/resolv.conf").read_text()
+    assert "nameserver 127.0.0.1" in conf
 
 
 def test_status_is_clean(tw1):
@@ -206,6 +209,7 @@ def test_down_leaves_nothing_and_is_idempotent(tw1):
                Path(f"/proc/{p}/stat").read_text().split(")")[-1].split()[0] == "Z"
                for p in pids)
     assert not (d / "twin-owner.json").exists()
+    assert not any(Path(f"/etc/netns/{ns}").exists() for ns in (f"{LAB}-host", f"{LAB}-kali"))
     assert list((d / "run").glob("*.json")) == []
     assert tl.root_snapshot() == tw1.before
     assert lab.plan(tl.ctx(tw1.path), down=True).empty

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from labctl.netns import supervisor
-from labctl.netns.topology import Topology
+from labctl.netns.topology import ETC_NETNS, Topology
 from labctl.transport import proc
 from labctl.transport.netns import netns_context
 
@@ -32,6 +32,7 @@ class NsFacts:
     qdiscs: dict[str, list[str]] = field(default_factory=dict)  # dev -> qdisc kinds
     filters: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # dev -> ingress
     nft: dict[str, set[str]] = field(default_factory=dict)  # "family name" -> rule comments
+    resolv: str | None = None  # /etc/netns/<ns>/resolv.conf
 
     def addrs(self, dev: str) -> set[str]:
         link = self.links.get(dev) or {}
@@ -113,6 +114,10 @@ def _read_ns(topo: Topology, name: str) -> NsFacts:
     links = _json(["ip", "-n", name, "-d", "-j", "addr", "show"]) or []
     f.links = {ln["ifname"]: ln for ln in links if "ifname" in ln}
     f.routes = _json(["ip", "-n", name, "-j", "route", "show"]) or []
+    try:
+        f.resolv = (Path(ETC_NETNS) / name / "resolv.conf").read_text(encoding="utf-8")
+    except OSError:
+        f.resolv = None
     want = topo.sysctls.get(name, {})
     if want:
         f.sysctls = read_sysctls(name, list(want))

@@ -14,7 +14,7 @@ from typing import Any
 
 from labctl.core.model import Change, Plan, Step
 from labctl.netns.facts import NsFacts, TwinFacts
-from labctl.netns.topology import Topology
+from labctl.netns.topology import ETC_NETNS, Topology, resolv_conf
 
 PROVIDER = "netns"
 
@@ -40,6 +40,13 @@ def _script(ops: list[dict[str, Any]]) -> str:
                              f"{op['netns']}: " + shlex.join(op["argv"]))
             elif kind == "stop":
                 lines.append(f"# labctl: stop supervised process {op['name']}")
+            elif kind == "resolv":
+                lines.append(f"# labctl: write {ETC_NETNS}/{op['netns']}/resolv.conf "
+                             "(nameserver 127.0.0.1: no DNS leaves the lab)")
+            elif kind == "unresolv":
+                folder = f"{ETC_NETNS}/{op['netns']}"
+                lines.append(shlex.join(["rm", "-f", f"{folder}/resolv.conf"]) + " && "
+                             + shlex.join(["rmdir", folder]))
             elif kind == "kill-netns":
                 lines.append(f"# labctl: kill every process in namespace {op['netns']}")
             elif kind == "mark":
@@ -103,13 +110,15 @@ def plan_up(topo: Topology, facts: TwinFacts, state_dir: str) -> Plan:
         if ns in facts.all_namespaces:
             ch.append(_change(f"netns.namespace:{ns}", "delete", "no longer in the playbook",
                               [{"op": "kill-netns", "netns": ns},
-                               {"argv": ["ip", "netns", "del", ns]}], "namespace/delete"))
+                               {"argv": ["ip", "netns", "del", ns]},
+                               {"op": "unresolv", "netns": ns}], "namespace/delete"))
 
     # -- namespaces (+ their sysctls)
     for ns in topo.namespaces:
         sysctls = topo.sysctls.get(ns, {})
         if ns not in existing:
             ops: list[dict[str, Any]] = [{"argv": ["ip", "netns", "add", ns]},
+                                         {"op": "resolv", "netns": ns, "lab": topo.lab},
                                          _ip(ns, "link", "set", "lo", "up")]
             ops += [{"op": "sysctl", "netns": ns, "key": k, "value": v}
                     for k, v in sysctls.items()]
@@ -123,6 +132,10 @@ def plan_up(topo: Topology, facts: TwinFacts, state_dir: str) -> Plan:
         wrong = {k: v for k, v in sysctls.items() if k in f.sysctls and f.sysctls[k] != v}
         ops += [{"op": "sysctl", "netns": ns, "key": k, "value": v} for k, v in wrong.items()]
         why = [f"sysctl {k}={f.sysctls.get(k)} (want {v})" for k, v in wrong.items()]
+        if f.resolv != resolv_conf(topo.lab):
+            ops.append({"op": "resolv", "netns": ns, "lab": topo.lab})
+            why.append(f"{ETC_NETNS}/{ns}/resolv.conf " + ("missing" if f.resolv is None
+                                                             else "differs"))
         if not _is_up(f.links.get("lo", {})):
             why.insert(0, "lo down")
         ch.append(_change(f"netns.namespace:{ns}", "update", ", ".join(why), ops,
@@ -265,7 +278,8 @@ def plan_up(topo: Topology, facts: TwinFacts, state_dir: str) -> Plan:
     for p in topo.processes:
         res = f"netns.process:{p.name}"
         info = facts.processes.get(p.name)
-        spawn = {"op": "spawn", "name": p.name, "netns": p.ns, "argv": list(p.argv)}
+        spawn = {"op": "spawn", "name": p.name, "netns": p.ns, "argv": list(p.argv),
+                 "ready": list(p.ready) if p.ready else None}
         if info is None:
             ch.append(_change(res, "create", "not started", [spawn], "process/start"))
         elif not info.alive:
@@ -297,7 +311,8 @@ def plan_down(topo: Topology, facts: TwinFacts) -> Plan:
     for ns in sorted(present, key=lambda n: (n == host, n == topo.router_ns, n)):
         plan.changes.append(_change(f"netns.namespace:{ns}", "delete", "lab namespace",
                                     [{"op": "kill-netns", "netns": ns},
-                                     {"argv": ["ip", "netns", "del", ns]}],
+                                     {"argv": ["ip", "netns", "del", ns]},
+                                     {"op": "unresolv", "netns": ns}],
                                     "namespace/delete"))
     if facts.marker is not None or facts.processes:
         plan.changes.append(_change(f"netns.lab:{topo.lab}", "delete", "ownership marker",

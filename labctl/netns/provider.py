@@ -11,6 +11,7 @@ import ipaddress
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -23,8 +24,11 @@ from labctl.core.state import lab_state_dir
 from labctl.netns import facts as factsmod
 from labctl.netns import plan as planmod
 from labctl.netns import supervisor
-from labctl.netns.topology import Topology, build, labctl_env
+from labctl.netns.topology import ETC_NETNS, Topology, build, labctl_env, resolv_conf
 from labctl.transport import proc
+
+
+READY_TIMEOUT = 20.0  # seconds `up` waits for started processes to listen
 
 
 class NetnsProvider:
@@ -77,6 +81,7 @@ class NetnsProvider:
     # -- apply
     def apply(self, plan: Plan, progress: ProgressFn | None = None) -> None:
         steps = plan.steps
+        self._started: list[dict[str, Any]] = []
         for i, step in enumerate(steps, 1):
             if progress is not None:
                 progress(step, i, len(steps))
@@ -89,6 +94,37 @@ class NetnsProvider:
                                             f"{step.action}) failed; run `labctl up` again to "
                                             "converge, or `labctl down` to remove the lab") \
                         from None
+        self.wait_ready(self._started)
+
+    def wait_ready(self, started: list[dict[str, Any]], timeout: float = READY_TIMEOUT) -> list[str]:
+        """Wait until the processes just started accept TCP on their ``ready`` address
+        (connecting from inside their own namespace). Returns the names still not ready;
+        a process that exits stops the wait for it (status and the convergence check
+        report it)."""
+        from labctl.transport.netns import netns_context
+
+        pending = {op["name"]: op for op in started if op.get("ready")}
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for name, op in list(pending.items()):
+                info = supervisor.read(self.state_dir, name)
+                if info is None or not info.alive:
+                    pending.pop(name)
+                    continue
+                host, port = op["ready"]
+                with netns_context(op["netns"]):
+                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.settimeout(0.2)
+                try:
+                    s.connect((host, int(port)))
+                    pending.pop(name)
+                except OSError:
+                    pass
+                finally:
+                    s.close()
+            if pending:
+                time.sleep(0.05)
+        return sorted(pending)
 
     def _run_op(self, op: dict[str, Any]) -> None:
         if "op" not in op:
@@ -106,10 +142,24 @@ class NetnsProvider:
         elif kind == "spawn":
             supervisor.spawn(self.state_dir, op["name"], op["netns"], op["argv"],
                              env=labctl_env())
+            getattr(self, "_started", []).append(op)
         elif kind == "stop":
             supervisor.stop(self.state_dir, op["name"])
         elif kind == "kill-netns":
             supervisor.kill_netns(op["netns"])
+        elif kind == "resolv":
+            d = Path(ETC_NETNS) / op["netns"]
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "resolv.conf").write_text(resolv_conf(op["lab"]), encoding="utf-8")
+        elif kind == "unresolv":
+            d = Path(ETC_NETNS) / op["netns"]
+            conf = d / "resolv.conf"
+            if conf.is_file() and conf.read_text(encoding="utf-8").startswith("# labctl twin"):
+                conf.unlink()
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass  # someone else put files there; leave them
         elif kind == "mark":
             marker = {"lab": op["lab"], "owner": "labctl", "provider": "netns",
                       "playbook": str(Path(self.loaded.path).resolve()),
@@ -158,7 +208,7 @@ class NetnsProvider:
                 continue
             if c.is_noop:
                 state = "ok"
-            elif c.action == "create" and "missing" in c.reason or c.reason == "not started":
+            elif c.action == "create":
                 state = "missing"
             elif c.action == "delete":
                 state = "unmanaged"

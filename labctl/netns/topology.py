@@ -26,9 +26,21 @@ from urllib.parse import urlparse
 
 from labctl.core.errors import ConfigError
 from labctl.core.playbook import LoadedPlaybook, Playbook
+from labctl.traffic.persona import load_persona
 
 IFNAMSIZ = 15
 NFT_TABLE = "labctl"
+# `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf: the twin's
+# processes get a resolver that fails at once instead of sending DNS queries (that die in the
+# WAN namespace) and waiting for timeouts (HTTPServer's getfqdn, nmap's reverse lookups)
+ETC_NETNS = "/etc/netns"
+
+
+def resolv_conf(lab: str) -> str:
+    return (f"# labctl twin lab {lab}: no DNS server inside the lab; fail fast\n"
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+
+
 # no IPv6 in the twin: no router solicitations or MLD chatter on the mirrored segment
 IPV6_OFF = {"net.ipv6.conf.all.disable_ipv6": "1",
             "net.ipv6.conf.default.disable_ipv6": "1"}  # the lab's own nftables table in the host and router namespaces
@@ -125,6 +137,9 @@ class Process:
     ns: str
     argv: tuple[str, ...]
     kind: str
+    # (address, TCP port) it listens on inside its namespace: `up` waits until it accepts,
+    # so the stages after the provider (router API, sensor API) find it ready
+    ready: tuple[str, int] | None = None
 
 
 @dataclass
@@ -335,8 +350,10 @@ def build(loaded: LoadedPlaybook, state_dir: Path) -> Topology:
             raise ConfigError(f"persona {dev.persona!r} not found (looked for {path})",
                               file=loaded.path, key=f"twin.devices.{k}.persona",
                               hint="add playbooks/devices/<persona>.yaml")
+        tcp = [lst.port for lst in load_persona(path).listeners if lst.proto == "tcp"]
         t.processes.append(Process(
             name=f"device-{sanitize(dev.name)}", ns=ns, kind="persona",
+            ready=(str(dev.ip.ip), tcp[0]) if tcp else None,
             argv=_labctl_argv("twin", "run-persona", "--persona", str(path), "--name", dev.name,
                               "--wan", wan_ip, "--irc-port", str(twin.irc_port))))
     if twin.scanner is not None:
@@ -365,7 +382,8 @@ def build(loaded: LoadedPlaybook, state_dir: Path) -> Topology:
                 t.mirrors.append(Mirror(ns=host, port=v.a_name, target=target, switch=br.switch))
 
     # -- processes: WAN services, the router twin, the embedded sensor
-    t.processes.insert(0, Process(name="wan", ns=wan, kind="wan", argv=_labctl_argv(
+    t.processes.insert(0, Process(name="wan", ns=wan, kind="wan", ready=(
+        wan_ip, twin.irc_port), argv=_labctl_argv(
         "twin", "run-wan", "--irc-port", str(twin.irc_port))))
     if pb.router is not None:
         port = urlparse(pb.router.url).port or (443 if pb.router.url.startswith("https") else 80)
@@ -381,6 +399,7 @@ def build(loaded: LoadedPlaybook, state_dir: Path) -> Topology:
             # stays in the environment, only the variable's name is on the command line)
             argv += ["--password-env", pw_env]
         t.processes.insert(1, Process(name="router", ns=rtr, kind="router",
+                                      ready=(str(twin.main_lan_router.ip), port),
                                       argv=_labctl_argv(*argv)))
     if pb.sensor is not None and pb.sensor.kind == "embedded" and t.sensor_ns:
         if t.sensor_monitor_if is None:
@@ -388,6 +407,7 @@ def build(loaded: LoadedPlaybook, state_dir: Path) -> Topology:
                               "started")
         else:
             t.processes.insert(1, Process(name="sensor", ns=t.sensor_ns, kind="sensor",
+                                          ready=(str(pb.sensor.management_ip), 443),
                                           argv=_labctl_argv(
                 "sensor", "serve", "--interface", t.sensor_monitor_if,
                 "--listen", f"{pb.sensor.management_ip}:443",
