@@ -158,3 +158,28 @@ def test_clean_stderr_reduces_clixml():
            '<S S="Error">at line 1 &amp; more_x000D__x000A_</S></Objs>')
     assert pswrap.clean_stderr(raw.encode()) == ("Get-VM : You do not have permission\r\n"
                                                  "at line 1 & more")
+
+
+def test_cli_plan_and_status_through_the_local_runner(monkeypatch, tmp_path, cli_run):
+    """`transport: local` end to end: CLI -> provider -> LocalRunner -> a real child process
+    (the stand-in, handing the script to the stateful fake Hyper-V host)."""
+    import pickle
+
+    import yaml
+
+    fake_hyperv = pytest.importorskip("helpers.fake_hyperv")
+    state = tmp_path / "host.pkl"
+    state.write_bytes(pickle.dumps(fake_hyperv.FakeHyperVHost.reference()))
+    monkeypatch.setenv("LABCTL_POWERSHELL", str(STANDIN))
+    monkeypatch.setenv("LABCTL_STANDIN_HYPERV_STATE", str(state))
+    root = Path(__file__).resolve().parent.parent
+    doc = yaml.safe_load((root / "playbooks" / "home-lab.yaml").read_text())
+    doc["hyperv"] = {"transport": "local", "vhd_path": doc["hyperv"]["vhd_path"]}
+    pb = tmp_path / "lab.yaml"
+    pb.write_text(yaml.safe_dump(doc, sort_keys=False))
+    r = cli_run("plan", "-f", str(pb), "--json")
+    assert r.exit_code == 0, r
+    names = {s["resource"] for s in r.json()["steps"]}
+    assert "hyperv.vmswitch:Core" in names and "hyperv.vm:d4iot-sensor" in names
+    r = cli_run("status", "-f", str(pb))
+    assert r.exit_code == 4, r  # nothing built yet: drift
