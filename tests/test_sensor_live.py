@@ -126,13 +126,15 @@ def test_restart_loses_nothing_and_unclean_stop_loses_at_most_a_second(live, pai
                                  for a in live.get("/api/v2/alerts", token)))
     time.sleep(1.6)
     live.kill()
-    live.start("--no-learning")
+    live.start()
     after = live.get("/api/v2/alerts", token)
     assert any(a["destinationDeviceAddress"] == "10.250.7.7" and a["title"] == "Port Scan Detected"
                for a in after)
     # a new alert after restart gets a fresh id (no id reuse)
     ids = [a["id"] for a in after]
     assert len(ids) == len(set(ids))
+    # learning mode off was remembered across restarts without the flag
+    assert '"learning_mode": false' in (live.state / "status.json").read_text()
 
 
 def test_no_traffic_then_traffic_resumed(live, pair, tmp_path):

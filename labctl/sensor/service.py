@@ -53,6 +53,15 @@ class SensorService:
         self.state_dir = Path(state_dir)
         cfg = load_config(config)
         self.store = SensorStore(self.state_dir)
+        # like a real sensor, leaving learning mode is a decision that survives restarts:
+        # an explicit --learning/--no-learning is remembered, else the remembered value wins
+        # over the engines file
+        if learning_mode is None:
+            stored = self.store.get_meta("learning_mode")
+            if stored is not None:
+                learning_mode = stored == "1"
+        else:
+            self.store.set_meta("learning_mode", "1" if learning_mode else "0")
         self.sensor = Sensor(cfg, learning_mode=learning_mode,
                              authorized_scanners=authorized_scanners or [],
                              interface=interface)
