@@ -542,6 +542,15 @@ def plan_up(pb: Playbook, facts: HostFacts) -> Diff:
             b.span(sw, bool(facts.switches_named(sw.name)))
     for vm in pb.vms:
         b.vm(vm)
+    # Resources this lab created that the playbook no longer lists: `up` leaves them alone,
+    # `down` would remove them. Say so rather than surprise anyone later.
+    names = {v.name.lower() for v in pb.vms} | {s.name.lower() for s in pb.switches}
+    for kind, items in (("VM", facts.vms), ("switch", facts.switches)):
+        for it in items:
+            if owned_by(it.notes, pb.lab) and it.name.lower() not in names:
+                b.plan.warnings.append(
+                    f"{kind} {it.name} carries this lab's marker but is not in the playbook: "
+                    "`labctl up` leaves it alone, `labctl down` removes it")
     # A running VM cannot take changes that need it off: refuse, and say which ones.
     for vm in pb.vms:
         for have in facts.vms_named(vm.name):
