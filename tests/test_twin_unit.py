@@ -260,3 +260,27 @@ def test_twin_cli_group(cli_run):
     assert r.exit_code == 0 and r.json() == {"processes": []}
     r = cli_run("twin", "demo", "--help")
     assert r.exit_code == 0 and "--keep" in r.stdout
+
+
+def test_sensor_vm_with_start_false_runs_no_sensor(tmp_path):
+    text = TWIN.read_text().replace("    start: true\n", "    start: false\n", 1)
+    p = tmp_path / "t.yaml"
+    p.write_text(text)
+    t = build(load_playbook(str(p)), tmp_path)
+    assert "sensor" not in {x.name for x in t.processes}
+    assert any("start: false" in w for w in t.warnings)
+
+
+def test_second_twin_topology_is_not_tied_to_the_reference_lab(tmp_path):
+    from tests.helpers.twin_lab import write_second_twin
+
+    t = build(load_playbook(str(write_second_twin(tmp_path, "tw9"))), tmp_path)
+    seg = {s["switch"]: s for s in t.segments}
+    assert seg["Plant"]["vlan"] == 117 and seg["Plant"]["subnet"] == "10.62.7.0/24"
+    rtr_iot = next(v for v in t.veths if v.role == "router-iot")
+    assert rtr_iot.b_addrs == ("10.62.7.254/24",)
+    routes = {r.ns: r.via for r in t.routes}
+    assert routes["tw9-cam"] == "10.62.7.254" and routes["tw9-ids"] == "10.61.0.1"
+    assert routes["tw9-rtr"] == "198.51.100.1"
+    assert t.scanner_ns == "tw9-scan"
+    assert all("172.16.1" not in str(n) for n in t.networks)

@@ -319,7 +319,8 @@ def build(loaded: LoadedPlaybook, state_dir: Path) -> Topology:
                                 role="monitor" if is_monitor else "vm"))
             if is_monitor and br.span_source and br.name not in monitor_ports:
                 monitor_ports[br.name] = port
-            if nic.gateway is not None and not is_monitor:
+            if nic.gateway is not None and not is_monitor and \
+                    not any(r.ns == ns and r.dest == "default" for r in t.routes):
                 t.routes.append(Route(ns=ns, dest="default", via=str(nic.gateway)))
             if pb.sensor is not None and pb.sensor.vm and pb.sensor.vm.lower() == vm.name.lower():
                 t.sensor_ns = ns
@@ -401,7 +402,11 @@ def build(loaded: LoadedPlaybook, state_dir: Path) -> Topology:
         t.processes.insert(1, Process(name="router", ns=rtr, kind="router",
                                       ready=(str(twin.main_lan_router.ip), port),
                                       argv=_labctl_argv(*argv)))
-    if pb.sensor is not None and pb.sensor.kind == "embedded" and t.sensor_ns:
+    sensor_vm = pb.vm(pb.sensor.vm) if pb.sensor is not None and pb.sensor.vm else None
+    if sensor_vm is not None and not sensor_vm.start:
+        t.warnings.append(f"VM {sensor_vm.name} has start: false; the embedded sensor is not "
+                          "started")
+    elif pb.sensor is not None and pb.sensor.kind == "embedded" and t.sensor_ns:
         if t.sensor_monitor_if is None:
             t.warnings.append("the sensor VM has no monitor NIC; the embedded sensor is not "
                               "started")
