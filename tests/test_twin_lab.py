@@ -157,6 +157,36 @@ def test_deleted_tc_filter_is_drift_and_up_repairs_it(tw1):
     assert not _statuses(tw1)["netns.mirror:Azkaban/d0-feeder1"].drifted
 
 
+def test_other_drift_is_reported_and_repaired(tw1):
+    host = f"{LAB}-host"
+    subprocess.run(["ip", "netns", "exec", host, "nft", "flush", "chain", "ip", "labctl",
+                    "postrouting"], check=True)
+    subprocess.run(["ip", "-n", host, "link", "set", "d2-roborock", "nomaster"], check=True)
+    subprocess.run(["ip", "netns", "exec", f"{LAB}-rtr", "sysctl", "-qw",
+                    "net.ipv4.ip_forward=0"], check=True)
+    st = _statuses(tw1)
+    assert st[f"netns.nft:{host}/ip labctl"].state == "drift"
+    assert st[f"netns.veth:{host}/d2-roborock"].state == "drift"
+    assert any("master None" in d for d in st[f"netns.veth:{host}/d2-roborock"].details)
+    assert any("ip_forward=0" in d for d in st[f"netns.namespace:{LAB}-rtr"].details)
+    assert tl.up(tw1.path).converged
+    st = _statuses(tw1)
+    assert not any(st[r].drifted for r in (f"netns.nft:{host}/ip labctl",
+                                           f"netns.veth:{host}/d2-roborock",
+                                           f"netns.namespace:{LAB}-rtr"))
+
+
+def test_concurrent_apply_is_refused(tw1):
+    from labctl.core.errors import PreflightError
+    from labctl.netns.provider import NetnsProvider
+
+    a = NetnsProvider(tl.ctx(tw1.path).loaded)
+    b = NetnsProvider(tl.ctx(tw1.path).loaded)
+    with a._lock():
+        with pytest.raises(PreflightError, match="another labctl"):
+            b.apply(b.plan_up(b.read_facts()))
+
+
 def test_dead_persona_is_reported_and_restarted(tw1):
     from labctl.netns import supervisor
 

@@ -14,8 +14,9 @@ import shutil
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from labctl.core.errors import CommandError, LabctlError, PreflightError
 from labctl.core.model import Plan, ProgressFn, ResourceStatus
@@ -72,14 +73,38 @@ class NetnsProvider:
             raise PreflightError(
                 f"namespaces of lab {self.lab!r} already exist but labctl has no record of "
                 f"creating them: {', '.join(present)}",
-                hint="another tool or an earlier state directory left them; remove them with "
-                     + "; ".join(f"ip netns del {n}" for n in present)
+                hint="another tool or an earlier state directory left them; remove them "
+                     "(and the processes inside) with: "
+                     + "; ".join(f"ip netns pids {n} | xargs -r kill; ip netns del {n}"
+                                 for n in present)
                      + f" (or use another lab: name), then run labctl again")
         if self._direction == "up":
             check_collisions(self.topology, facts.root_routes)
 
     # -- apply
     def apply(self, plan: Plan, progress: ProgressFn | None = None) -> None:
+        with self._lock():
+            self._apply(plan, progress)
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """One change at a time per lab (two concurrent `up`s would fight over names)."""
+        import fcntl
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(str(self.state_dir / ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise PreflightError(f"another labctl is changing lab {self.lab!r} right now",
+                                     hint="wait for it to finish, then run this again") \
+                    from None
+            yield
+        finally:
+            os.close(fd)
+
+    def _apply(self, plan: Plan, progress: ProgressFn | None) -> None:
         steps = plan.steps
         self._started: list[dict[str, Any]] = []
         for i, step in enumerate(steps, 1):

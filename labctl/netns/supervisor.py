@@ -22,6 +22,8 @@ from typing import Any
 from labctl.transport import proc
 from labctl.transport.netns import netns_argv
 
+MAX_LOG_BYTES = 2 * 1024 * 1024
+
 # Popen objects of children started by this process, so their exit status is reaped
 _children: dict[int, subprocess.Popen] = {}
 
@@ -90,6 +92,11 @@ def spawn(state_dir: Path, name: str, netns: str | None, argv: list[str],
     run_dir(state_dir).mkdir(parents=True, exist_ok=True)
     log_dir(state_dir).mkdir(parents=True, exist_ok=True)
     log_path = log_dir(state_dir) / f"{name}.log"
+    try:
+        if log_path.stat().st_size > MAX_LOG_BYTES:  # keep one previous log, bounded
+            log_path.replace(log_path.with_suffix(".log.1"))
+    except FileNotFoundError:
+        pass
     full = netns_argv(netns, list(argv))
     with open(log_path, "ab") as log:
         log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting in {netns}\n".encode())
