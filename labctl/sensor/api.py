@@ -289,6 +289,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._run(lambda: fn(body))
 
+    def _not_allowed(self) -> None:
+        self._send(405, {"error": f"method {self.command} is not supported on "
+                                  f"{urlsplit(self.path).path}"})
+
+    do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815 (no sensor-side PUT is documented)
+
     def _run(self, fn: Callable[[], tuple[int, Any]]) -> None:
         try:
             status, body = fn()

@@ -73,6 +73,7 @@ class SensorService:
         self.last_rx = time.time()
         self.idle_seconds = cfg.detections.no_traffic.idle_seconds or 300.0
         self.flushes = 0
+        self.errors = 0
 
     def start_api(self) -> str:
         from labctl.sensor.api import make_server, start_in_thread
@@ -142,7 +143,12 @@ class SensorService:
                     if self.idle:
                         self.idle = False
                         sensor.operational("traffic_resumed", self.last_rx)
-                    sensor.feed_batch(batch)
+                    try:
+                        sensor.feed_batch(batch)
+                    except Exception:  # never die on traffic: log, count, carry on
+                        self.errors += 1
+                        log.exception("sensor: a capture batch failed (%d frames)",
+                                      len(batch))
         finally:
             self.stop_event.set()
             if self.server is not None:
