@@ -8,7 +8,9 @@ stand-in), then measures:
   vs OpenSSH with connection multiplexing (ControlMaster);
 * throughput: 64 MiB of stdout through ``ssh_exec`` vs ``ssh host head -c``;
 * PowerShell scripts through ``SshRunner.run`` (wrapper, base64 params, envelope parsing)
-  per second, on one connection.
+  per second, on one connection;
+* a converged ``labctl plan`` of the reference lab over SSH (after ``labctl up`` onto the fake
+  Hyper-V host behind the sshd): wall time, remote round trips (must be 1) and writes (0).
 
 Prints each figure and the ratio labctl/OpenSSH (lower time is better). Usage::
 
@@ -92,11 +94,51 @@ def main() -> None:
             runner.run(script)
             per_script = timed(lambda: runner.run(script), n)
 
+        converged = _converged_plan_over_ssh(Path(d), srv_factory=sshd_server, standin=standin,
+                                             n=max(3, n // 4))
+
         print(f"{'measurement':40} {'labctl':>10} {'openssh':>10} {'ratio':>7}")
         for name, x, y in rows:
             print(f"{name:40} {x:10.4f} {y:10.4f} {x / y:7.2f}")
         print(f"{'SshRunner.run, reused connection (s)':40} {per_script:10.4f} "
               f"{'-':>10} {'-':>7}   ({1 / per_script:.1f} scripts/s)")
+        secs, trips, writes = converged
+        print(f"{'converged `labctl plan` over SSH (s)':40} {secs:10.4f} {'-':>10} {'-':>7}"
+              f"   ({trips} remote round trip(s), {writes} writes)")
+
+
+def _converged_plan_over_ssh(tmp: Path, srv_factory, standin: Path, n: int):
+    """`labctl up` the reference lab onto the fake Hyper-V host behind the sshd, then time
+    `labctl plan` against the converged host and count its remote round trips."""
+    import contextlib
+    import io
+    import pickle
+
+    import yaml
+
+    from helpers.fake_hyperv import FakeHyperVHost
+    from labctl.cli import run
+
+    state = tmp / "host.pkl"
+    state.write_bytes(pickle.dumps(FakeHyperVHost.reference()))
+    with srv_factory(tmp / "sshd-lab", powershell_standin=standin,
+                     setenv={"LABCTL_STANDIN_HYPERV_STATE": str(state)}) as srv:
+        doc = yaml.safe_load((ROOT / "playbooks" / "home-lab.yaml").read_text())
+        doc["hyperv"] = {"host": srv.host, "transport": "ssh", "port": srv.port,
+                         "user": srv.user, "ssh_key": str(srv.key_path),
+                         "ssh_known_hosts": str(srv.known_hosts),
+                         "vhd_path": doc["hyperv"]["vhd_path"]}
+        pb = tmp / "lab.yaml"
+        pb.write_text(yaml.safe_dump(doc, sort_keys=False))
+        sink = io.StringIO()
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            assert run(["up", "-f", str(pb), "-y", "--only", "hyperv"]) == 0, sink.getvalue()
+            writes = len(pickle.loads(state.read_bytes()).writes)
+            before = len(srv.standin_calls())
+            secs = timed(lambda: run(["plan", "-f", str(pb), "--json"]), n)
+        trips = (len(srv.standin_calls()) - before) / n
+        extra_writes = len(pickle.loads(state.read_bytes()).writes) - writes
+        return secs, trips, extra_writes
 
 
 if __name__ == "__main__":

@@ -219,15 +219,26 @@ def connect_client(target: SshTarget) -> "paramiko.SSHClient":
     key = os.path.expanduser(target.key_filename) if target.key_filename else None
     password = target.password.reveal() if target.password is not None else None
     log.debug("ssh connect %s", target.where)
+    sock = None
     try:
+        # Our own socket, so TCP_NODELAY is on: SSH's small request/reply packets otherwise
+        # meet Nagle + delayed ACK and each handshake round trip can cost ~40 ms.
+        sock = socket.create_connection((target.host, target.port), timeout=target.timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # pragma: no cover - not a TCP socket
+            pass
         client.connect(
             target.host, port=target.port, username=target.user, password=password,
             key_filename=key, timeout=target.timeout, banner_timeout=target.timeout,
             auth_timeout=target.timeout, channel_timeout=target.timeout,
             allow_agent=key is None, look_for_keys=key is None and password is None,
+            sock=sock,
         )
     except Exception as e:  # translated at the boundary
         client.close()
+        if sock is not None:
+            sock.close()
         err = _translate_connect_error(target, e)
         raise err from None
     finally:
