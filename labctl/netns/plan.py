@@ -117,9 +117,10 @@ def plan_up(topo: Topology, facts: TwinFacts, state_dir: str) -> Plan:
     for ns in topo.namespaces:
         sysctls = topo.sysctls.get(ns, {})
         if ns not in existing:
-            ops: list[dict[str, Any]] = [{"argv": ["ip", "netns", "add", ns]},
-                                         {"op": "resolv", "netns": ns, "lab": topo.lab},
-                                         _ip(ns, "link", "set", "lo", "up")]
+            ops: list[dict[str, Any]] = [{"argv": ["ip", "netns", "add", ns]}]
+            if topo.manage_resolv:
+                ops.append({"op": "resolv", "netns": ns, "lab": topo.lab})
+            ops.append(_ip(ns, "link", "set", "lo", "up"))
             ops += [{"op": "sysctl", "netns": ns, "key": k, "value": v}
                     for k, v in sysctls.items()]
             ch.append(_change(f"netns.namespace:{ns}", "create", "missing", ops,
@@ -132,7 +133,7 @@ def plan_up(topo: Topology, facts: TwinFacts, state_dir: str) -> Plan:
         wrong = {k: v for k, v in sysctls.items() if k in f.sysctls and f.sysctls[k] != v}
         ops += [{"op": "sysctl", "netns": ns, "key": k, "value": v} for k, v in wrong.items()]
         why = [f"sysctl {k}={f.sysctls.get(k)} (want {v})" for k, v in wrong.items()]
-        if f.resolv != resolv_conf(topo.lab):
+        if topo.manage_resolv and f.resolv != resolv_conf(topo.lab):
             ops.append({"op": "resolv", "netns": ns, "lab": topo.lab})
             why.append(f"{ETC_NETNS}/{ns}/resolv.conf " + ("missing" if f.resolv is None
                                                              else "differs"))

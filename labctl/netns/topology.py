@@ -36,6 +36,12 @@ NFT_TABLE = "labctl"
 ETC_NETNS = "/etc/netns"
 
 
+def etc_netns_writable() -> bool:
+    """False on read-only /etc (some containers): then the twin leaves DNS alone."""
+    probe = ETC_NETNS if os.path.isdir(ETC_NETNS) else os.path.dirname(ETC_NETNS)
+    return os.access(probe, os.W_OK)
+
+
 def resolv_conf(lab: str) -> str:
     return (f"# labctl twin lab {lab}: no DNS server inside the lab; fail fast\n"
             "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
@@ -163,6 +169,7 @@ class Topology:
     sensor_ns: str | None = None
     sensor_monitor_if: str | None = None
     segments: list[dict] = field(default_factory=list)
+    manage_resolv: bool = True
     networks: list[ipaddress.IPv4Network] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -203,7 +210,7 @@ def build(loaded: LoadedPlaybook, state_dir: Path) -> Topology:
         from labctl.core.playbook.twin import TwinSection
 
         twin = TwinSection()
-    t = Topology(lab=lab)
+    t = Topology(lab=lab, manage_resolv=etc_netns_writable())
     host = t.host_ns = f"{lab}-host"
     rtr = t.router_ns = f"{lab}-rtr"
     wan = t.wan_ns = f"{lab}-wan"
