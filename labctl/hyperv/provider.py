@@ -37,7 +37,8 @@ class HyperVProvider:
         self.playbook = playbook
         self._runner = runner
         self._factory = runner_factory
-        self._down_plans: set[int] = set()
+        # Plans made by plan_down (kept, so identity checks cannot be fooled by id reuse).
+        self._down_plans: list[Plan] = []
 
     @classmethod
     def from_context(cls, ctx: "LabContext") -> "HyperVProvider":
@@ -86,12 +87,12 @@ class HyperVProvider:
 
     def plan_down(self, facts: HostFacts) -> Plan:
         p = _diff.plan_down(self.playbook, facts)
-        self._down_plans.add(id(p))
+        self._down_plans.append(p)
         return p
 
     def preflight(self, facts: HostFacts, plan: Plan) -> None:
         """Refuse before any change. Every blocker found by the diff is a PreflightError."""
-        if id(plan) in self._down_plans:
+        if any(p is plan for p in self._down_plans):
             if not facts.hyperv_module and plan.steps:
                 raise PreflightError("the Hyper-V PowerShell module is not installed on the host",
                                      hint="install the Hyper-V management tools")
