@@ -167,7 +167,7 @@ def test_fused_fast_path_matches_generic_path(tmp_path):
     assert results[0][3], "the mix contains a port scan"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 200), st.integers(0, 255)),
                 max_size=6),
        st.integers(0, 120))

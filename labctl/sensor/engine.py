@@ -23,6 +23,7 @@ as the live capture did. Alert ``time`` values are epoch milliseconds, as in the
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 import threading
@@ -259,7 +260,9 @@ class OuiTable:
         return self._map.get(mac.replace(":", "")[:6].upper())
 
 
+@functools.lru_cache(maxsize=1)
 def default_oui() -> OuiTable:
+    """The shared table (loaded once per process, on the first lookup)."""
     from labctl.core.assets import asset_path
 
     return OuiTable([asset_path("sensor", "oui.txt"), OuiTable.NMAP])
