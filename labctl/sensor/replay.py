@@ -1,4 +1,4 @@
-"""``labctl sensor replay``: run the sensor's engines over a pcap/pcapng file, as fast as possible."""
+"""``labctl sensor replay``: the sensor's engines over a pcap/pcapng file, as fast as possible."""
 
 from __future__ import annotations
 

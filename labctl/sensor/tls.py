@@ -15,9 +15,10 @@ import os
 import socket
 import ssl
 from pathlib import Path
+from typing import Sequence
 
 
-def ensure_certificate(state_dir: str | Path, names: list[str] = ()) -> tuple[Path, Path]:  # type: ignore[assignment]
+def ensure_certificate(state_dir: str | Path, names: Sequence[str] = ()) -> tuple[Path, Path]:
     """Return (cert.pem, key.pem) in ``<state>/tls``, creating them if missing."""
     tls = Path(state_dir) / "tls"
     cert_path, key_path = tls / "cert.pem", tls / "key.pem"
