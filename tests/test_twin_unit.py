@@ -284,3 +284,19 @@ def test_second_twin_topology_is_not_tied_to_the_reference_lab(tmp_path):
     assert routes["tw9-rtr"] == "198.51.100.1"
     assert t.scanner_ns == "tw9-scan"
     assert all("172.16.1" not in str(n) for n in t.networks)
+
+
+def test_ifname_property():
+    import re
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers(min_value=0, max_value=999), st.text(min_size=1, max_size=80))
+    def check(i: int, name: str) -> None:
+        n = ifname(f"d{i}", name)
+        assert 1 <= len(n) <= 15 and re.fullmatch(r"[a-z0-9-]+", n)
+        assert n.startswith(f"d{i}")  # the index keeps names unique
+
+    check()
