@@ -90,7 +90,8 @@ def run_wan_cmd(irc_port: int) -> None:
 
 
 @twin.command("ps")
-@playbook_option
+@click.option("-f", "--file", "playbook", metavar="FILE", default=None,
+              help="Only the lab of this playbook (default: every lab in the state directory).")
 @json_option
 def ps(playbook: str | None, as_json: bool) -> None:
     """List the twin's supervised processes (all labs, or the lab of -f)."""
