@@ -155,7 +155,8 @@ def test_no_traffic_then_traffic_resumed(live, pair, tmp_path):
     assert "resumed detecting network traffic on b0" in ops[1]["message"]
 
 
-def test_vlan_tag_is_kept_on_live_capture(live, pair):
+@pytest.mark.parametrize("ring_mb", ["128", "0"])  # TPACKET_V3 ring, and plain recvmsg
+def test_vlan_tag_is_kept_on_live_capture(live, pair, ring_mb):
     """The kernel moves 802.1Q tags out of received frames; PACKET_AUXDATA puts the id back.
 
     (No 8021q module here, so the tagged frame is written raw onto the veth from the scanner
@@ -167,7 +168,7 @@ def test_vlan_tag_is_kept_on_live_capture(live, pair):
 
     from labctl.transport.netns import netns_context
 
-    live.start("--no-learning")
+    live.start("--no-learning", "--ring-mb", ring_mb)
     token = live.token()
     frame = bytes(Ether(src="00:15:5d:00:52:01", dst="ff:ff:ff:ff:ff:ff") / Dot1Q(vlan=52) /
                   IP(src="172.31.52.1", dst="172.31.52.2") / UDP(sport=5000, dport=9999) / b"x")
