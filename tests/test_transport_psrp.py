@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 from pypsrp import exceptions as px
+from pypsrp.complex_objects import PSInvocationState
 
 from labctl.core.errors import (
     AuthError, ConnectTimeout, HostUnreachable, RemoteCommandError, TransportError, UsageError,
@@ -69,6 +70,10 @@ class Remote:
         self.failed = False
         self.raise_on_open: BaseException | None = None
         self.raise_on_invoke: BaseException | None = None
+        self.running_polls = 0  # how many polls the pipeline keeps running
+        self.poll_timeouts: list[int] = []
+        self.clock: list[float] | None = None
+        self.stopped = 0
 
 
 @pytest.fixture
@@ -113,13 +118,33 @@ def remote(monkeypatch) -> Remote:
             self.params.update(parameters)
             return self
 
-        def invoke(self):
+        def begin_invoke(self):
             rem.invocations.append({"script": self.script, "params": dict(self.params)})
             if rem.raise_on_invoke is not None:
                 raise rem.raise_on_invoke
-            self.streams.error = list(rem.errors)
-            self.had_errors = rem.failed or bool(rem.errors)
-            return list(rem.output)
+            self.polls_left = rem.running_polls
+            self.state = PSInvocationState.RUNNING
+            self._finish_if_done()
+
+        def poll_invoke(self, timeout=None):
+            assert self.state == PSInvocationState.RUNNING
+            assert timeout is not None and 1 <= timeout <= 20
+            rem.poll_timeouts.append(timeout)
+            if rem.clock is not None:
+                rem.clock[0] += timeout  # the server held the Receive for `timeout` s
+            self.polls_left -= 1
+            self._finish_if_done()
+
+        def _finish_if_done(self):
+            if self.polls_left <= 0:
+                self.streams.error = list(rem.errors)
+                self.had_errors = rem.failed or bool(rem.errors)
+                self.output = list(rem.output)
+                self.state = PSInvocationState.COMPLETED
+
+        def stop(self):
+            rem.stopped += 1
+            self.state = PSInvocationState.STOPPED
 
     monkeypatch.setattr(pypsrp.wsman, "WSMan", FakeWSMan)
     monkeypatch.setattr(pypsrp.powershell, "RunspacePool", FakePool)
@@ -475,13 +500,14 @@ def test_real_pypsrp_powershell_object_gets_script_and_named_parameters(monkeypa
         def close(self):
             pass
 
-    def fake_invoke(self, *a, **kw):
+    def fake_begin_invoke(self, *a, **kw):
         captured.append(self)
-        return ['{"done": true}']
+        self.output = ['{"done": true}']
+        self.state = PSInvocationState.COMPLETED
 
     monkeypatch.setattr(pypsrp.wsman, "WSMan", lambda server, **kw: object())
     monkeypatch.setattr(pypsrp.powershell, "RunspacePool", Pool)
-    monkeypatch.setattr(pypsrp.powershell.PowerShell, "invoke", fake_invoke)
+    monkeypatch.setattr(pypsrp.powershell.PowerShell, "begin_invoke", fake_begin_invoke)
     body = "param($Name, $Ids, $Notes, $Force)\n'{}'"
     with make_runner(cfg()) as r:
         assert r.run(RenderedScript("vm/set", body, {"Name": HOSTILE, "Ids": [1, 52],
@@ -493,3 +519,25 @@ def test_real_pypsrp_powershell_object_gets_script_and_named_parameters(monkeypa
     assert cmd.cmd == body and cmd.is_script is True
     assert [(a.name, a.value) for a in cmd.args] == [("Name", HOSTILE), ("Ids", [1, 52]),
                                                       ("Force", True)]
+
+
+def test_long_script_is_polled_until_done(remote):
+    remote.running_polls = 3
+    with make_runner(cfg(timeout=120)) as r:
+        assert r.run(script(Name="x")) == {"ok": True}
+    assert remote.poll_timeouts == [20, 20, 20] and remote.stopped == 0
+
+
+def test_script_past_its_timeout_is_stopped_and_times_out(remote, monkeypatch):
+    import labctl.transport.psrp as psrp_mod
+
+    remote.clock = [1000.0]
+    monkeypatch.setattr(psrp_mod.time, "monotonic", lambda: remote.clock[0])
+    remote.running_polls = 100
+    with make_runner(cfg(timeout=30)) as r:
+        with pytest.raises(ConnectTimeout) as ei:
+            r.run(script(name="vhd/create", Name="x"))
+    assert str(ei.value) == ("vhd/create: did not finish on https://hyperv01.lab.example:5986 "
+                             "within 30 s (stopped)")
+    assert remote.stopped == 1
+    assert sum(remote.poll_timeouts) == 30  # never waited past the deadline

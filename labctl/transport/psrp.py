@@ -20,6 +20,8 @@ Why these choices:
   quoting the remote messages. All text passes through ``REDACTOR``.
 * pypsrp logs whole WSMan messages at DEBUG; its loggers are held at INFO (and given the
   redacting filter) so a debug run cannot write serialized parameters to a log.
+* ``hyperv.timeout`` bounds each script as a whole (as over SSH): the pipeline is polled with
+  a deadline and stopped when it runs out (ConnectTimeout).
 * The password reference is resolved on the first ``run()``, not when the runner is built.
 
 pypsrp and requests are imported lazily, inside the methods.
@@ -30,6 +32,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import time
 from enum import Enum
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
@@ -114,6 +117,7 @@ class PsrpRunner:
         self.prompt_fn = prompt_fn
         self._wsman: Any = None
         self._pool: Any = None
+        self._operation_timeout = OPERATION_TIMEOUT
 
     @property
     def where(self) -> str:
@@ -145,6 +149,7 @@ class PsrpRunner:
         # WSMan holds a Receive for up to operation_timeout, so reads must wait longer.
         read_timeout = int(cfg.timeout)
         operation_timeout = max(1, min(OPERATION_TIMEOUT, read_timeout - 3))
+        self._operation_timeout = operation_timeout
         try:
             self._wsman = WSMan(
                 cfg.host, port=cfg.effective_port, username=cfg.user,
@@ -173,7 +178,7 @@ class PsrpRunner:
             params = _bound_params(script)
             if params:
                 ps.add_parameters(params)
-            output = ps.invoke()
+            output = self._invoke(ps, script.name)
         except LabctlError as e:
             raise pswrap.name_script(e, script.name) from None
         except Exception as e:
@@ -187,6 +192,32 @@ class PsrpRunner:
                 "the pipeline failed without an error record"]
             raise pswrap.remote_error(script.name, self.host, msgs)
         return pswrap.single_json(script.name, self.host, output or [])
+
+    def _invoke(self, ps: Any, name: str) -> list[Any]:
+        """``invoke()`` with a deadline: hyperv.timeout bounds the whole script, as over SSH.
+
+        pypsrp's own ``invoke()`` polls until the pipeline ends, however long that takes; here
+        each poll waits at most the time left, and a script still running at the deadline is
+        stopped (Ctrl+C signal) and reported as ConnectTimeout.
+        """
+        from pypsrp.complex_objects import PSInvocationState
+
+        limit = float(self.cfg.timeout)
+        deadline = time.monotonic() + limit
+        ps.begin_invoke()
+        while ps.state == PSInvocationState.RUNNING:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                try:
+                    ps.stop()
+                except Exception as e:  # the pipeline may have ended meanwhile
+                    log.debug("stopping %s on %s failed: %s", name, self.host, type(e).__name__)
+                raise ConnectTimeout(
+                    f"did not finish on {self.where} within {limit:g} s (stopped)",
+                    hint="raise hyperv.timeout if this step is expected to be slow (a large "
+                         "fixed VHDX can take minutes)")
+            ps.poll_invoke(timeout=max(1, min(self._operation_timeout, int(remaining))))
+        return list(ps.output)
 
     def _drop_pool(self) -> None:
         """Forget a pool whose connection broke; the next run() reconnects."""
