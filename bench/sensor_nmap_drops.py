@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     sensor = LiveSensor(pair, tmp / "state", 8443)
     try:
         sensor.start("--no-learning")
+        tcpdump = None
+        if shutil.which("tcpdump"):
+            tcpdump = subprocess.Popen(["ip", "netns", "exec", pair.b, "tcpdump", "-i", "b0",
+                                        "-n", "-w", "/dev/null"], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, text=True)
+            time.sleep(1.0)
         t = time.perf_counter()
         r = sh("ip", "netns", "exec", pair.a, "nmap", "-n", "-Pn", "-sS", "-T4", "-p",
                args.ports, *HOSTS, timeout=1800)
@@ -45,11 +55,20 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(2.5)  # let the sensor drain its socket and write status.json
         st = sensor.status()
         sensor.stop()
+        td_line = "tcpdump not installed"
+        if tcpdump is not None:
+            tcpdump.send_signal(signal.SIGINT)
+            _, err = tcpdump.communicate(timeout=30)
+            got = re.search(r"(\d+) packets captured", err)
+            drop = re.search(r"(\d+) packets dropped by kernel", err)
+            td_line = (f"{got.group(1) if got else '?'} captured, "
+                       f"{drop.group(1) if drop else '?'} dropped by kernel")
         summary = [ln for ln in r.stdout.splitlines() if "scanned" in ln]
         print(f"nmap -T4 -p {args.ports} of {len(HOSTS)} hosts: {nmap_s:.1f}s "
               f"({summary[-1] if summary else 'no summary'})")
         print(f"sensor captured {st['received']} frames ({st['received'] / nmap_s:,.0f}/s avg); "
               f"kernel saw {st['kernel_packets']}; PACKET_STATISTICS drops: {st['kernel_drops']}")
+        print(f"reference tcpdump on the same interface: {td_line}")
         print(f"alerts raised: {st['alerts']}; devices: {st['devices']}")
         print(f"goal 0 kernel drops: {'MET' if st['kernel_drops'] == 0 else 'NOT MET'}")
         return 0 if st["kernel_drops"] == 0 else 1

@@ -195,3 +195,30 @@ def test_engine_survives_mutated_frames(mutations, cut):
     for f, ts in frames:
         s.feed(f, 0, len(f), ts)
     assert s.packets == 2 * len(frames)
+
+
+def _swap_pcap(data: bytes, *, big: bool, nanos: bool) -> bytes:
+    """Re-encode a little-endian microsecond pcap as big-endian and/or nanosecond."""
+    e = ">" if big else "<"
+    magic = 0xA1B23C4D if nanos else 0xA1B2C3D4
+    _, vmaj, vmin, tz, sig, snap, link = struct.unpack_from("<IHHiIII", data, 0)
+    out = bytearray(struct.pack(e + "IHHiIII", magic, vmaj, vmin, tz, sig, snap, link))
+    off = 24
+    while off < len(data):
+        sec, usec, incl, orig = struct.unpack_from("<IIII", data, off)
+        out += struct.pack(e + "IIII", sec, usec * 1000 if nanos else usec, incl, orig)
+        out += data[off + 16:off + 16 + incl]
+        off += 16 + incl
+    return bytes(out)
+
+
+@pytest.mark.parametrize("big,nanos", [(True, False), (False, True), (True, True)])
+def test_pcap_byte_orders_and_nanoseconds(tmp_path, cli_run, big, nanos):
+    pk = P.syn_scan(26, vlan=52) + [P.tcp_packet("172.16.1.20", "172.16.1.30", 6667, t=P.T0 + 9)]
+    le = P.write(tmp_path / "le.pcap", pk)
+    other = tmp_path / "other.pcap"
+    other.write_bytes(_swap_pcap(le.read_bytes(), big=big, nanos=nanos))
+    a = cli_run("sensor", "replay", "--pcap", str(le), "--json").json()
+    b = cli_run("sensor", "replay", "--pcap", str(other), "--json").json()
+    assert b["packets"] == 27
+    assert a["alerts"] == b["alerts"] and a["devices"] == b["devices"]
