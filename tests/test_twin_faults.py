@@ -135,3 +135,29 @@ def test_subnet_colliding_with_a_machine_route_is_refused(tmp_path):
         assert tl.lab_namespaces("tw5") == []
     finally:
         _cleanup("tw5")
+
+
+def test_ap_isolation_follows_the_playbook(tmp_path):
+    path = tl.write_second_twin(tmp_path, "tw8", a=101, b=102, c=103)
+    plain = path.read_text()
+    path.write_text(plain.replace("    vlan: 117\nsensor:", "    vlan: 117\n    ap_isolation: true\n"
+                                  "sensor:"))
+    try:
+        assert tl.up(path).converged
+        s, _ = tl.udp_server("tw8-cam", 41020, reply=b"CAM-ISO")
+        try:
+            # isolated device ports cannot reach each other, but still reach the router/WAN
+            assert tl.udp_ask("tw8-plug", "10.102.7.10", 41020, b"PLUG", timeout=1.0) is None
+            assert tl.tcp_peer_seen("tw8-wan", "tw8-plug", "203.0.113.77", 41021) == \
+                "198.51.100.2"
+            path.write_text(plain)  # isolation off again: up converges the bridge ports
+            rep = tl.up(path)
+            assert rep.converged
+            assert {c.resource for c in rep.plan.pending} >= {"netns.veth:tw8-host/d0-cam",
+                                                              "netns.veth:tw8-host/d1-plug"}
+            assert tl.udp_ask("tw8-plug", "10.102.7.10", 41020, b"PLUG") == b"CAM-ISO"
+        finally:
+            s.close()
+    finally:
+        tl.down(path)
+        _cleanup("tw8")

@@ -300,3 +300,17 @@ def test_ifname_property():
         assert n.startswith(f"d{i}")  # the index keeps names unique
 
     check()
+
+
+def test_ap_isolation_isolates_device_ports_only(tmp_path):
+    text = TWIN.read_text().replace("ap_isolation: false", "ap_isolation: true")
+    p = tmp_path / "t.yaml"
+    p.write_text(text)
+    t = build(load_playbook(str(p)), tmp_path)
+    iso = {v.a_name for v in t.veths if v.a_isolated}
+    assert iso == {v.a_name for v in t.veths if v.role == "device"} and len(iso) == 5
+    plan = planmod.plan_up(t, factsmod.empty(t), str(tmp_path))
+    text = "\n".join(s.script for s in plan.steps)
+    assert text.count("type bridge_slave isolated on") == 5
+    ref = build(load_playbook(str(TWIN)), tmp_path)
+    assert not any(v.a_isolated for v in ref.veths)  # the reference lab: isolation off

@@ -188,6 +188,9 @@ def plan_up(topo: Topology, facts: TwinFacts, state_dir: str) -> Plan:
                                  *peer]})
             if v.a_master:
                 ops.append(_ip(v.a_ns, "link", "set", v.a_name, "master", v.a_master))
+                if v.a_isolated:
+                    ops.append(_ip(v.a_ns, "link", "set", "dev", v.a_name, "type",
+                                   "bridge_slave", "isolated", "on"))
             ops += [_ip(v.a_ns, "addr", "add", x, "dev", v.a_name) for x in v.a_addrs]
             ops += [_ip(v.b_ns, "addr", "add", x, "dev", v.b_name) for x in v.b_addrs]
             ops += [_ip(v.a_ns, "link", "set", v.a_name, "up"),
@@ -207,6 +210,15 @@ def plan_up(topo: Topology, facts: TwinFacts, state_dir: str) -> Plan:
             ops.append(_ip(v.a_ns, "link", "set", v.a_name,
                            *(["master", v.a_master] if v.a_master else ["nomaster"])))
             why.append(f"master {a.get('master')} (want {v.a_master})")
+        if v.a_master:
+            slave = (a.get("linkinfo") or {}).get("info_slave_data") or {}
+            isolated = bool(slave.get("isolated", False)) if a.get("master") == v.a_master \
+                else False
+            if isolated != v.a_isolated:
+                ops.append(_ip(v.a_ns, "link", "set", "dev", v.a_name, "type", "bridge_slave",
+                               "isolated", "on" if v.a_isolated else "off"))
+                why.append(f"isolated {'off' if v.a_isolated else 'on'} "
+                           f"(AP isolation {'on' if v.a_isolated else 'off'})")
         for ns, name, want, link in ((v.a_ns, v.a_name, v.a_addrs, a),
                                      (v.b_ns, v.b_name, v.b_addrs, b)):
             have = nsf(ns).addrs(name)

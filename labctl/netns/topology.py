@@ -90,6 +90,9 @@ class Veth:
     b_addrs: tuple[str, ...] = ()
     b_mac: str | None = None
     role: str = ""  # device | vm | scanner | router-iot | main-lan | wan | monitor
+    # bridge port isolation: the router's AP isolation (isolated ports reach only the
+    # non-isolated ones, i.e. the router, never each other)
+    a_isolated: bool = False
 
     @property
     def key(self) -> str:
@@ -349,7 +352,10 @@ def build(loaded: LoadedPlaybook, state_dir: Path) -> Topology:
         br = bridges[dev.switch.lower()]
         t.veths.append(Veth(a_ns=host, a_name=ifname(f"d{k}", dev.name), a_master=br.name,
                             b_ns=ns, b_name="eth0", b_addrs=(str(dev.ip),),
-                            b_mac=dev.mac.lower() if dev.mac else None, role="device"))
+                            b_mac=dev.mac.lower() if dev.mac else None, role="device",
+                            a_isolated=bool(iot is not None and iot.ap_isolation
+                                            and iot_bridge is not None
+                                            and br.name == iot_bridge.name)))
         gw = gw_for.get(br.name)
         if gw and gw != str(dev.ip.ip):
             t.routes.append(Route(ns=ns, dest="default", via=gw))
