@@ -141,3 +141,17 @@ def test_replay_human_output(cli_run, tmp_path):
     assert r.exit_code == 0
     assert "[Critical] Port Scan Detected (Anomaly) 172.16.1.50 -> 172.16.1.10" in r.stdout
     assert "Microsoft" in r.stdout and "packets/s" in r.stdout
+
+
+def test_store_keeps_the_newest_events_only(tmp_path):
+    from labctl.sensor.store import KEEP_EVENTS
+
+    store = SensorStore(tmp_path)
+    try:
+        ev = [{"seq": i, "timestamp": i, "type": "DEVICE_CREATE", "title": "t",
+               "severity": "INFO", "content": "c", "owner": ""} for i in range(1, KEEP_EVENTS + 11)]
+        store.write_batch([], [], [], ev)
+        assert store.db.execute("SELECT COUNT(*), MIN(seq) FROM events").fetchone() == (
+            KEEP_EVENTS, 11)
+    finally:
+        store.close()

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 PBKDF2_ROUNDS = 200_000
+KEEP_EVENTS = 20_000
 DEFAULT_USER = "admin"
 DEFAULT_PASSWORD = "admin"
 
@@ -116,6 +117,10 @@ class SensorStore:
                                     [(a["id"], a["time"], json.dumps(a)) for a in alerts])
                 self.db.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?)",
                                     [(e["seq"], e["timestamp"], json.dumps(e)) for e in events])
+                if events:  # keep the newest KEEP_EVENTS (the API serves at most 100)
+                    newest = max(e["seq"] for e in events)
+                    self.db.execute("DELETE FROM events WHERE seq <= ?",
+                                    (newest - KEEP_EVENTS,))
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
