@@ -218,3 +218,30 @@ def test_handshake_failure_prints_no_paramiko_traceback(tmp_path):
                        timeout=30)
     assert p.stdout.strip() == "TransportError"
     assert "Traceback" not in p.stderr, p.stderr
+
+
+def test_sshd_helper_stop_ends_running_sessions(tmp_path):
+    """A command still running when the server stops (after a client-side timeout) does not
+    outlive the test."""
+    import os
+
+    with sshd_server(tmp_path / "s") as s:
+        marker = f"60.{os.getpid()}{time.monotonic_ns() % 10**9}"  # a unique sleep length
+        with pytest.raises(ConnectTimeout):
+            ssh_exec(s.target(), ["sleep", marker], timeout=0.5)
+
+        def running() -> bool:
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        if marker.encode() in f.read():
+                            return True
+                except OSError:
+                    pass
+            return False
+
+        assert running()
+    deadline = time.monotonic() + 5
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running()

@@ -22,7 +22,8 @@ What it does, and why:
   with the real ``/bin/sh -c`` -- except, when ``powershell_standin`` is given, a command whose
   first word is ``powershell.exe`` runs that stand-in program instead (Windows OpenSSH is
   emulated that way; the stand-in sees the original command in ``SSH_ORIGINAL_COMMAND``);
-* ``stop()`` (or leaving the context) terminates sshd and its sessions.
+* ``stop()`` (or leaving the context) ends sshd and every process it started (sessions and
+  the commands they run, found through /proc parent links, since sessions call setsid()).
 
 Only loopback is used; nothing leaves the machine.
 """
@@ -119,8 +120,17 @@ class SshdServer:
         return f"ssh://{self.user}@{self.host}:{self.port}"
 
     def stop(self) -> None:
+        """Stop sshd and every process it started (connections, sessions, their commands).
+
+        sshd's session children call setsid(), so a process group would not reach them; they
+        are found by walking the parent links in /proc from sshd's pid instead."""
         if self.proc is None:
             return
+        for pid in _descendants(self.proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -129,6 +139,28 @@ class SshdServer:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         self.proc = None
+
+
+def _descendants(root: int) -> list[int]:
+    """Pids of every live descendant of ``root`` (deepest first), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out: list[int] = []
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            out.append(child)
+            stack.append(child)
+    return out[::-1]
 
 
 def keygen(path: Path, comment: str = "labctl-test") -> Path:
