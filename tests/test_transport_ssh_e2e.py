@@ -85,3 +85,24 @@ def test_wrong_key_over_the_cli_is_exit_5_and_names_the_script(ssh_lab, cli_run,
     assert r.exit_code == 5, r
     assert "facts/read" in r.stderr and "authentication" in r.stderr.lower()
     assert "Traceback" not in r.stderr
+
+
+def test_password_canary_never_printed_by_the_cli(tmp_path, cli_run, monkeypatch, caplog):
+    import logging
+
+    canary = "CANARY-cli-ssh-pw-0d4e"
+    monkeypatch.setenv("LABCTL_TEST_SSH_E2E_PW", canary)
+    caplog.set_level(logging.DEBUG)
+    with sshd_server(tmp_path / "sshd", powershell_standin=STANDIN, password_auth=True) as srv:
+        doc = yaml.safe_load((ROOT / "playbooks" / "home-lab.yaml").read_text())
+        doc["hyperv"] = {"host": srv.host, "transport": "ssh", "port": srv.port,
+                         "user": srv.user, "password": {"env": "LABCTL_TEST_SSH_E2E_PW"},
+                         "ssh_known_hosts": str(srv.known_hosts), "timeout": 10}
+        pb = tmp_path / "lab.yaml"
+        pb.write_text(yaml.safe_dump(doc, sort_keys=False))
+        for args in (["-vv", "status", "-f", str(pb)], ["plan", "-f", str(pb), "--json"],
+                     ["-vv", "up", "-f", str(pb), "-y", "--only", "hyperv", "--json"]):
+            r = cli_run(*args)
+            assert r.exit_code == 5, r
+            assert canary not in r.stdout and canary not in r.stderr
+    assert canary not in caplog.text
