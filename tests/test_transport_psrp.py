@@ -541,3 +541,26 @@ def test_script_past_its_timeout_is_stopped_and_times_out(remote, monkeypatch):
                              "within 30 s (stopped)")
     assert remote.stopped == 1
     assert sum(remote.poll_timeouts) == 30  # never waited past the deadline
+
+
+def test_cli_over_real_winrm_401_is_exit_5_without_the_password(tls_401, tmp_path, cli_run,
+                                                                 monkeypatch, caplog):
+    import yaml
+
+    port, cert = tls_401
+    canary = "CANARY-cli-winrm-pw-8e1"
+    monkeypatch.setenv("LABCTL_TEST_WINRM_PW", canary)
+    caplog.set_level(logging.DEBUG)
+    root = Path(__file__).resolve().parent.parent
+    doc = yaml.safe_load((root / "playbooks" / "home-lab.yaml").read_text())
+    doc["hyperv"] = {"host": "127.0.0.1", "transport": "winrm", "port": port,
+                     "user": "labadmin", "password": {"env": "LABCTL_TEST_WINRM_PW"},
+                     "auth": "basic", "ca_trust_path": str(cert), "timeout": 10}
+    pb = tmp_path / "lab.yaml"
+    pb.write_text(yaml.safe_dump(doc, sort_keys=False))
+    r = cli_run("-vv", "status", "-f", str(pb))
+    assert r.exit_code == 5, r
+    assert "facts/read" in r.stderr and "authentication" in r.stderr.lower()
+    basic = base64.b64encode(f"labadmin:{canary}".encode()).decode()
+    for text in (r.stdout, r.stderr, caplog.text):
+        assert canary not in text and basic not in text
