@@ -230,3 +230,17 @@ def test_reference_lab_steps_travel_intact_over_ssh(srv):
             rs = RenderedScript(st.name, st.script, st.params)
             sent = json.loads(pswrap.encode_params(pswrap.bound_params(rs)))
             assert runner.run(rs) == {"params": sent}, st.name
+
+
+def test_missing_user_or_password_names_the_script_and_contacts_nothing(srv, monkeypatch):
+    from labctl.core.errors import UsageError
+
+    before = srv.log().count("Connection from")
+    with make_runner(cfg_for(srv, user=None)) as runner:
+        with pytest.raises(UsageError, match="^facts/read: hyperv.user is required"):
+            runner.run(script(name="facts/read"))
+    monkeypatch.delenv("LABCTL_TEST_UNSET_PW", raising=False)
+    with make_runner(cfg_for(srv, ssh_key=None, password={"env": "LABCTL_TEST_UNSET_PW"})) as r:
+        with pytest.raises(UsageError, match="^facts/read: password for"):
+            r.run(script(name="facts/read"))
+    assert srv.log().count("Connection from") == before

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from labctl.core.errors import AuthError, TransportError, UsageError
+from labctl.core.errors import AuthError, LabctlError, UsageError
 from labctl.core.secrets import PromptFn
 from labctl.transport import pswrap
 from labctl.transport.powershell import RenderedScript
@@ -63,7 +63,7 @@ class SshRunner:
                 self._conn = SshConnection(self._target())
             rc, out, err = self._conn.exec(POWERSHELL_COMMAND, stdin=data,
                                            timeout=float(self.cfg.timeout))
-        except TransportError as e:
+        except LabctlError as e:
             if isinstance(e, AuthError):
                 e.hint = (e.hint or "") + WINDOWS_KEYS_HINT
             raise pswrap.name_script(e, script.name) from None
