@@ -28,7 +28,8 @@ QUICK = ("name: quick\nargs: [-sT, -n, -Pn, -p, '22,80,443,6668,8008']\n"
 @pytest.fixture(scope="module")
 def lab():
     lab = make_lab({"10.213.0.11": {22: "ssh", 80: "http", 6668: "close"},
-                    "10.213.0.12": {8008: "http"}, "10.213.0.13": {}})
+                    "10.213.0.12": {8008: "http"}, "10.213.0.13": {}},
+                   macs={"10.213.0.11": "10:d5:61:a1:00:11"})
     try:
         lab.drop_port("10.213.0.11", 8080)
         yield lab
@@ -68,7 +69,8 @@ def test_smart_and_one_shot_service_agree_port_by_port(cli_run, lab, _isolated_s
         assert ports["80/tcp"]["scripts"]["http-title"] == "PetFeeder Control"
         assert ports["6668/tcp"]["service"] == "tcpwrapped"
         assert ports["8080/tcp"]["state"] == "filtered"
-        assert h11["mac"] and h11["state"] == "up"
+        assert h11["mac"] == "10:D5:61:A1:00:11" and h11["vendor"] == "Tuya Smart"
+        assert h11["state"] == "up"
         h12 = next(h for h in doc["hosts"] if h["addr"] == "10.213.0.12")
         p8008 = next(p for p in h12["ports"] if p["port"] == 8008)
         assert p8008["product"] == "lighttpd" and p8008["scripts"]["http-title"]
@@ -87,15 +89,23 @@ def test_smart_and_one_shot_service_agree_port_by_port(cli_run, lab, _isolated_s
     r = cli_run("scan", "diff", "--json")
     assert r.exit_code == 0, r
     assert r.json()["changes"] == [] and (r.json()["old"], r.json()["new"]) == (1, 2)
-    # human output: host table and port table
     r = cli_run("scan", "history")
     assert r.exit_code == 0 and "smart" in r.stdout and "service" in r.stdout
 
 
 def test_drift_opened_port_diff_and_baseline(cli_run, lab, quick, tmp_path):
-    r = scan(cli_run, lab, "--profile", quick, "10.213.0.11-12")
+    r = cli_run("-v", "scan", "--scanner", f"netns:{lab.scanner_ns}", "--scope",
+                "10.213.0.0/24", "--profile", quick, "10.213.0.11-12")
     assert r.exit_code == 0, r
-    assert "10.213.0.11" in r.stdout and "OpenSSH" not in r.stdout  # -sT only, no -sV
+    # human output: host table (MAC, vendor) then port table; -v shows the argv and XML
+    head = next(ln for ln in r.stdout.splitlines() if "host" in ln and "MAC" in ln)
+    assert [c.strip() for c in head.strip("┃ ").split("┃")] == \
+        ["host", "MAC", "vendor", "state", "open ports"]
+    assert any(ln.strip("│ ").startswith("10.213.0.11") and " up " in ln
+               for ln in r.stdout.splitlines())
+    assert "6668" in r.stdout and "OpenSSH" not in r.stdout  # -sT only, no -sV
+    assert f"nmap argv: ip netns exec {lab.scanner_ns} nmap -sT -n -Pn" in r.stderr
+    assert "raw XML: " in r.stderr
     base = tmp_path / "base.yaml"
     base.write_text("name: lab\nhosts:\n  10.213.0.11: {open: [22/tcp, 80/tcp, 6668/tcp]}\n"
                     "  10.213.0.12: {open: [8008/tcp]}\n")

@@ -92,7 +92,7 @@ def start_listener(lab: ScanLab, ns: str, ports: dict[int, str]) -> None:
 
 
 def make_lab(targets: dict[str, dict[int, str]], prefix: str | None = None,
-             uplink: bool = True) -> ScanLab:
+             uplink: bool = True, macs: dict[str, str] | None = None) -> ScanLab:
     """Build the namespaces and start listeners; on any failure, tear down and re-raise."""
     prefix = prefix or f"sc{secrets.token_hex(2)}{os.getpid() % 100:02d}"
     lab = ScanLab(prefix, {ip: dict(p) for ip, p in targets.items()})
@@ -123,6 +123,8 @@ def make_lab(targets: dict[str, dict[int, str]], prefix: str | None = None,
                "peer", "name", "eth0", "netns", ns)
             sh("ip", "-n", k, "link", "set", f"{prefix}v{n}", "master", "br0")
             sh("ip", "-n", k, "link", "set", f"{prefix}v{n}", "up")
+            if macs and ip in macs:  # a real OUI, so nmap can name the vendor
+                sh("ip", "-n", ns, "link", "set", "eth0", "address", macs[ip])
             sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
             sh("ip", "-n", ns, "addr", "add", f"{lab.ip6(ip)}/64", "dev", "eth0", "nodad")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
