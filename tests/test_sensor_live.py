@@ -93,6 +93,9 @@ def test_nmap_scan_raises_port_and_address_scan_via_api(live, pair):
     assert SCANNER_IP in devs and 6668 in devs[TARGET_IP]["ports"]
     st = live.status()
     assert st["received"] > 300 and st["kernel_drops"] == 0
+    api_st = live.get("/api/labctl/status", token)
+    assert api_st["interface"] == "b0" and api_st["kernel_drops"] == 0
+    assert api_st["packets"] >= st["packets"] > 300 and api_st["learning_mode"] is False
     assert live.stop() == 0
     assert "state saved" in live.log.read_text()
 

@@ -11,7 +11,9 @@ Paths, parameters and shapes come from ../shared/reference/defender-for-iot.md Â
   ``lastActiveInMinutes``);
 * ``GET /api/v1/events`` (``minutesTimeFrame`` up to 4320, ``type``): the latest 100 events,
   newest first. The real sensor caches an identical query for an hour; this one does not;
-* ``POST /api/external/authentication/validation`` and ``.../set_password`` (no token).
+* ``POST /api/external/authentication/validation`` and ``.../set_password`` (no token);
+* ``GET /api/labctl/status`` (a labctl extension, token required): packet, malformed and
+  kernel drop counters (``PACKET_STATISTICS``), devices, alerts, learning mode.
 
 Authentication is ``Authorization: <token>`` with no ``Bearer`` prefix; tokens are checked
 against the hashes in the store. Bad queries get HTTP 400 with a JSON ``error`` naming the
@@ -84,9 +86,19 @@ def _bool_param(q: dict[str, list[str]], name: str) -> bool | None:
 class SensorApi:
     """Route table and handlers, independent of the HTTP plumbing (easy to test)."""
 
-    def __init__(self, sensor: Sensor, store: SensorStore) -> None:
+    def __init__(self, sensor: Sensor, store: SensorStore,
+                 status_fn: Callable[[], dict[str, Any]] | None = None) -> None:
         self.sensor = sensor
         self.store = store
+        self.status_fn = status_fn
+
+    def status(self) -> tuple[int, Any]:
+        """labctl extension (not a D4IoT path): counters incl. kernel drops."""
+        with self.sensor.lock:
+            doc: dict[str, Any] = self.sensor.summary()
+        if self.status_fn is not None:
+            doc.update(self.status_fn())
+        return 200, doc
 
     # each returns (status, body)
     def alerts(self, version: int, q: dict[str, list[str]]) -> tuple[int, Any]:
@@ -247,6 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
             "/api/v1/devices": lambda: self.api.devices(q),
             "/api/v1/devices/connections": lambda: self.api.connections(q),
             "/api/v1/events": lambda: self.api.events(q),
+            "/api/labctl/status": self.api.status,
         }
         handler = routes.get(path)
         if handler is None and path.startswith("/api/v1/devices/") and \
@@ -332,10 +345,11 @@ class SensorHttpServer(ThreadingHTTPServer):
 
 
 def make_server(sensor: Sensor, store: SensorStore, listen: tuple[str, int],
-                state_dir: str | Path) -> SensorHttpServer:
+                state_dir: str | Path,
+                status_fn: Callable[[], dict[str, Any]] | None = None) -> SensorHttpServer:
     """Build (bind) the HTTPS server; call ``serve_forever`` in a thread."""
     cert, key = ensure_certificate(state_dir, [listen[0]])
-    api = SensorApi(sensor, store)
+    api = SensorApi(sensor, store, status_fn)
     handler = type("Handler", (_Handler,), {"api": api})
     return SensorHttpServer(listen, handler, server_context(cert, key))
 

@@ -79,13 +79,18 @@ class SensorService:
         from labctl.sensor.api import make_server, start_in_thread
         from labctl.sensor.tls import fingerprint
 
-        self.server = make_server(self.sensor, self.store, self.listen, self.state_dir)
+        self.server = make_server(self.sensor, self.store, self.listen, self.state_dir,
+                                  status_fn=self._capture_stats)
         start_in_thread(self.server)
         host, port = self.server.server_address[:2]
         shown = host if ":" not in host else f"[{host}]"
         self.url = f"https://{shown}:{port}"
         self.fingerprint = fingerprint(self.state_dir / "tls" / "cert.pem")
         return self.url
+
+    def _capture_stats(self) -> dict[str, Any]:
+        st = self.capture.stats() if self.capture is not None else {}
+        return {"interface": self.interface, "idle": self.idle, "errors": self.errors, **st}
 
     def flush(self) -> None:
         with self.sensor.lock:
