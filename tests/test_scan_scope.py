@@ -101,6 +101,13 @@ def test_playbook_networks_are_the_scope_and_excludes_apply(cli_run, lab, record
     r = cli_run("scan", "-f", str(pb), "172.16.1.5")
     assert r.exit_code == 2 and "outside the lab scope (10.213.0.0/24)" in r.stderr
     assert len(calls(recorder)) == 1
+    # ot-safe: polite connect scan, no scripts, no UDP, and the playbook's exclusions
+    r = cli_run("scan", "-f", str(pb), "--profile", "ot-safe", "--no-save", "10.213.0.0/24")
+    assert r.exit_code == 0, r
+    argv = calls(recorder)[1]
+    assert argv[argv.index("--exclude") + 1] == "10.213.0.66"
+    assert "-sT" in argv and argv[argv.index("--max-rate") + 1] == "10"
+    assert not {"-sC", "-sU", "-A", "--script"} & set(argv)
 
 
 def test_missing_namespace_and_missing_nmap(cli_run, recorder, monkeypatch):
