@@ -126,6 +126,22 @@ def build(path: str, n: int, seed: int = 4) -> None:
         f.write(out)
 
 
+def build_syn_scan(path: str, n: int) -> None:
+    """Worst case for the engines: every frame a new connection attempt (a SYN port scan of
+    5 hosts), so none takes the fast path."""
+    out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+    smac, sip = bytes.fromhex("00155d000032"), bytes([172, 16, 1, 50])
+    dmac = bytes.fromhex("b827eb00000a")
+    for i in range(n):
+        f = eth(dmac, smac, 0x0800, ipv4(sip, bytes([172, 16, 1, 10 + i % 5]), 6,
+                                         tcp(45000, 1 + (i // 5) % 65000, 0x02)))
+        usec = i * 10
+        out += REC.pack(1_700_000_000 + usec // 1_000_000, usec % 1_000_000, len(f), len(f))
+        out += f
+    with open(path, "wb") as fh:
+        fh.write(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=1_000_000)
@@ -170,6 +186,14 @@ def main(argv: list[str] | None = None) -> int:
               f"devices: {len(doc['devices'])}; malformed: {doc['malformed']}")
         print(f"  goal >= 500,000 packets/s: {'MET' if pps >= 500_000 else 'NOT MET'} "
               f"({pps / 500_000:.2f}x of goal)")
+        worst = os.path.join(tmp, "syn.pcap")
+        build_syn_scan(worst, 300_000)
+        r = subprocess.run([sys.executable, "-m", "labctl", "sensor", "replay", "--pcap", worst,
+                            "--json"], capture_output=True, text=True, check=False)
+        if r.returncode == 0:
+            w = json.loads(r.stdout)
+            print(f"  worst case (300k SYNs, every frame a new attempt): "
+                  f"{w['packets'] / w['seconds']:,.0f} packets/s")
         if shutil.which("tcpdump"):
             t = time.perf_counter()
             subprocess.run(["tcpdump", "-r", path, "-w", "/dev/null"], capture_output=True,

@@ -595,23 +595,33 @@ class Sensor:
                 n += 1
                 ts = sec + frac / div
                 if etype == 0x0008 and vihl == 0x45 and frag in nofrag:
-                    if proto == 6:
-                        if not flags & 0x02 and incl >= hl + 34 and dport not in tcp_rules:
+                    if proto == 6 and incl >= hl + 34:
+                        if not flags & 0x02 and dport not in tcp_rules:
                             dev = by_ip.get(sip)
                             if dev is not None:
                                 if dev is not False:
                                     seen[sip] = ts
                                 fast += 1
                                 continue
-                    elif proto == 17:
-                        if incl >= hl + 28 and dport not in udp_rules:
+                        # the fields are already read: build the parse tuple directly
+                        process((((vid & 0xFF) << 8 | vid >> 8) & 0xFFF if hl == 18 else 0,
+                                 data[pk + 6:pk + 12], data[pk:pk + 6], K_IPV4, sip, dip, 6,
+                                 (sport & 0xFF) << 8 | sport >> 8,
+                                 (dport & 0xFF) << 8 | dport >> 8, flags), ts)
+                        continue
+                    if proto == 17 and incl >= hl + 28:
+                        rport = (dport & 0xFF) << 8 | dport >> 8
+                        if dport not in udp_rules:
                             dev = by_ip.get(sip)
-                            if dev is not None and (sip, dip, ((dport & 0xFF) << 8) | (
-                                    dport >> 8)) in udp_flows:
+                            if dev is not None and (sip, dip, rport) in udp_flows:
                                 if dev is not False:
                                     seen[sip] = ts
                                 fast += 1
                                 continue
+                        process((((vid & 0xFF) << 8 | vid >> 8) & 0xFFF if hl == 18 else 0,
+                                 data[pk + 6:pk + 12], data[pk:pk + 6], K_IPV4, sip, dip, 17,
+                                 (sport & 0xFF) << 8 | sport >> 8, rport, 0), ts)
+                        continue
             else:
                 sec, frac, incl, _o = rec(data, off)
                 pk = off + 16
