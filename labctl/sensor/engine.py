@@ -430,14 +430,14 @@ class Sensor:
                     self._attempt(p, ts, 6)
                 elif flags & 0x12 == 0x12:  # SYN-ACK: a service answered
                     self._answered(p, ts, dev)
-                if self._has_rules:
+                if self._has_rules and (self._rules_any or p[8] in self._rules_port[6]):
                     self._rules(p, ts, 6)
             elif proto == 17:
                 key = (sip, p[5], p[8])
                 if key not in self._udp_flows:
                     self._udp_flows[key] = ts
                     self._attempt(p, ts, 17)
-                if self._has_rules:
+                if self._has_rules and (self._rules_any or p[8] in self._rules_port[17]):
                     self._rules(p, ts, 17)
             elif proto == 1 or proto == 58:
                 t = p[F_SPORT]
