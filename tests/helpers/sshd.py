@@ -33,6 +33,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -53,6 +54,7 @@ import json, os, sys
 HERE = {here!r}
 STANDIN = {standin!r}
 PY = {py!r}
+os.environ["LABCTL_SSHD_TOKEN"] = {token!r}  # lets stop() find orphaned commands
 cmd = os.environ.get("SSH_ORIGINAL_COMMAND")
 with open(os.path.join(HERE, "commands.jsonl"), "a", encoding="utf-8") as f:
     f.write(json.dumps({{"command": cmd, "user": os.environ.get("USER")}}) + "\n")
@@ -79,6 +81,7 @@ class SshdServer:
     host_key_pub: str
     directory: Path
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    token: str = field(default="", repr=False)  # in the environment of every session command
 
     @property
     def log_path(self) -> Path:
@@ -123,10 +126,11 @@ class SshdServer:
         """Stop sshd and every process it started (connections, sessions, their commands).
 
         sshd's session children call setsid(), so a process group would not reach them; they
-        are found by walking the parent links in /proc from sshd's pid instead."""
+        are found by walking the parent links in /proc from sshd's pid, and -- for commands
+        orphaned when their connection closed -- by this server's token in their environment."""
         if self.proc is None:
             return
-        for pid in _descendants(self.proc.pid):
+        for pid in _descendants(self.proc.pid) + _with_token(self.token):
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -161,6 +165,24 @@ def _descendants(root: int) -> list[int]:
             out.append(child)
             stack.append(child)
     return out[::-1]
+
+
+def _with_token(token: str) -> list[int]:
+    """Pids whose environment carries ``LABCTL_SSHD_TOKEN=<token>`` (only our sessions)."""
+    if not token:
+        return []
+    needle = f"LABCTL_SSHD_TOKEN={token}".encode()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    out.append(int(entry))
+        except OSError:
+            continue
+    return out
 
 
 def keygen(path: Path, comment: str = "labctl-test") -> Path:
@@ -215,8 +237,9 @@ def start_sshd(directory: Path, *, user: str | None = None,
     host_key_pub = " ".join(Path(f"{host_key}.pub").read_text().split()[:2])
     standin = str(Path(powershell_standin).resolve()) if powershell_standin else ""
     dispatch = directory / "dispatch.py"
+    token = secrets.token_hex(12)
     dispatch.write_text(_DISPATCH.format(here=str(directory), standin=standin,
-                                         py=sys.executable))
+                                         py=sys.executable, token=token))
     env_lines = "".join(f'SetEnv {k}="{v}"\n' for k, v in (setenv or {}).items())
     log_path = directory / "sshd.log"
     last_log = ""
@@ -253,7 +276,7 @@ def start_sshd(directory: Path, *, user: str | None = None,
             known.write_text(f"[{host}]:{port} {host_key_pub}\n")
             return SshdServer(host=host, port=port, user=user, key_path=client_key,
                               known_hosts=known, host_key_pub=host_key_pub,
-                              directory=directory, proc=proc)
+                              directory=directory, proc=proc, token=token)
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=5)
