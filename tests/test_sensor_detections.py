@@ -242,3 +242,22 @@ def test_inventory_connections_and_services(tmp_path, cli_run):
     assert {conn["firstDeviceId"], conn["secondDeviceId"]} == {devs["172.16.1.20"]["id"],
                                                                devs["172.16.1.30"]["id"]}
     assert conn["discovered"] == int((P.T0 + 0.1) * 1000)
+
+
+def test_ipv6_address_scan_groups_by_64(tmp_path, cli_run):
+    from scapy.all import IPv6, TCP, Ether
+
+    def scan(n, prefix="fd00:52::"):
+        out = []
+        for i in range(n):
+            p = Ether(src=P.SCANNER_MAC, dst=P.TARGET_MAC) / IPv6(
+                src="fd00:52::50", dst=f"{prefix}{i + 1:x}") / TCP(dport=80, flags="S")
+            p.time = P.T0 + i * 0.01
+            out.append(p)
+        return out
+    doc = _replay(cli_run, P.write(tmp_path / "v6.pcap", scan(50)))
+    hit = [a for a in doc["alerts"] if a["title"] == "Address Scan Detected"]
+    assert len(hit) == 1 and "Scanned subnet: fd00:52::/64" in hit[0]["message"]
+    assert hit[0]["sourceDeviceAddress"] == "fd00:52::50"
+    doc = _replay(cli_run, P.write(tmp_path / "v6b.pcap", scan(49)))
+    assert "Address Scan Detected" not in _titles(doc)

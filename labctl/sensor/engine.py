@@ -675,7 +675,9 @@ class Sensor:
                     if new:
                         self._scan_event(sip, ts)
         if self._addr_scan is not None:
-            hit = self._addr_scan.add((sip, dip[:self._addr_prefix_bytes]), dip, ts)
+            # IPv4: the configured prefix (/16, "class B"); IPv6: the /64 (one LAN segment)
+            nb = self._addr_prefix_bytes if len(dip) == 4 else 8
+            hit = self._addr_scan.add((sip, dip[:nb]), dip, ts)
             if hit:
                 if scanner is None:
                     scanner = self._is_scanner(sip, p[F_SMAC])
@@ -1048,9 +1050,10 @@ def _short_list(items: list[Any], limit: int = 20) -> str:
 
 
 def _subnet(ip: bytes, prefix: int) -> str:
-    return str(ipaddress.ip_network((ipaddress.ip_address(ip), prefix), strict=False)) \
-        if len(ip) == 4 else str(ipaddress.ip_network((ipaddress.ip_address(ip),
-                                                        min(prefix * 4, 128)), strict=False))
+    """The scanned subnet as text: the IPv4 prefix, or the IPv6 /64."""
+    if len(ip) != 4:
+        prefix = 64
+    return str(ipaddress.ip_network((ipaddress.ip_address(ip), prefix), strict=False))
 
 
 def _dedup_dst_from(a: Alert) -> str | None:
