@@ -222,3 +222,18 @@ def test_pcap_byte_orders_and_nanoseconds(tmp_path, cli_run, big, nanos):
     b = cli_run("sensor", "replay", "--pcap", str(other), "--json").json()
     assert b["packets"] == 27
     assert a["alerts"] == b["alerts"] and a["devices"] == b["devices"]
+
+
+def test_large_captures_are_memory_mapped_with_the_same_result(tmp_path, cli_run, monkeypatch):
+    import mmap
+
+    import labctl.sensor.pcap as pcap_mod
+
+    pk = P.syn_scan(30, vlan=52) + P.address_scan(50, t0=P.T0 + 1)
+    path = P.write(tmp_path / "m.pcap", pk)
+    small = cli_run("sensor", "replay", "--pcap", str(path), "--json").json()
+    monkeypatch.setattr(pcap_mod, "MMAP_THRESHOLD", 0)
+    assert isinstance(pcap_mod.CaptureFile(path).data, mmap.mmap)
+    mapped = cli_run("sensor", "replay", "--pcap", str(path), "--json").json()
+    assert mapped["packets"] == 80
+    assert mapped["alerts"] == small["alerts"] and mapped["devices"] == small["devices"]

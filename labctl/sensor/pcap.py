@@ -1,7 +1,8 @@
 """A fast pcap / pcapng reader for the sensor's replay path.
 
 Why not scapy's reader: it builds a packet object per record, which caps replay at a few
-thousand packets/s. This reader loads the file into memory once and yields
+thousand packets/s. This reader maps the file into memory (read-only ``mmap``, so a capture
+larger than RAM still works; small files are simply read) and yields
 ``(timestamp, offset, caplen)`` triples pointing into :attr:`CaptureFile.data`, which the
 parser reads in place.
 
@@ -15,6 +16,7 @@ and is counted in :attr:`CaptureFile.truncated`; a file that is neither format r
 
 from __future__ import annotations
 
+import mmap
 import struct
 from pathlib import Path
 from typing import Iterator
@@ -29,13 +31,25 @@ PCAPNG_SHB = 0x0A0D0D0A
 PCAPNG_BOM = 0x1A2B3C4D
 
 
+MMAP_THRESHOLD = 64 << 20
+
+
+def _map(path: Path) -> bytes | mmap.mmap:
+    """The file's bytes: read when small, a read-only mmap when large."""
+    size = path.stat().st_size
+    if size < MMAP_THRESHOLD:
+        return path.read_bytes()
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
 class CaptureFile:
     """One pcap or pcapng file held in memory."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         try:
-            self.data = Path(path).read_bytes()
+            self.data = _map(Path(path))
         except FileNotFoundError:
             raise UsageError(f"{path}: file not found") from None
         except OSError as e:
