@@ -17,12 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_up_status_up_down_through_the_cli(tmp_path, cli_run, monkeypatch):
-    monkeypatch.setenv("LABCTL_ROUTER_PASSWORD", "tw7-Router-pass")
-    monkeypatch.setenv("LABCTL_IOT_PASSPHRASE", "tw7-iot-passphrase")
+    L = tl.lab_name("tw7")
+    monkeypatch.setenv("LABCTL_ROUTER_PASSWORD", f"{L}-Router-pass")
+    monkeypatch.setenv("LABCTL_IOT_PASSPHRASE", f"{L}-iot-passphrase")
     text = (ROOT / "playbooks" / "twin.yaml").read_text()
-    path = tmp_path / "tw7.yaml"
-    path.write_text(text.replace("lab: twin", "lab: tw7").replace("netns:twin-kali",
-                                                                  "netns:tw7-kali"))
+    path = tmp_path / f"{L}.yaml"
+    path.write_text(text.replace("lab: twin", f"lab: {L}").replace("netns:twin-kali",
+                                                                  f"netns:{L}-kali"))
     before = tl.root_snapshot()
     try:
         r = cli_run("up", "-f", str(path), "-y", "--json")
@@ -42,11 +43,11 @@ def test_up_status_up_down_through_the_cli(tmp_path, cli_run, monkeypatch):
         assert r.exit_code == 0 and "nothing to change" in r.stdout
         r = cli_run("down", "-f", str(path), "-y")
         assert r.exit_code == 0, r
-        assert tl.lab_namespaces("tw7") == []
+        assert tl.lab_namespaces(L) == []
         assert tl.root_snapshot() == before
         r = cli_run("down", "-f", str(path), "-y")
-        assert r.exit_code == 0 and "Nothing of lab tw7" in r.stdout
+        assert r.exit_code == 0 and f"Nothing of lab {L}" in r.stdout
     finally:
         cli_run("down", "-f", str(path), "-y")
-        for ns in tl.lab_namespaces("tw7"):
+        for ns in tl.lab_namespaces(L):
             subprocess.run(["ip", "netns", "del", ns], check=False)

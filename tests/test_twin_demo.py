@@ -16,12 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_twin_demo_end_to_end(tmp_path, cli_run):
+    L = tl.lab_name("tw6")
     if tl.unavailable_process_names() & {"sensor"}:
         pytest.skip("the embedded sensor (labctl sensor serve) is not in this build")
     text = (ROOT / "playbooks" / "twin.yaml").read_text()
-    path = tmp_path / "tw6.yaml"
-    path.write_text(text.replace("lab: twin", "lab: tw6").replace("netns:twin-kali",
-                                                                  "netns:tw6-kali"))
+    path = tmp_path / f"{L}.yaml"
+    path.write_text(text.replace("lab: twin", f"lab: {L}").replace("netns:twin-kali",
+                                                                  f"netns:{L}-kali"))
     try:
         r = cli_run("twin", "demo", "-f", str(path), "--json")
         assert r.exit_code == 0, r
@@ -35,9 +36,9 @@ def test_twin_demo_end_to_end(tmp_path, cli_run):
         assert d["up_seconds"] < 10 and not d["kept"]
         vendors = {x["ip"]: x["vendor"] for x in d["sensor_devices"]}
         assert vendors.get("172.16.1.21") and "Tuya" in vendors["172.16.1.21"]
-        assert tl.lab_namespaces("tw6") == []
+        assert tl.lab_namespaces(L) == []
     finally:
-        for ns in tl.lab_namespaces("tw6"):
+        for ns in tl.lab_namespaces(L):
             subprocess.run(["ip", "netns", "del", ns], check=False)
 
 

@@ -25,7 +25,8 @@ def _cleanup(prefix: str) -> None:
 
 
 def test_second_twin_other_subnets_vlan_and_devices(tmp_path):
-    path = tl.write_second_twin(tmp_path, "tw2")
+    L = tl.lab_name("tw2")
+    path = tl.write_second_twin(tmp_path, L)
     try:
         rep = tl.up(path)
         assert rep.converged
@@ -34,10 +35,10 @@ def test_second_twin_other_subnets_vlan_and_devices(tmp_path):
         assert "vlan 117" in plant.details and "subnet 10.62.7.0/24" in plant.details
         assert st["netns.process:device-cam"].state == "running"
         # nothing tied to 172.16.1.0/24: the router's IoT gateway is 10.62.7.254
-        out = subprocess.run(["ip", "-n", "tw2-rtr", "-j", "addr", "show", "iot0"],
+        out = subprocess.run(["ip", "-n", f"{L}-rtr", "-j", "addr", "show", "iot0"],
                              capture_output=True, text=True, check=True).stdout
         assert [a["local"] for a in json.loads(out)[0]["addr_info"]] == ["10.62.7.254"]
-        xml = subprocess.run(["ip", "netns", "exec", "tw2-scan", "nmap", "-n", "-sT", "-p",
+        xml = subprocess.run(["ip", "netns", "exec", f"{L}-scan", "nmap", "-n", "-sT", "-p",
                               "554,6668,8000", "-oX", "-", "10.62.7.0/24"], capture_output=True,
                              text=True, check=True, timeout=120).stdout
         found = {}
@@ -47,24 +48,25 @@ def test_second_twin_other_subnets_vlan_and_devices(tmp_path):
                                if p.find("state").get("state") == "open")
         assert found["10.62.7.10"] == [554, 8000] and found["10.62.7.11"] == [6668]
         # mirroring on the second lab too (VLAN 117 segment -> the ids VM's eth1)
-        s, _ = tl.udp_server("tw2-cam", 41010, reply=b"CAM-REP-x1")
+        s, _ = tl.udp_server(f"{L}-cam", 41010, reply=b"CAM-REP-x1")
         try:
-            with tl.capture("tw2-ids", "eth1") as frames:
-                assert tl.udp_ask("tw2-plug", "10.62.7.10", 41010, b"PLUG-REQ-x1") == \
+            with tl.capture(f"{L}-ids", "eth1") as frames:
+                assert tl.udp_ask(f"{L}-plug", "10.62.7.10", 41010, b"PLUG-REQ-x1") == \
                     b"CAM-REP-x1"
         finally:
             s.close()
         assert tl.count(frames, b"PLUG-REQ-x1") == 1 and tl.count(frames, b"CAM-REP-x1") == 1
         # NAT from the management switch to the WAN (198.51.100.0/24 side this time)
-        assert tl.tcp_peer_seen("tw2-wan", "tw2-ids", "203.0.113.77", 41011) == "198.51.100.2"
+        assert tl.tcp_peer_seen(f"{L}-wan", f"{L}-ids", "203.0.113.77", 41011) == "198.51.100.2"
     finally:
         tl.down(path)
-        assert tl.lab_namespaces("tw2") == []
-        _cleanup("tw2")
+        assert tl.lab_namespaces(L) == []
+        _cleanup(L)
 
 
 def test_step_failing_mid_up_then_rerun_converges_and_down_cleans(tmp_path, monkeypatch):
-    path = tl.write_second_twin(tmp_path, "tw4", a=71, b=72, c=73)
+    L = tl.lab_name("tw4")
+    path = tl.write_second_twin(tmp_path, L, a=71, b=72, c=73)
     real = proc.run
     calls = {"n": 0}
 
@@ -83,38 +85,40 @@ def test_step_failing_mid_up_then_rerun_converges_and_down_cleans(tmp_path, monk
         monkeypatch.setattr(proc, "run", real)
         half = {s.resource: s for s in lab.status(tl.ctx(path))}
         assert any(s.state == "missing" for s in half.values())
-        assert "tw4-host" in tl.lab_namespaces("tw4")
+        assert f"{L}-host" in tl.lab_namespaces(L)
         again = tl.up(path)  # converges from the half-built state (owned, so not refused)
         assert again.converged and len(again.plan.steps) < 40
         assert lab.plan(tl.ctx(path)).pending == []
         # now crash again half-way through and let down clean a half-built lab
-        subprocess.run(["ip", "netns", "del", "tw4-cam"], check=True)
+        subprocess.run(["ip", "netns", "del", f"{L}-cam"], check=True)
         assert tl.down(path).converged
-        assert tl.lab_namespaces("tw4") == []
+        assert tl.lab_namespaces(L) == []
     finally:
         monkeypatch.setattr(proc, "run", real)
         try:
             tl.down(path)
         finally:
-            _cleanup("tw4")
+            _cleanup(L)
 
 
 def test_leftover_namespaces_without_marker_are_refused(tmp_path):
-    path = tl.write_second_twin(tmp_path, "tw3", a=81, b=82, c=83)
-    subprocess.run(["ip", "netns", "add", "tw3-host"], check=True)
+    L = tl.lab_name("tw3")
+    path = tl.write_second_twin(tmp_path, L, a=81, b=82, c=83)
+    subprocess.run(["ip", "netns", "add", f"{L}-host"], check=True)
     try:
         with pytest.raises(PreflightError) as ei:
             tl.up(path)
-        assert "tw3-host" in str(ei.value) and "ip netns del tw3-host" in ei.value.hint
-        assert tl.lab_namespaces("tw3") == ["tw3-host"]  # nothing else was created
+        assert f"{L}-host" in str(ei.value) and f"ip netns del {L}-host" in ei.value.hint
+        assert tl.lab_namespaces(L) == [f"{L}-host"]  # nothing else was created
         with pytest.raises(PreflightError):
             tl.down(path)  # not ours to delete either
-        assert tl.lab_namespaces("tw3") == ["tw3-host"]
+        assert tl.lab_namespaces(L) == [f"{L}-host"]
     finally:
-        _cleanup("tw3")
+        _cleanup(L)
 
 
 def test_subnet_colliding_with_a_machine_route_is_refused(tmp_path):
+    L = tl.lab_name("tw5")
     routes = json.loads(subprocess.run(["ip", "-j", "route", "show"], capture_output=True,
                                        text=True, check=True).stdout)
     nets = [ipaddress.ip_network(r["dst"], strict=False) for r in routes
@@ -123,7 +127,7 @@ def test_subnet_colliding_with_a_machine_route_is_refused(tmp_path):
     if not nets:
         pytest.skip("the machine has no IPv4 route (other than default) to collide with")
     net = next(nets[0].subnets(new_prefix=24))
-    path = tl.write_second_twin(tmp_path, "tw5", a=91, b=92, c=93)
+    path = tl.write_second_twin(tmp_path, L, a=91, b=92, c=93)
     text = path.read_text().replace("10.91.0.1/24", f"{net[1]}/24") \
         .replace("10.91.0.0/24", str(net)).replace("10.91.0.50", str(net[50])) \
         .replace("gateway: 10.91.0.1}", f"gateway: {net[1]}}}")
@@ -132,32 +136,33 @@ def test_subnet_colliding_with_a_machine_route_is_refused(tmp_path):
         with pytest.raises(PreflightError) as ei:
             tl.up(path)
         assert str(net) in str(ei.value) and "collides" in str(ei.value)
-        assert tl.lab_namespaces("tw5") == []
+        assert tl.lab_namespaces(L) == []
     finally:
-        _cleanup("tw5")
+        _cleanup(L)
 
 
 def test_ap_isolation_follows_the_playbook(tmp_path):
-    path = tl.write_second_twin(tmp_path, "tw8", a=101, b=102, c=103)
+    L = tl.lab_name("tw8")
+    path = tl.write_second_twin(tmp_path, L, a=101, b=102, c=103)
     plain = path.read_text()
-    path.write_text(plain.replace("    vlan: 117\nsensor:", "    vlan: 117\n    ap_isolation: true\n"
-                                  "sensor:"))
+    path.write_text(plain.replace("    vlan: 117\nsensor:",
+                                  "    vlan: 117\n    ap_isolation: true\nsensor:"))
     try:
         assert tl.up(path).converged
-        s, _ = tl.udp_server("tw8-cam", 41020, reply=b"CAM-ISO")
+        s, _ = tl.udp_server(f"{L}-cam", 41020, reply=b"CAM-ISO")
         try:
             # isolated device ports cannot reach each other, but still reach the router/WAN
-            assert tl.udp_ask("tw8-plug", "10.102.7.10", 41020, b"PLUG", timeout=1.0) is None
-            assert tl.tcp_peer_seen("tw8-wan", "tw8-plug", "203.0.113.77", 41021) == \
+            assert tl.udp_ask(f"{L}-plug", "10.102.7.10", 41020, b"PLUG", timeout=1.0) is None
+            assert tl.tcp_peer_seen(f"{L}-wan", f"{L}-plug", "203.0.113.77", 41021) == \
                 "198.51.100.2"
             path.write_text(plain)  # isolation off again: up converges the bridge ports
             rep = tl.up(path)
             assert rep.converged
-            assert {c.resource for c in rep.plan.pending} >= {"netns.veth:tw8-host/d0-cam",
-                                                              "netns.veth:tw8-host/d1-plug"}
-            assert tl.udp_ask("tw8-plug", "10.102.7.10", 41020, b"PLUG") == b"CAM-ISO"
+            assert {c.resource for c in rep.plan.pending} >= {f"netns.veth:{L}-host/d0-cam",
+                                                              f"netns.veth:{L}-host/d1-plug"}
+            assert tl.udp_ask(f"{L}-plug", "10.102.7.10", 41020, b"PLUG") == b"CAM-ISO"
         finally:
             s.close()
     finally:
         tl.down(path)
-        _cleanup("tw8")
+        _cleanup(L)

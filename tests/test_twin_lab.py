@@ -22,7 +22,7 @@ from tests.helpers import twin_lab as tl
 pytestmark = pytest.mark.netns
 
 ROOT = Path(__file__).resolve().parent.parent
-LAB = "tw1"
+LAB = tl.lab_name("tw1")
 SENSOR_NS = f"{LAB}-d4iot-sensor"
 
 

@@ -90,6 +90,13 @@ outbound: []
 """
 
 
+def lab_name(base: str) -> str:
+    """``base`` plus a random suffix: concurrent runs of the suite never share a lab."""
+    import secrets
+
+    return f"{base}{secrets.token_hex(2)}"
+
+
 def write_second_twin(folder: Path, lab_name: str, a: int = 61, b: int = 62, c: int = 63) -> Path:
     (folder / "devices").mkdir(parents=True, exist_ok=True)
     (folder / "devices" / "camera.yaml").write_text(CAMERA)
