@@ -194,3 +194,26 @@ def test_serve_refuses_a_missing_interface(cli_run, tmp_path):
     r = cli_run("sensor", "serve", "--interface", "nosuchif0", "--listen", "127.0.0.1:0",
                 "--state", str(tmp_path / "s"))
     assert r.exit_code == 6 and "does not exist" in r.stderr
+
+
+def test_serve_refuses_a_busy_port(pair, tmp_path, cli_run):
+    """In the sensor namespace: the API port is taken -> a clear pre-flight error, exit 6."""
+    import socket
+
+    from labctl.transport.netns import netns_context
+
+    with netns_context(pair.b):
+        busy = socket.socket()
+    try:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        live = LiveSensor(pair, tmp_path / "st", port)
+        try:
+            live.start()
+        except RuntimeError:
+            pass  # it may exit before or after writing its status file
+        assert live.proc.wait(timeout=20) == 6
+        assert f"cannot serve the sensor API on 127.0.0.1:{port}" in live.log.read_text()
+    finally:
+        busy.close()

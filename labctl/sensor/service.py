@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from labctl.core.errors import UsageError
+from labctl.core.errors import PreflightError, UsageError
 from labctl.sensor.config import load_config
 from labctl.sensor.engine import Sensor
 from labctl.sensor.store import SensorStore
@@ -79,8 +79,15 @@ class SensorService:
         from labctl.sensor.api import make_server, start_in_thread
         from labctl.sensor.tls import fingerprint
 
-        self.server = make_server(self.sensor, self.store, self.listen, self.state_dir,
-                                  status_fn=self._capture_stats)
+        try:
+            self.server = make_server(self.sensor, self.store, self.listen, self.state_dir,
+                                      status_fn=self._capture_stats)
+        except OSError as e:
+            host, port = self.listen
+            raise PreflightError(f"cannot serve the sensor API on {host}:{port}: "
+                                 f"{e.strerror or e}",
+                                 hint="is another program using that port, or is the "
+                                      "address not on this machine (or namespace)?") from None
         start_in_thread(self.server)
         host, port = self.server.server_address[:2]
         shown = host if ":" not in host else f"[{host}]"
