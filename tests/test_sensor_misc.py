@@ -155,3 +155,23 @@ def test_store_keeps_the_newest_events_only(tmp_path):
             KEEP_EVENTS, 11)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("192.168.0.101:443", ("192.168.0.101", 443)),
+    ("[::1]:8443", ("::1", 8443)),
+    (":443", ("0.0.0.0", 443)),
+])
+def test_parse_listen(text, expected):
+    from labctl.sensor.service import parse_listen
+
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["443", "host:", "1.2.3.4:70000", "1.2.3.4:https"])
+def test_parse_listen_rejects(text):
+    from labctl.core.errors import UsageError
+    from labctl.sensor.service import parse_listen
+
+    with pytest.raises(UsageError, match="ADDR:PORT"):
+        parse_listen(text)
