@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -150,6 +151,25 @@ def root_snapshot() -> dict:
         "addrs": sorted((a["ifname"], x["local"]) for a in j("addr", "show")
                         for x in a.get("addr_info", [])),
         "routes": sorted(json.dumps(r, sort_keys=True) for r in j("route", "show")),
+    }
+
+
+TWIN_NETS = ("192.168.0.", "192.168.50.", "172.16.1.", "203.0.113.", "198.51.100.")
+TWIN_LINKS = {"uplink", "r-iot", "br0-core", "br1-azkaban", "d0-feeder1", "s-kali"}
+
+
+def root_lab_traces(before: dict) -> dict:
+    """What the root namespace gained that looks like the twin (other helpers' tests may
+    add their own links meanwhile, so this is not a plain equality)."""
+    now = root_snapshot()
+    new_links = set(now["links"]) - set(before["links"])
+    new_addrs = set(now["addrs"]) - set(before["addrs"])
+    new_routes = set(now["routes"]) - set(before["routes"])
+    return {
+        "links": sorted(n for n in new_links
+                        if n in TWIN_LINKS or re.match(r"^(v\d+n\d+|d\d+|br\d+)-", n)),
+        "addrs": sorted(a for a in new_addrs if a[1].startswith(TWIN_NETS)),
+        "routes": sorted(r for r in new_routes if any(n in r for n in TWIN_NETS)),
     }
 
 
