@@ -217,3 +217,20 @@ def test_serve_refuses_a_busy_port(pair, tmp_path, cli_run):
         assert f"cannot serve the sensor API on 127.0.0.1:{port}" in live.log.read_text()
     finally:
         busy.close()
+
+
+def test_sigint_stops_cleanly_and_flushes(live, pair):
+    import signal as sig
+
+    live.start("--no-learning")
+    _udp(pair, TARGET_IP)
+    time.sleep(0.3)
+    live.proc.send_signal(sig.SIGINT)
+    assert live.proc.wait(timeout=15) == 0
+    log = live.log.read_text()
+    assert "capturing on b0" in log and "state saved" in log and "Traceback" not in log
+    import sqlite3
+
+    rows = sqlite3.connect(live.state / "sensor.db").execute(
+        "SELECT data FROM devices").fetchall()
+    assert any(SCANNER_IP in r[0] for r in rows)
