@@ -173,6 +173,15 @@ def test_bad_persona_is_a_config_error(tmp_path):
     assert "listeners" in str(ei.value) and "bad.yaml" in str(ei.value)
 
 
+def test_persona_outbound_target_is_checked(tmp_path):
+    from labctl.traffic.persona import load_persona
+
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\noutbound:\n  - {to: evil.example.com, port: 80}\n")
+    with pytest.raises(ConfigError, match="neither 'wan' nor an IPv4"):
+        load_persona(p)
+
+
 def test_persona_runtime_banner_reply_and_outbound(tmp_path):
     from labctl.traffic.persona import Listener, Outbound, Persona, run_persona
 

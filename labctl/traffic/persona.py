@@ -9,6 +9,7 @@ concurrent clients per listener.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import threading
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from labctl.core.playbook.common import Model
 from labctl.core.yamlfile import load_yaml, validate
@@ -39,7 +40,24 @@ class Outbound(Model):
     port: int | Literal["irc"] = "irc"
     proto: Literal["tcp"] = "tcp"
     every_seconds: float = Field(default=10.0, ge=0.5, le=3600)
-    lines: list[str] = Field(default_factory=list)
+    lines: list[str] = Field(default_factory=list, max_length=100)
+
+    @field_validator("to")
+    @classmethod
+    def _to(cls, v: str) -> str:
+        if v != "wan":
+            try:
+                ipaddress.IPv4Address(v)
+            except ValueError:
+                raise ValueError(f"{v!r} is neither 'wan' nor an IPv4 address") from None
+        return v
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 65535:
+            raise ValueError(f"port {v} is outside 1-65535")
+        return v
 
 
 class Persona(Model):
