@@ -42,7 +42,6 @@ class NetnsProvider:
         self.lab = loaded.model.lab
         self.state_dir = state_dir or lab_state_dir(self.lab)
         self.topology: Topology = build(loaded, self.state_dir)
-        self._direction = "up"
 
     @classmethod
     def from_context(cls, ctx: Any) -> "NetnsProvider":
@@ -56,11 +55,9 @@ class NetnsProvider:
         return factsmod.empty(self.topology)
 
     def plan_up(self, facts: factsmod.TwinFacts) -> Plan:
-        self._direction = "up"
         return planmod.plan_up(self.topology, facts, str(self.state_dir))
 
     def plan_down(self, facts: factsmod.TwinFacts) -> Plan:
-        self._direction = "down"
         return planmod.plan_down(self.topology, facts)
 
     # -- pre-flight
@@ -78,7 +75,8 @@ class NetnsProvider:
                      + "; ".join(f"ip netns pids {n} | xargs -r kill; ip netns del {n}"
                                  for n in present)
                      + f" (or use another lab: name), then run labctl again")
-        if self._direction == "up":
+        building = any(c.action in ("create", "update", "replace") for c in plan.pending)
+        if building:
             check_collisions(self.topology, facts.root_routes)
 
     # -- apply
