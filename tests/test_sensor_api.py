@@ -232,3 +232,10 @@ def test_client_parses_keys_case_insensitively():
     out = normalize_keys(doc)
     assert out == [{"id": 1, "additionalInformation": {"description": "d", "information": ["x"]},
                     "sourceDeviceAddress": "10.0.0.1", "unknownKey": 5}]
+
+
+def test_oversized_body_is_refused(api):
+    r = api.session().post(api.url + "/api/external/authentication/validation",
+                           data=b"x" * (64 * 1024 + 1), headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "Content-Length" in r.json()["error"]
+    assert api.get("/api/v1/alerts").status_code == 200  # the server is fine afterwards

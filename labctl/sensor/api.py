@@ -289,7 +289,8 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             length = -1
         if length < 0 or length > MAX_BODY:
-            self._send(400, {"error": "bad Content-Length"})
+            self.close_connection = True  # the unread body must not become the next request
+            self._send(400, {"error": f"bad Content-Length (at most {MAX_BODY} bytes)"})
             return
         raw = self.rfile.read(length)
         try:
