@@ -261,3 +261,11 @@ def test_ipv6_address_scan_groups_by_64(tmp_path, cli_run):
     assert hit[0]["sourceDeviceAddress"] == "fd00:52::50"
     doc = _replay(cli_run, P.write(tmp_path / "v6b.pcap", scan(49)))
     assert "Address Scan Detected" not in _titles(doc)
+
+
+def test_scanner_option_is_validated(tmp_path, cli_run):
+    pcap = P.write(tmp_path / "s.pcap", P.syn_scan(30))
+    r = cli_run("sensor", "replay", "--pcap", str(pcap), "--scanner", "kali-box")
+    assert r.exit_code == 2 and "neither an IP nor a MAC" in r.stderr
+    doc = _replay(cli_run, pcap, "--scanner", P.SCANNER_MAC.upper().replace(":", "-"))
+    assert "Port Scan Detected" not in _titles(doc)

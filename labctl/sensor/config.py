@@ -80,16 +80,18 @@ class EnginesFile(Model):
     @field_validator("authorized_scanners")
     @classmethod
     def _addresses(cls, v: list[str]) -> list[str]:
-        out = []
-        for item in v:
-            if _MAC_RE.match(item):
-                out.append(item.lower().replace("-", ":"))
-                continue
-            try:
-                out.append(str(ipaddress.ip_address(item)))
-            except ValueError:
-                raise ValueError(f"{item!r} is neither an IP nor a MAC address") from None
-        return out
+        return [normalize_address(item) for item in v]
+
+
+def normalize_address(item: str) -> str:
+    """An IP (canonical text) or a MAC (lower case, colons); ValueError otherwise."""
+    item = str(item).strip()
+    if _MAC_RE.match(item):
+        return item.lower().replace("-", ":")
+    try:
+        return str(ipaddress.ip_address(item))
+    except ValueError:
+        raise ValueError(f"{item!r} is neither an IP nor a MAC address") from None
 
 
 # ---- user-defined rules -----------------------------------------------------------------

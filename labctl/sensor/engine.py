@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from labctl.sensor.config import Detection, LoadedRule, SensorConfig
+from labctl.core.errors import UsageError
+from labctl.sensor.config import Detection, LoadedRule, SensorConfig, normalize_address
 from labctl.sensor.parse import (
     F_DIP,
     F_DMAC,
@@ -348,8 +349,14 @@ class Sensor:
         self.det = eng.detections
         self.learning = eng.learning_mode if learning_mode is None else learning_mode
         self.dedup_ms = int(eng.dedup_seconds * 1000)
-        self.scanners: set[str] = set(eng.authorized_scanners) | {
-            s.lower() for s in authorized_scanners}
+        extra = set()
+        for s in authorized_scanners:
+            try:
+                extra.add(normalize_address(s))
+            except ValueError as e:
+                raise UsageError(f"authorized scanner: {e}",
+                                 hint="give an IP address or a MAC address") from None
+        self.scanners: set[str] = set(eng.authorized_scanners) | extra
         self.interface = interface
         self.oui = oui or default_oui()
         self.lock = threading.RLock()
