@@ -175,3 +175,18 @@ def test_parse_listen_rejects(text):
 
     with pytest.raises(UsageError, match="ADDR:PORT"):
         parse_listen(text)
+
+
+def test_one_serve_per_state_folder(tmp_path):
+    from labctl.core.errors import PreflightError
+    from labctl.sensor.service import SensorService
+
+    first = SensorService(interface="lo", listen="127.0.0.1:0", state_dir=tmp_path)
+    try:
+        with pytest.raises(PreflightError, match="another `labctl sensor serve`"):
+            SensorService(interface="lo", listen="127.0.0.1:0", state_dir=tmp_path)
+    finally:
+        first.store.close()
+        import os
+
+        os.close(first._lock_fd)

@@ -41,6 +41,21 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _lock_state(state_dir: Path) -> int:
+    """One serve per state folder: a second one would interleave writes to the database."""
+    import fcntl
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(str(state_dir / "serve.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise PreflightError(f"another `labctl sensor serve` is using {state_dir}",
+                             hint="stop it first, or give this one its own --state") from None
+    return fd
+
+
 class SensorService:
     """Wires capture, sensor, store and API together; usable from tests in a thread."""
 
@@ -52,6 +67,7 @@ class SensorService:
         self.listen = parse_listen(listen)
         self.state_dir = Path(state_dir)
         cfg = load_config(config)
+        self._lock_fd = _lock_state(self.state_dir)
         self.store = SensorStore(self.state_dir)
         # like a real sensor, leaving learning mode is a decision that survives restarts:
         # an explicit --learning/--no-learning is remembered, else the remembered value wins
