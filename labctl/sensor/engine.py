@@ -406,6 +406,7 @@ class Sensor:
         self._rules_port: dict[int, dict[int, list[LoadedRule]]] = {6: {}, 17: {}}
         self._rules_any: dict[int, list[LoadedRule]] = {}
         self._has_rules = bool(config.rules)
+        self._rule_dets: dict[int, Detection] = {}
         for r in config.rules:
             proto = {"TCP": 6, "UDP": 17, "ICMP": 1, "IPv4": -4, "IPv6": -6, "ARP": -1}[
                 r.rule.protocol]
@@ -794,7 +795,8 @@ class Sensor:
                 self._rule_fire(r, p, ts)
 
     def _rule_fire(self, r: LoadedRule, p: tuple, ts: float) -> None:
-        msg = _render_message(r.rule.message or r.rule.name, p)
+        """A rule matched. Heavy matching traffic (a pet feeder's IRC) mostly lands in the
+        dedup window, so the message is rendered only for a new alert or event."""
         if r.rule.action == "event":
             key = (f"event:{r.rule.name}", ip_str(p[F_SIP]), ip_str(p[F_DIP]))
             prev = self._dedup.get(key)
@@ -802,13 +804,18 @@ class Sensor:
             if prev is not None and ms - prev.last_time < self.dedup_ms:
                 prev.last_time = ms
                 return
+            msg = _render_message(r.rule.message or r.rule.name, p)
             self._dedup[key] = Alert(0, ms, r.rule.name, msg, r.rule.severity, r.rule.engine,
                                      None, None, None, None, [], last_time=ms)
             self._event(ts, "USER_DEFINED_RULE_OPERATION", r.rule.name, "NOTICE", msg)
             return
-        det = Detection(title=r.rule.name, engine=r.rule.engine, severity=r.rule.severity,
-                        remediation=[f"Review the custom rule {r.rule.name!r} ({r.file})."])
-        self._raise(det, ts, p[F_SIP], p[F_DIP], msg, user_rule=True,
+        det = self._rule_dets.get(id(r))
+        if det is None:
+            det = self._rule_dets[id(r)] = Detection(
+                title=r.rule.name, engine=r.rule.engine, severity=r.rule.severity,
+                remediation=[f"Review the custom rule {r.rule.name!r} ({r.file})."])
+        self._raise(det, ts, p[F_SIP], p[F_DIP],
+                    lambda: _render_message(r.rule.message or r.rule.name, p), user_rule=True,
                     info=[f"User-defined rule: {r.rule.name}"])
 
     # ---- records ---------------------------------------------------------------------
