@@ -239,3 +239,18 @@ def test_oversized_body_is_refused(api):
                            data=b"x" * (64 * 1024 + 1), headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "Content-Length" in r.json()["error"]
     assert api.get("/api/v1/alerts").status_code == 200  # the server is fine afterwards
+
+
+def test_client_errors_are_labctl_errors(tmp_path):
+    from labctl.core.errors import HostUnreachable, TransportError, UsageError
+
+    with pytest.raises(UsageError):  # plain http is refused by labctl's session
+        D4IoTClient("http://127.0.0.1:9", Secret("t")).alerts()
+    with pytest.raises((HostUnreachable, TransportError)):
+        D4IoTClient("https://127.0.0.1:9", Secret("t")).alerts()
+    plain = requests.Session()
+    plain.trust_env = False
+    with pytest.raises(TransportError):
+        D4IoTClient("https://127.0.0.1:9", Secret("t"), session=plain).devices()
+    with pytest.raises(AuthError, match="no access token"):
+        D4IoTClient("https://127.0.0.1:9", None, session=plain).devices()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from labctl.core.errors import ApiError, AuthError, TransportError
+from labctl.core.errors import ApiError, AuthError, LabctlError, TransportError
 from labctl.core.secrets import Secret
 
 ALERT_KEYS = ["id", "time", "title", "message", "severity", "engine", "sourceDevice",
@@ -78,7 +78,7 @@ class D4IoTClient:
         try:
             r = self.session.request(method, url, params=params, json=json_body,
                                      headers=headers, timeout=self.timeout)
-        except TransportError:
+        except LabctlError:  # already translated (labctl's HTTP session)
             raise
         except Exception as e:  # requests errors from a plain session
             raise TransportError(f"{method} {url}: {type(e).__name__}: {e}",
