@@ -49,10 +49,15 @@ def scan(cli_run, lab, *args):
                    *args)
 
 
-def test_smart_and_one_shot_service_agree_port_by_port(cli_run, lab, _isolated_state):
+def test_smart_and_one_shot_service_agree_port_by_port(cli_run, lab, _isolated_state,
+                                                       tmp_path):
     r_smart = scan(cli_run, lab, "--profile", "smart", "--json", "10.213.0.10-14")
     assert r_smart.exit_code == 0, r_smart
-    r_svc = scan(cli_run, lab, "--profile", "service", "--json", "10.213.0.10-14")
+    # the one-shot reference is the service profile's -sV -sC plus -n: reverse DNS against
+    # the host's resolver (unreachable from the namespace) would add 13 s and no port
+    oneshot = tmp_path / "oneshot.yaml"
+    oneshot.write_text("name: oneshot\nargs: [-sV, -sC, -n]\n")
+    r_svc = scan(cli_run, lab, "--profile", str(oneshot), "--json", "10.213.0.10-14")
     assert r_svc.exit_code == 0, r_svc
     smart, svc = r_smart.json(), r_svc.json()
     for doc in (smart, svc):
@@ -79,7 +84,7 @@ def test_smart_and_one_shot_service_agree_port_by_port(cli_run, lab, _isolated_s
     for argv in smart["argv"] + svc["argv"]:
         assert argv[:4] == ["ip", "netns", "exec", lab.scanner_ns] and argv[4] == "nmap"
         assert argv[argv.index("-oX") + 1] == "-" and "--stats-every" in argv
-    assert svc["argv"][0][5:7] == ["-sV", "-sC"] and svc["argv"][0][-1] == "10.213.0.10-14"
+    assert svc["argv"][0][5:8] == ["-sV", "-sC", "-n"] and svc["argv"][0][-1] == "10.213.0.10-14"
     pass2 = smart["argv"][1]
     assert pass2[pass2.index("-p") + 1] == "22,80,6668,8008"
     assert pass2[-2:] == ["10.213.0.11", "10.213.0.12"]  # only live hosts with open ports
@@ -90,7 +95,7 @@ def test_smart_and_one_shot_service_agree_port_by_port(cli_run, lab, _isolated_s
     assert r.exit_code == 0, r
     assert r.json()["changes"] == [] and (r.json()["old"], r.json()["new"]) == (1, 2)
     r = cli_run("scan", "history")
-    assert r.exit_code == 0 and "smart" in r.stdout and "service" in r.stdout
+    assert r.exit_code == 0 and "smart" in r.stdout and "oneshot" in r.stdout
 
 
 def test_drift_opened_port_diff_and_baseline(cli_run, lab, quick, tmp_path):
