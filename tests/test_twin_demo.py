@@ -31,6 +31,7 @@ def test_twin_demo_end_to_end(tmp_path, cli_run):
         assert {"172.16.1.21", "172.16.1.22", "172.16.1.31", "172.16.1.32",
                 "172.16.1.40"} <= set(found)
         assert "6668/tcp" in found["172.16.1.21"] and "8009/tcp" in found["172.16.1.40"]
+        assert len(d["devices_found"]) == len(d["devices_expected"]) == 5
         assert d["alerts_fired"] >= 1
         assert any("Scan" in a for a in d["alerts"])
         assert d["up_seconds"] < 10 and not d["kept"]

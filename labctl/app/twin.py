@@ -48,6 +48,7 @@ class DemoReport:
     up_seconds: float
     scan_seconds: float = 0.0
     hosts: list[dict[str, Any]] = field(default_factory=list)
+    devices_expected: list[str] = field(default_factory=list)
     alerts: list[str] = field(default_factory=list)
     alert_count: int = 0
     devices: list[dict[str, Any]] = field(default_factory=list)
@@ -60,7 +61,11 @@ class DemoReport:
             "lab": self.lab, "playbook": self.playbook, "target": self.target,
             "scanner_netns": self.scanner_netns, "up_seconds": round(self.up_seconds, 3),
             "scan_seconds": round(self.scan_seconds, 3), "hosts": self.hosts,
-            "hosts_found": len(self.hosts), "alerts": self.alerts,
+            "hosts_found": len(self.hosts),
+            "devices_expected": self.devices_expected,
+            "devices_found": sorted(set(self.devices_expected)
+                                    & {h["ip"] for h in self.hosts}),
+            "alerts": self.alerts,
             "alerts_fired": self.alert_count, "sensor_devices": self.devices,
             "sensor_url": self.sensor_url,
             "kept": self.kept, "down_seconds": round(self.down_seconds, 3),
@@ -135,7 +140,7 @@ def _alert_line(a: dict[str, Any]) -> str:
     sev = a.get("severity") or ""
     src = a.get("sourceDeviceAddress") or a.get("source_device_address") or ""
     dst = a.get("destinationDeviceAddress") or a.get("destination_device_address") or ""
-    where = f" {src} -> {dst}" if src or dst else ""
+    where = f" {src} -> {dst}" if src and dst else (f" {src or dst}" if src or dst else "")
     return f"[{sev}] {title}{where}".strip()
 
 
@@ -181,6 +186,7 @@ def run_demo(playbook: str | None = None, *, keep: bool = False, sensor_timeout:
         import shutil
 
         shutil.rmtree(state / "sensor", ignore_errors=True)
+    report.devices_expected = [str(d.ip.ip) for d in pb.twin.devices] if pb.twin else []
     say(f"bringing up twin lab {pb.lab} from {path}")
     t0 = time.monotonic()
     labapp.up(ctx, confirm=lambda p: True)
@@ -195,7 +201,7 @@ def run_demo(playbook: str | None = None, *, keep: bool = False, sensor_timeout:
         client = client_mod.D4IoTClient(pb.sensor.base_url, token=token, session=session)
         while True:  # the API may lag the status file by a moment
             try:
-                first = client.alerts()
+                first = client.alerts(version=2)
                 break
             except TransportError:
                 if time.monotonic() > t0 + report.up_seconds + sensor_timeout:
@@ -213,7 +219,7 @@ def run_demo(playbook: str | None = None, *, keep: bool = False, sensor_timeout:
         deadline = time.monotonic() + alert_wait
         last = -1
         while time.monotonic() < deadline:
-            now = [a for a in client.alerts()
+            now = [a for a in client.alerts(version=2)
                    if json.dumps(a, sort_keys=True, default=str) not in before]
             if now and len(now) == last:
                 new = now

@@ -133,7 +133,8 @@ def demo(playbook: str | None, keep: bool, timeout: float, as_json: bool) -> Non
 
 def _print_demo(d: dict[str, Any]) -> None:
     echo(f"twin lab {d['lab']}: up in {d['up_seconds']:.1f} s")
-    echo(f"scan of {d['target']} from {d['scanner_netns']}: {len(d['hosts'])} host(s) up")
+    echo(f"scan of {d['target']} from {d['scanner_netns']}: {len(d['hosts'])} host(s) up, "
+         f"{len(d['devices_found'])} of {len(d['devices_expected'])} twin devices")
     for h in d["hosts"]:
         echo(f"  {h['ip']:<15} {', '.join(str(p) for p in h['ports']) or '-'}")
     if d.get("sensor_devices"):
