@@ -134,7 +134,8 @@ def main() -> int:
         # With -n it is the fairer "same work" reference (printed for information only).
         dt_n, _ = timed_nmap(ref_argv[:-3] + ["-n", subnet, "-oX", "-"])
         print(f"  info: nmap -sVC -n {subnet} {dt_n:7.2f} s -> smart/that "
-              f"{statistics.median(smart_t) / dt_n:.3f} (most of the gain is reverse DNS, which -n skips)")
+              f"{statistics.median(smart_t) / dt_n:.3f} (most of the gain is reverse DNS, "
+              "which -n skips)")
         return 0 if (r1 <= 1.05 and r2 <= 0.5 and same) else 1
     finally:
         if lab is not None:

@@ -143,8 +143,9 @@ def run_streaming(argv: list[str], *, timeout: float, progress: ProgressFn | Non
     except PermissionError:
         raise ToolMissingError(f"cannot run {argv[0]}: permission denied") from None
     err_chunks: list[str] = []
-    reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()),  # type: ignore[union-attr]
-                              daemon=True)
+    stderr_pipe = proc.stderr
+    assert stderr_pipe is not None
+    reader = threading.Thread(target=lambda: err_chunks.append(stderr_pipe.read()), daemon=True)
     reader.start()
     timed_out = threading.Event()
 

@@ -88,7 +88,8 @@ def start_listener(lab: ScanLab, ns: str, ports: dict[int, str]) -> None:
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if line.strip() != "ready":
-        raise RuntimeError(f"listener in {ns} did not start: {line} {proc.stderr.read() if proc.stderr else ''}")
+        err = proc.stderr.read() if proc.stderr else ""
+        raise RuntimeError(f"listener in {ns} did not start: {line} {err}")
 
 
 def make_lab(targets: dict[str, dict[int, str]], prefix: str | None = None,
