@@ -323,3 +323,14 @@ def test_ap_isolation_isolates_device_ports_only(tmp_path):
     assert text.count("type bridge_slave isolated on") == 5
     ref = build(load_playbook(str(TWIN)), tmp_path)
     assert not any(v.a_isolated for v in ref.veths)  # the reference lab: isolation off
+
+
+def test_resolv_conf_uses_dns_forwarders_when_given(tmp_path):
+    text = TWIN.read_text().replace("  irc_port: 6667\n",
+                                    "  irc_port: 6667\n  dns_forwarders: [203.0.113.53]\n")
+    p = tmp_path / "t.yaml"
+    p.write_text(text)
+    t = build(load_playbook(str(p)), tmp_path)
+    assert "nameserver 203.0.113.53" in t.resolv and "127.0.0.1" not in t.resolv
+    ref = build(load_playbook(str(TWIN)), tmp_path)
+    assert "nameserver 127.0.0.1" in ref.resolv

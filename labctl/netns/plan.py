@@ -14,7 +14,7 @@ from typing import Any
 
 from labctl.core.model import Change, Plan, Step
 from labctl.netns.facts import NsFacts, TwinFacts
-from labctl.netns.topology import ETC_NETNS, Topology, resolv_conf
+from labctl.netns.topology import ETC_NETNS, Topology
 
 PROVIDER = "netns"
 
@@ -41,8 +41,10 @@ def _script(ops: list[dict[str, Any]]) -> str:
             elif kind == "stop":
                 lines.append(f"# labctl: stop supervised process {op['name']}")
             elif kind == "resolv":
+                servers = [ln.split()[1] for ln in op["text"].splitlines()
+                           if ln.startswith("nameserver ")]
                 lines.append(f"# labctl: write {ETC_NETNS}/{op['netns']}/resolv.conf "
-                             "(nameserver 127.0.0.1: no DNS leaves the lab)")
+                             f"(nameserver {', '.join(servers)}: DNS stays inside the lab)")
             elif kind == "unresolv":
                 folder = f"{ETC_NETNS}/{op['netns']}"
                 lines.append(shlex.join(["rm", "-f", f"{folder}/resolv.conf"]) + " && "
@@ -119,7 +121,8 @@ def plan_up(topo: Topology, facts: TwinFacts, state_dir: str) -> Plan:
         if ns not in existing:
             ops: list[dict[str, Any]] = [{"argv": ["ip", "netns", "add", ns]}]
             if topo.manage_resolv:
-                ops.append({"op": "resolv", "netns": ns, "lab": topo.lab})
+                ops.append({"op": "resolv", "netns": ns, "lab": topo.lab,
+                            "text": topo.resolv})
             ops.append(_ip(ns, "link", "set", "lo", "up"))
             ops += [{"op": "sysctl", "netns": ns, "key": k, "value": v}
                     for k, v in sysctls.items()]
@@ -133,8 +136,8 @@ def plan_up(topo: Topology, facts: TwinFacts, state_dir: str) -> Plan:
         wrong = {k: v for k, v in sysctls.items() if k in f.sysctls and f.sysctls[k] != v}
         ops += [{"op": "sysctl", "netns": ns, "key": k, "value": v} for k, v in wrong.items()]
         why = [f"sysctl {k}={f.sysctls.get(k)} (want {v})" for k, v in wrong.items()]
-        if topo.manage_resolv and f.resolv != resolv_conf(topo.lab):
-            ops.append({"op": "resolv", "netns": ns, "lab": topo.lab})
+        if topo.manage_resolv and f.resolv != topo.resolv:
+            ops.append({"op": "resolv", "netns": ns, "lab": topo.lab, "text": topo.resolv})
             why.append(f"{ETC_NETNS}/{ns}/resolv.conf " + ("missing" if f.resolv is None
                                                              else "differs"))
         if not _is_up(f.links.get("lo", {})):

@@ -25,7 +25,7 @@ from labctl.core.state import lab_state_dir
 from labctl.netns import facts as factsmod
 from labctl.netns import plan as planmod
 from labctl.netns import supervisor
-from labctl.netns.topology import ETC_NETNS, Topology, build, labctl_env, resolv_conf
+from labctl.netns.topology import ETC_NETNS, Topology, build, labctl_env
 from labctl.transport import proc
 
 
@@ -173,7 +173,7 @@ class NetnsProvider:
         elif kind == "resolv":
             d = Path(ETC_NETNS) / op["netns"]
             d.mkdir(parents=True, exist_ok=True)
-            (d / "resolv.conf").write_text(resolv_conf(op["lab"]), encoding="utf-8")
+            (d / "resolv.conf").write_text(op["text"], encoding="utf-8")
         elif kind == "unresolv":
             d = Path(ETC_NETNS) / op["netns"]
             conf = d / "resolv.conf"

@@ -42,9 +42,14 @@ def etc_netns_writable() -> bool:
     return os.access(probe, os.W_OK)
 
 
-def resolv_conf(lab: str) -> str:
-    return (f"# labctl twin lab {lab}: no DNS server inside the lab; fail fast\n"
-            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+def resolv_conf(lab: str, servers: list[str] | tuple[str, ...] = ()) -> str:
+    """The lab namespaces' resolv.conf: ``twin.dns_forwarders`` if given (they are reached
+    through the twin's own routes, so queries never leave the lab), else 127.0.0.1, where
+    nothing listens, so lookups fail at once."""
+    lines = [f"# labctl twin lab {lab}: DNS stays inside the lab"]
+    lines += [f"nameserver {a}" for a in (servers or ["127.0.0.1"])]
+    lines.append("options timeout:1 attempts:1")
+    return "\n".join(lines) + "\n"
 
 
 # no IPv6 in the twin: no router solicitations or MLD chatter on the mirrored segment
@@ -173,6 +178,7 @@ class Topology:
     sensor_monitor_if: str | None = None
     segments: list[dict] = field(default_factory=list)
     manage_resolv: bool = True
+    resolv: str = ""  # the resolv.conf text of every lab namespace
     networks: list[ipaddress.IPv4Network] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -213,7 +219,8 @@ def build(loaded: LoadedPlaybook, state_dir: Path) -> Topology:
         from labctl.core.playbook.twin import TwinSection
 
         twin = TwinSection()
-    t = Topology(lab=lab, manage_resolv=etc_netns_writable())
+    t = Topology(lab=lab, manage_resolv=etc_netns_writable(),
+                 resolv=resolv_conf(lab, [str(a) for a in twin.dns_forwarders]))
     host = t.host_ns = f"{lab}-host"
     rtr = t.router_ns = f"{lab}-rtr"
     wan = t.wan_ns = f"{lab}-wan"
