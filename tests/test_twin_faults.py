@@ -166,3 +166,41 @@ def test_ap_isolation_follows_the_playbook(tmp_path):
     finally:
         tl.down(path)
         _cleanup(L)
+
+
+def test_process_killed_during_up_is_not_converged_then_rerun_converges(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from labctl.core.errors import ConvergenceError
+    from labctl.netns import supervisor
+
+    L = tl.lab_name("tw9")
+    path = tl.write_second_twin(tmp_path, L, a=111, b=112, c=113)
+    real_spawn = supervisor.spawn
+
+    def spawn_and_kill(state_dir, name, netns, argv, env=None):
+        pid = real_spawn(state_dir, name, netns, argv, env=env)
+        if name == "wan":
+            os.killpg(pid, signal.SIGKILL)  # killed right after it started
+        return pid
+
+    try:
+        monkeypatch.setattr(supervisor, "spawn", spawn_and_kill)
+        with pytest.raises(ConvergenceError) as ei:
+            tl.up(path)
+        assert "netns.process:wan" in str(ei.value)
+        monkeypatch.setattr(supervisor, "spawn", real_spawn)
+        st = {s.resource: s for s in lab.status(tl.ctx(path))}
+        assert st["netns.process:wan"].state == "failed"
+        assert st["netns.process:device-cam"].state == "running"
+        rep = tl.up(path)
+        assert rep.converged
+        assert [c.resource for c in rep.plan.pending] == ["netns.process:wan"]
+        assert lab.plan(tl.ctx(path)).pending == []
+    finally:
+        monkeypatch.setattr(supervisor, "spawn", real_spawn)
+        try:
+            tl.down(path)
+        finally:
+            _cleanup(L)
