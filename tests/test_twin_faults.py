@@ -7,6 +7,7 @@ import ipaddress
 import json
 import subprocess
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -93,6 +94,7 @@ def test_step_failing_mid_up_then_rerun_converges_and_down_cleans(tmp_path, monk
         subprocess.run(["ip", "netns", "del", f"{L}-cam"], check=True)
         assert tl.down(path).converged
         assert tl.lab_namespaces(L) == []
+        assert not Path(f"/etc/netns/{L}-cam").exists()  # its resolver file went too
     finally:
         monkeypatch.setattr(proc, "run", real)
         try:

@@ -63,6 +63,7 @@ class TwinFacts:
     marker: dict[str, Any] | None = None
     processes: dict[str, supervisor.ProcInfo] = field(default_factory=dict)
     root_routes: list[dict[str, Any]] = field(default_factory=list)
+    etc_netns: set[str] = field(default_factory=set)  # lab names with our /etc/netns file
     empty: bool = False
 
     def owned_namespaces(self) -> list[str]:
@@ -159,6 +160,14 @@ def read(topo: Topology, state_dir: Path) -> TwinFacts:
             facts.ns[nf.name] = nf
     facts.processes = supervisor.read_all(state_dir)
     facts.root_routes = _json(["ip", "-j", "route", "show"]) or []
+    candidates = set(topo.namespaces) | set((facts.marker or {}).get("namespaces", []))
+    for n in candidates:
+        try:
+            head = (Path(ETC_NETNS) / n / "resolv.conf").read_text(encoding="utf-8")[:20]
+        except OSError:
+            continue
+        if head.startswith("# labctl twin"):
+            facts.etc_netns.add(n)
     return facts
 
 

@@ -330,6 +330,13 @@ def plan_down(topo: Topology, facts: TwinFacts) -> Plan:
                                      {"argv": ["ip", "netns", "del", ns]},
                                      {"op": "unresolv", "netns": ns}],
                                     "namespace/delete"))
+    # resolver files of namespaces that are already gone (deleted by hand, or a crash)
+    recorded = list((facts.marker or {}).get("namespaces", []))
+    for ns in dict.fromkeys([*topo.namespaces, *recorded]):
+        if ns not in present and ns in facts.etc_netns:
+            plan.changes.append(_change(f"netns.resolv:{ns}", "delete",
+                                        "resolver file of a namespace that is gone",
+                                        [{"op": "unresolv", "netns": ns}], "resolv/delete"))
     if facts.marker is not None or facts.processes:
         plan.changes.append(_change(f"netns.lab:{topo.lab}", "delete", "ownership marker",
                                     [{"op": "forget", "lab": topo.lab}], "lab/forget"))
