@@ -85,3 +85,24 @@ def test_twin_and_reference_playbook_defaults(repo_root):
         plan_scan(home, ["172.16.0.0/16"], profile="full", scope=["172.16.0.0/16"])
     with pytest.raises(UsageError, match="cannot be mixed"):
         plan_scan(home, ["172.16.1.5", "fd00::5"], scope=["fd00::/64"])
+
+
+def test_interrupt_stops_nmap(tmp_path):
+    import os
+    import time
+
+    pidfile = tmp_path / "pid"
+    prog = script(tmp_path, f"import os\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+                            "print('<taskprogress task=\"x\" percent=\"1\"/>', flush=True)\n"
+                            "time.sleep(30)")
+
+    def stop(_ev):
+        raise KeyboardInterrupt
+
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_streaming([prog], timeout=60, progress=stop, phase="scan", where="local")
+    assert time.monotonic() - t0 < 10
+    pid = int(pidfile.read_text())
+    with pytest.raises(ProcessLookupError):  # killed and reaped, not left running
+        os.kill(pid, 0)
