@@ -38,6 +38,7 @@ from labctl.sensor.tls import ensure_certificate, server_context
 log = logging.getLogger("labctl.sensor.api")
 
 MAX_BODY = 64 * 1024
+DRAIN_LIMIT = 1024 * 1024
 EVENTS_LIMIT = 100
 MAX_MINUTES = 4320
 
@@ -289,7 +290,17 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             length = -1
         if length < 0 or length > MAX_BODY:
-            self.close_connection = True  # the unread body must not become the next request
+            # drain a moderately large body so the client reads our answer instead of a
+            # reset; past DRAIN_LIMIT just answer and close (the body must not become the
+            # next request either way)
+            if 0 < length <= DRAIN_LIMIT:
+                left = length
+                while left > 0:
+                    chunk = self.rfile.read(min(left, 65536))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+            self.close_connection = True
             self._send(400, {"error": f"bad Content-Length (at most {MAX_BODY} bytes)"})
             return
         raw = self.rfile.read(length)
