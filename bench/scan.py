@@ -9,6 +9,7 @@ Two ratios (goal in brackets):
 
     python bench/scan.py                # builds a throwaway /24 lab in sc* namespaces
     python bench/scan.py --repeat 3     # median of 3 runs each (bounded: at most 5)
+    python bench/scan.py --lab-dns      # ... with a DNS server answering in the lab
     python bench/scan.py --twin         # the twin (playbooks/twin.yaml) must be up already
 
 Runs as root (namespaces). Every packet stays inside the namespaces; the lab is removed in
@@ -60,6 +61,10 @@ def main() -> int:
     ap.add_argument("--twin", action="store_true", help="scan the running twin instead")
     ap.add_argument("--playbook", default=str(ROOT / "playbooks" / "twin.yaml"))
     ap.add_argument("--repeat", type=int, default=1, help="runs per side (1-5)")
+    ap.add_argument("--lab-dns", action="store_true",
+                    help="namespace lab only: answer the scanner's reverse DNS at once (as a "
+                         "lab router would); without it the host's resolver is unreachable "
+                         "and each run without -n waits for it, as on the twin")
     args = ap.parse_args()
     repeat = max(1, min(5, args.repeat))
 
@@ -88,10 +93,14 @@ def main() -> int:
             from helpers.scan_lab import make_lab
 
             lab = make_lab(DEVICES)
+            if args.lab_dns:
+                lab.lab_dns()
             loaded, scanner_ns, subnet, scope = None, lab.scanner_ns, "10.213.0.0/24", \
                 ["10.213.0.0/24"]
         spec = f"netns:{scanner_ns}"
-        print(f"target {subnet} from {spec}, {repeat} run(s) per side")
+        dns = "lab DNS answers" if args.lab_dns else "no reachable DNS server"
+        print(f"target {subnet} from {spec}, {repeat} run(s) per side"
+              + ("" if args.twin else f", {dns}"))
 
         # 1. service profile vs plain nmap with the same argv
         lab_t, raw_t = [], []

@@ -3,7 +3,8 @@
 Lab (tests/helpers/scan_lab.py): scanner namespace <p>-k with a bridge 10.213.0.1/24;
 10.213.0.11 runs ssh/http/"tcpwrapped" listeners and drops 8080 with nft (filtered);
 10.213.0.12 runs an http listener on 8008; 10.213.0.13 is up with nothing open;
-10.213.0.10 and .14 do not exist.
+10.213.0.15 listens on 50505 only (outside nmap's top 1000 ports);
+10.213.0.10 and .14 do not exist. A tiny DNS server answers the scanner's PTR queries.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ QUICK = ("name: quick\nargs: [-sT, -n, -Pn, -p, '22,80,443,6668,8008']\n"
 @pytest.fixture(scope="module")
 def lab():
     lab = make_lab({"10.213.0.11": {22: "ssh", 80: "http", 6668: "close"},
-                    "10.213.0.12": {8008: "http"}, "10.213.0.13": {}},
+                    "10.213.0.12": {8008: "http"}, "10.213.0.13": {},
+                    "10.213.0.15": {50505: "close"}},
                    macs={"10.213.0.11": "10:d5:61:a1:00:11"})
     try:
+        lab.lab_dns()  # reverse DNS answered at once, as a lab router would
         lab.drop_port("10.213.0.11", 8080)
         yield lab
     finally:
@@ -49,15 +52,10 @@ def scan(cli_run, lab, *args):
                    *args)
 
 
-def test_smart_and_one_shot_service_agree_port_by_port(cli_run, lab, _isolated_state,
-                                                       tmp_path):
+def test_smart_and_one_shot_service_agree_port_by_port(cli_run, lab, _isolated_state):
     r_smart = scan(cli_run, lab, "--profile", "smart", "--json", "10.213.0.10-14")
     assert r_smart.exit_code == 0, r_smart
-    # the one-shot reference is the service profile's -sV -sC plus -n: reverse DNS against
-    # the host's resolver (unreachable from the namespace) would add 13 s and no port
-    oneshot = tmp_path / "oneshot.yaml"
-    oneshot.write_text("name: oneshot\nargs: [-sV, -sC, -n]\n")
-    r_svc = scan(cli_run, lab, "--profile", str(oneshot), "--json", "10.213.0.10-14")
+    r_svc = scan(cli_run, lab, "--profile", "service", "--json", "10.213.0.10-14")
     assert r_svc.exit_code == 0, r_svc
     smart, svc = r_smart.json(), r_svc.json()
     for doc in (smart, svc):
@@ -84,7 +82,7 @@ def test_smart_and_one_shot_service_agree_port_by_port(cli_run, lab, _isolated_s
     for argv in smart["argv"] + svc["argv"]:
         assert argv[:4] == ["ip", "netns", "exec", lab.scanner_ns] and argv[4] == "nmap"
         assert argv[argv.index("-oX") + 1] == "-" and "--stats-every" in argv
-    assert svc["argv"][0][5:8] == ["-sV", "-sC", "-n"] and svc["argv"][0][-1] == "10.213.0.10-14"
+    assert svc["argv"][0][5:7] == ["-sV", "-sC"] and svc["argv"][0][-1] == "10.213.0.10-14"
     pass2 = smart["argv"][1]
     assert pass2[pass2.index("-p") + 1] == "22,80,6668,8008"
     assert pass2[-2:] == ["10.213.0.11", "10.213.0.12"]  # only live hosts with open ports
@@ -95,7 +93,7 @@ def test_smart_and_one_shot_service_agree_port_by_port(cli_run, lab, _isolated_s
     assert r.exit_code == 0, r
     assert r.json()["changes"] == [] and (r.json()["old"], r.json()["new"]) == (1, 2)
     r = cli_run("scan", "history")
-    assert r.exit_code == 0 and "smart" in r.stdout and "oneshot" in r.stdout
+    assert r.exit_code == 0 and "smart" in r.stdout and "service" in r.stdout
 
 
 def test_drift_opened_port_diff_and_baseline(cli_run, lab, quick, tmp_path):
@@ -159,3 +157,19 @@ def test_progress_callback_and_xml_out(lab, quick, tmp_path):
     assert all(e.phase == "scan" and 0 <= e.percent <= 100 for e in events)
     assert any("Connect Scan" in e.task for e in events)
     assert "<nmaprun" in out.read_text()
+
+
+def test_discovery_and_full_profiles(cli_run, lab):
+    r = scan(cli_run, lab, "--profile", "discovery", "--json", "--no-save", "10.213.0.10-15")
+    assert r.exit_code == 0, r
+    doc = r.json()
+    assert [h["addr"] for h in doc["hosts"] if h["state"] == "up"] == \
+        ["10.213.0.11", "10.213.0.12", "10.213.0.13", "10.213.0.15"]
+    assert all(h["ports"] == [] and h["mac"] for h in doc["hosts"] if h["state"] == "up")
+    assert "-sn" in doc["argv"][0]
+    r = scan(cli_run, lab, "--profile", "full", "--json", "--no-save", "10.213.0.15")
+    assert r.exit_code == 0, r
+    (h,) = r.json()["hosts"]
+    assert [p["port"] for p in h["ports"] if p["state"] == "open"] == [50505]
+    r = scan(cli_run, lab, "--profile", "full", "10.213.0.0/16")
+    assert r.exit_code == 2 and "outside the lab scope" in r.stderr

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LISTENER = str(Path(__file__).with_name("scan_listener.py"))
+DNS = str(Path(__file__).with_name("scan_dns.py"))
 SUBNET = "10.213.0.0/24"
 SUBNET6 = "fd00:5c::/64"
 SCANNER_IP = "10.213.0.1"
@@ -36,6 +37,7 @@ class ScanLab:
     targets: dict[str, dict[int, str]]  # ip -> {port: kind}
     namespaces: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
+    etc_dirs: list[Path] = field(default_factory=list)
 
     @property
     def scanner_ns(self) -> str:
@@ -67,6 +69,21 @@ class ScanLab:
         sh("ip", "netns", "exec", ns, "nft", "add", "rule", "inet", "scfilter", "input",
            "tcp", "dport", str(port), "drop")
 
+    def lab_dns(self) -> None:
+        """Answer the scanner namespace's DNS at once (tests/helpers/scan_dns.py):
+        ``ip netns exec`` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf."""
+        d = Path("/etc/netns") / self.scanner_ns
+        d.mkdir(parents=True, exist_ok=True)
+        self.etc_dirs.append(d)
+        (d / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+        proc = subprocess.Popen(["ip", "netns", "exec", self.scanner_ns, sys.executable, "-S",
+                                 DNS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, stdin=subprocess.DEVNULL)
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the test DNS server did not start")
+
     def teardown(self) -> None:
         for p in self.procs:
             if p.poll() is None:
@@ -77,6 +94,12 @@ class ScanLab:
                 pass
         for ns in reversed(self.namespaces):
             sh("ip", "netns", "del", ns, check=False)
+        for d in self.etc_dirs:
+            (d / "resolv.conf").unlink(missing_ok=True)
+            try:
+                d.rmdir()
+            except OSError:
+                pass
 
 
 def start_listener(lab: ScanLab, ns: str, ports: dict[int, str]) -> None:
