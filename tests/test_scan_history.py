@@ -46,6 +46,11 @@ def test_save_load_roundtrip_and_schema(_isolated_state):
                       "FROM ports WHERE port=80").fetchone()
     assert row[:7] == ("10.213.0.11", 80, "tcp", "open", "http", "lighttpd", "1.4.59")
     assert "PetFeeder" in row[7]
+    svc = con.execute("SELECT addr, port, service, product, version FROM services "
+                      "ORDER BY port").fetchall()
+    assert svc == [("10.213.0.11", 22, "ssh", "OpenSSH", "9.2p1 Debian 2+deb12u3"),
+                   ("10.213.0.11", 80, "http", "lighttpd", "1.4.59"),
+                   ("10.213.0.11", 6668, "tcpwrapped", "", "")]
     rows = app.history()
     assert rows[0]["id"] == 1 and rows[0]["open_ports"] == 3 and rows[0]["hosts_up"] == 1
     assert rows[0]["scanner"] == "netns:scfix-k" and rows[0]["targets"] == ["10.213.0.11"]

@@ -2,7 +2,8 @@
 
 Tables: ``scans`` (one row per ``labctl scan``: lab, scanner, profile, targets, every nmap
 argv, start and end), ``hosts`` (address, MAC, vendor, state per scan) and ``ports`` (state
-and the service seen on it: name, product, version, extra info, CPE, script output). A
+and the service seen on it: name, product, version, extra info, CPE, script output); the
+``services`` view lists the identified services on open ports. A
 scan's targets are stored normalised (sorted, JSON) so "the last two scans of the same
 targets" is one query.
 """
@@ -53,6 +54,9 @@ CREATE TABLE IF NOT EXISTS ports (
   scripts TEXT,
   PRIMARY KEY (scan_id, addr, port, proto)
 );
+CREATE VIEW IF NOT EXISTS services AS
+  SELECT scan_id, addr, port, proto, service, product, version, extrainfo, cpe, scripts
+  FROM ports WHERE state = 'open' AND service != '';
 """
 
 
