@@ -89,6 +89,10 @@ def resolve_target(loaded: LoadedPlaybook | None, *, url: str | None = None,
                                              "the playbook")
     if env.get(PASSWORD_ENV):
         password = Secret(env[PASSWORD_ENV], source=f"env:{PASSWORD_ENV}")
+    elif r is not None and loaded is not None and loaded.model.provider == "netns":
+        from labctl.netns.secrets import router_password
+
+        password = router_password(loaded, env)  # the twin's router: labctl made it
     elif r is not None:
         password = r.password.resolve("router password", prompt_fn=prompt_fn, environ=env)
     else:
@@ -149,6 +153,10 @@ def desired_network(loaded: LoadedPlaybook | None, overrides: dict[str, Any], *,
         rng = None
     if env.get(PASSPHRASE_ENV):
         psk = Secret(env[PASSPHRASE_ENV], source=f"env:{PASSPHRASE_ENV}")
+    elif base is not None and loaded is not None and loaded.model.provider == "netns":
+        from labctl.netns.secrets import iot_passphrase
+
+        psk = iot_passphrase(loaded, env)  # the twin's Wi-Fi is simulated: labctl makes one
     elif base is not None:
         psk = base.passphrase.resolve("WPA passphrase", prompt_fn=prompt_fn, environ=env)
     else:

@@ -163,8 +163,12 @@ class NetnsProvider:
                     with open(path, "w", encoding="ascii") as fh:
                         fh.write(str(op["value"]))
         elif kind == "spawn":
-            supervisor.spawn(self.state_dir, op["name"], op["netns"], op["argv"],
-                             env=labctl_env())
+            env = labctl_env()
+            if op["name"] == "router":
+                from labctl.netns.secrets import ROUTER_PASSWORD_ENV, router_password
+
+                env[ROUTER_PASSWORD_ENV] = router_password(self.loaded).reveal()
+            supervisor.spawn(self.state_dir, op["name"], op["netns"], op["argv"], env=env)
             getattr(self, "_started", []).append(op)
         elif kind == "stop":
             supervisor.stop(self.state_dir, op["name"])

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 from labctl.core.errors import ConfigError
 from labctl.core.playbook import LoadedPlaybook, Playbook
+from labctl.netns.secrets import ROUTER_PASSWORD_ENV
 from labctl.traffic.persona import load_persona
 
 IFNAMSIZ = 15
@@ -414,11 +415,10 @@ def build(loaded: LoadedPlaybook, state_dir: Path) -> Topology:
         argv += ["--state", str(state_dir / "router-nvram.json")]
         if iot is not None and iot_bridge is not None:
             argv += ["--iot-interface", f"{iot.vlan}=iot0"]
-        pw_env = pb.router.password.env
-        if pw_env and os.environ.get(pw_env):
-            # the router twin then accepts the password labctl will log in with (the value
-            # stays in the environment, only the variable's name is on the command line)
-            argv += ["--password-env", pw_env]
+        # the router twin accepts the password labctl logs in with: the playbook's variable
+        # when set, else the twin's own (labctl.netns.secrets). Only the variable's name is on
+        # the command line; the provider puts the value in the child's environment.
+        argv += ["--password-env", ROUTER_PASSWORD_ENV]
         t.processes.insert(1, Process(name="router", ns=rtr, kind="router",
                                       ready=(str(twin.main_lan_router.ip), port),
                                       argv=_labctl_argv(*argv)))
