@@ -59,3 +59,10 @@ def iot_passphrase(loaded: LoadedPlaybook, environ: Mapping[str, str] | None = N
     iot = r.iot_network if r else None
     return _from_env_or_twin(iot.passphrase.env if iot else None, loaded, "iot_passphrase",
                              environ)
+
+
+def sensor_admin_password(loaded: LoadedPlaybook,
+                          environ: Mapping[str, str] | None = None) -> Secret:
+    s = loaded.model.sensor
+    return _from_env_or_twin(s.admin_password.env if s else None, loaded,
+                             "sensor_admin_password", environ)

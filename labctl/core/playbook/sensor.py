@@ -28,6 +28,7 @@ class SensorSection(Model):
     monitored_subnets: list[MonitoredSubnet] = Field(default_factory=list)
     authorized_scanners: list[Address] = Field(default_factory=list)
     learning_mode: bool = True
+    wait_seconds: int = Field(default=2400, ge=1, le=86400)
     expectations: str = "nmap-default"
     activation_file: str | None = None
 
