@@ -21,6 +21,7 @@ from pydantic import Field, field_validator
 
 from labctl.core.playbook.common import Model
 from labctl.core.yamlfile import load_yaml, validate
+from labctl.traffic.tcpserve import accept_loop
 
 log = logging.getLogger("labctl.traffic")
 
@@ -79,38 +80,18 @@ def _enc(text: str) -> bytes:
 
 
 def _serve_tcp(sock: socket.socket, lst: Listener, stop: threading.Event) -> None:
-    slots = threading.BoundedSemaphore(MAX_CLIENTS)
+    def handle(conn: socket.socket, peer: str) -> None:
+        if lst.banner:
+            conn.sendall(_enc(lst.banner))
+        if lst.reply:
+            try:
+                data = conn.recv(4096)
+            except OSError:
+                data = b""
+            if data:
+                conn.sendall(_enc(lst.reply))
 
-    def handle(conn: socket.socket) -> None:
-        try:
-            conn.settimeout(IO_TIMEOUT)
-            if lst.banner:
-                conn.sendall(_enc(lst.banner))
-            if lst.reply:
-                try:
-                    data = conn.recv(4096)
-                except OSError:
-                    data = b""
-                if data:
-                    conn.sendall(_enc(lst.reply))
-        except OSError:
-            pass
-        finally:
-            conn.close()
-            slots.release()
-
-    sock.settimeout(0.5)
-    while not stop.is_set():
-        try:
-            conn, _ = sock.accept()
-        except (TimeoutError, socket.timeout):
-            continue
-        except OSError:
-            return
-        if not slots.acquire(blocking=False):
-            conn.close()
-            continue
-        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+    accept_loop(sock, handle, stop, max_clients=MAX_CLIENTS, io_timeout=IO_TIMEOUT)
 
 
 def _serve_udp(sock: socket.socket, lst: Listener, stop: threading.Event) -> None:

@@ -15,6 +15,8 @@ import logging
 import socket
 import threading
 
+from labctl.traffic.tcpserve import accept_loop
+
 log = logging.getLogger("labctl.traffic")
 
 MAX_CLIENTS = 64
@@ -76,33 +78,14 @@ def serve(port: int, handler, stop: threading.Event, bind: str = "0.0.0.0") -> t
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((bind, port))
     s.listen(64)
-    s.settimeout(0.5)
-    slots = threading.BoundedSemaphore(MAX_CLIENTS)
-
-    def one(conn: socket.socket, peer: str) -> None:
-        try:
-            conn.settimeout(IO_TIMEOUT)
-            handler(conn, peer)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-            slots.release()
 
     def loop() -> None:
-        while not stop.is_set():
-            try:
-                conn, addr = s.accept()
-            except (TimeoutError, socket.timeout):
-                continue
-            except OSError:
-                return
-            if not slots.acquire(blocking=False):
-                conn.close()
-                continue
-            log.info("port %d: connection from %s", port, addr[0])
-            threading.Thread(target=one, args=(conn, addr[0]), daemon=True).start()
-        s.close()
+        try:
+            accept_loop(s, handler, stop, max_clients=MAX_CLIENTS, io_timeout=IO_TIMEOUT,
+                        on_accept=lambda peer: log.info("port %d: connection from %s", port,
+                                                        peer))
+        finally:
+            s.close()
 
     t = threading.Thread(target=loop, daemon=True)
     t.start()
