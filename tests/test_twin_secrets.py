@@ -39,3 +39,12 @@ def test_router_target_of_a_twin_needs_no_environment():
     assert target.netns == f"{loaded.model.lab}-host"
     desired = desired_network(loaded, {}, environ={})
     assert desired.passphrase.reveal() == iot_passphrase(loaded, environ={}).reveal()
+
+
+def test_twin_secrets_meet_the_sensor_password_policy(tmp_path):
+    from labctl.netns.secrets import twin_secret
+    from labctl.sensor.store import password_problems
+
+    for i in range(200):
+        value = twin_secret(tmp_path, f"s{i}").reveal()
+        assert password_problems(value) == [], value

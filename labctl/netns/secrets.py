@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets as _random
+import string
 from pathlib import Path
 from typing import Mapping
 
@@ -23,6 +24,17 @@ FILE = "twin-secrets.json"
 ROUTER_PASSWORD_ENV = "LABCTL_TWIN_ROUTER_PASSWORD"  # handed to the router twin process
 
 
+def _new_value() -> str:
+    """24 random characters that always meet a sensor's password policy (upper and lower
+    case, digits, symbols), so the same generator serves every twin credential."""
+    alphabet = string.ascii_letters + string.digits + "!#%+-.=@^_~"
+    classes = (string.ascii_uppercase, string.ascii_lowercase, string.digits, "!#%+-.=@^_~")
+    chars = [_random.choice(c) for c in classes]
+    chars += [_random.choice(alphabet) for _ in range(24 - len(chars))]
+    _random.SystemRandom().shuffle(chars)
+    return "".join(chars)
+
+
 def twin_secret(state_dir: Path, name: str) -> Secret:
     """The lab's secret ``name``, created (random, 0600 file) on first use."""
     path = state_dir / FILE
@@ -31,7 +43,7 @@ def twin_secret(state_dir: Path, name: str) -> Secret:
     except (OSError, ValueError):
         values = {}
     if not isinstance(values.get(name), str):
-        values[name] = _random.token_urlsafe(18)
+        values[name] = _new_value()
         state_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
