@@ -22,8 +22,8 @@ def list_processes(playbook: str | None = None) -> list[dict[str, Any]]:
         from labctl.core.playbook import load_playbook
         from labctl.core.state import lab_state_dir
 
-        labs = [(load_playbook(playbook).model.lab, lab_state_dir(
-            load_playbook(playbook).model.lab, create=False))]
+        lab = load_playbook(playbook).model.lab
+        labs = [(lab, lab_state_dir(lab, create=False))]
     else:
         base = state_home() / "labs"
         labs = [(p.name, p) for p in sorted(base.iterdir())] if base.is_dir() else []
