@@ -35,6 +35,7 @@ def test_twin_demo_end_to_end(tmp_path, cli_run):
         assert d["alerts_fired"] >= 1
         assert any("Scan" in a for a in d["alerts"])
         assert d["up_seconds"] < 10 and not d["kept"]
+        assert d["stages"] == {"hyperv": "applied", "router": "applied", "sensor": "applied"}
         vendors = {x["ip"]: x["vendor"] for x in d["sensor_devices"]}
         assert vendors.get("172.16.1.21") and "Tuya" in vendors["172.16.1.21"]
         assert tl.lab_namespaces(L) == []

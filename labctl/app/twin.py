@@ -55,11 +55,13 @@ class DemoReport:
     kept: bool = False
     down_seconds: float = 0.0
     sensor_url: str = ""
+    stages: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "lab": self.lab, "playbook": self.playbook, "target": self.target,
             "scanner_netns": self.scanner_netns, "up_seconds": round(self.up_seconds, 3),
+            "stages": self.stages,
             "scan_seconds": round(self.scan_seconds, 3), "hosts": self.hosts,
             "hosts_found": len(self.hosts),
             "devices_expected": self.devices_expected,
@@ -189,7 +191,10 @@ def run_demo(playbook: str | None = None, *, keep: bool = False, sensor_timeout:
     report.devices_expected = [str(d.ip.ip) for d in pb.twin.devices] if pb.twin else []
     say(f"bringing up twin lab {pb.lab} from {path}")
     t0 = time.monotonic()
-    labapp.up(ctx, confirm=lambda p: True)
+    # the same stages as `labctl up`: the twin, the IoT network through the router's API,
+    # then the sensor's first sign-in
+    stages = labapp.up_stages(ctx, confirm=lambda p: True, confirm_stage=lambda s, r: True)
+    report.stages = {r.stage: r.status for r in stages}
     report.up_seconds = time.monotonic() - t0
     try:
         say("waiting for the embedded sensor API")

@@ -132,7 +132,8 @@ def demo(playbook: str | None, keep: bool, timeout: float, as_json: bool) -> Non
 
 
 def _print_demo(d: dict[str, Any]) -> None:
-    echo(f"twin lab {d['lab']}: up in {d['up_seconds']:.1f} s")
+    stages = ", ".join(f"{k} {v}" for k, v in d.get("stages", {}).items())
+    echo(f"twin lab {d['lab']}: up in {d['up_seconds']:.1f} s" + (f" ({stages})" if stages else ""))
     echo(f"scan of {d['target']} from {d['scanner_netns']}: {len(d['hosts'])} host(s) up, "
          f"{len(d['devices_found'])} of {len(d['devices_expected'])} twin devices")
     for h in d["hosts"]:
