@@ -87,7 +87,7 @@ def run_scan(loaded: Any, targets: Iterable[str], profile: str | ScanProfile | N
     ``scanner``: ``local``, ``netns:NAME``, ``ssh://user@host[:port]`` (default: the
     playbook's). Refuses out-of-scope or badly routed targets before nmap starts.
     """
-    from labctl.scans.engine import execute
+    from labctl.scans.passes import execute
 
     targets = list(targets)
     prof, parsed, excl, sc = plan_scan(loaded, targets, profile=profile, scanner=scanner,
