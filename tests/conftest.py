@@ -43,15 +43,17 @@ def cli_run():
     """Run labctl in-process through the real entry point (labctl.cli.run).
 
     Returns a result with ``exit_code``, ``stdout``, ``stderr`` and ``json()``.
+    ``overrides`` replaces LabContext fields (e.g. ``provider_factory``), as embedders do.
     """
     from click.testing import CliRunner
 
     from labctl.cli import run
 
-    def _run(*args: str, input: str | None = None, env: dict[str, str] | None = None):
+    def _run(*args: str, input: str | None = None, env: dict[str, str] | None = None,
+             overrides: dict | None = None):
         runner = CliRunner()
         with runner.isolation(input=input, env=env) as (out, err, _):
-            code = run(list(args))
+            code = run(list(args), overrides=overrides)
             return CliResult(code, out.getvalue().decode(), err.getvalue().decode())
 
     return _run

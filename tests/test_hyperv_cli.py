@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers.fake_hyperv import FakeHyperVHost
-from helpers.hyperv_lab import fake_factory, reference_data, write_playbook
+from tests.helpers.fake_hyperv import FakeHyperVHost
+from tests.helpers.hyperv_lab import fake_factory, reference_data, write_playbook
 from labctl.cli import lab as cli_lab
 from labctl.core.errors import ExitCode
 
@@ -16,10 +16,25 @@ CANARY = "Canary-W1nRM-p4ss-7f3a9c"
 
 
 @pytest.fixture
-def host(monkeypatch):
+def factory_box() -> dict:
+    """LabContext overrides handed to every command of a test (labctl.cli.run(overrides=))."""
+    return {}
+
+
+@pytest.fixture
+def host(factory_box):
     h = FakeHyperVHost.reference()
-    monkeypatch.setattr(cli_lab, "PROVIDER_FACTORY", fake_factory(h))
+    factory_box["provider_factory"] = fake_factory(h)
     return h
+
+
+@pytest.fixture
+def cli_run(cli_run, factory_box):
+    def _run(*args, **kw):
+        kw.setdefault("overrides", dict(factory_box))
+        return cli_run(*args, **kw)
+
+    return _run
 
 
 @pytest.fixture
@@ -218,10 +233,11 @@ def test_only_stages(cli_run, host, pb, tmp_path):
     assert cli_run("up", "-f", pb, "--only", "bogus").exit_code == 2
 
 
-def test_secret_canary_never_appears(cli_run, tmp_path, monkeypatch, _isolated_state):
+def test_secret_canary_never_appears(cli_run, tmp_path, monkeypatch, _isolated_state,
+                                     factory_box):
     monkeypatch.setenv("LABCTL_HYPERV_PASSWORD", CANARY)
     host = FakeHyperVHost.reference()
-    monkeypatch.setattr(cli_lab, "PROVIDER_FACTORY", fake_factory(host, "LABCTL_HYPERV_PASSWORD"))
+    factory_box["provider_factory"] = fake_factory(host, "LABCTL_HYPERV_PASSWORD")
     pb = str(write_playbook(tmp_path))
     outputs = []
     for args in (["plan"], ["plan", "--show-steps"], ["plan", "--json"], ["status"],

@@ -80,19 +80,6 @@ def default_twin_playbook() -> str:
     return str(asset_path("playbooks", "twin.yaml"))
 
 
-def _need(module: str, what: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name and module.startswith(e.name):
-            raise LabctlError(f"the demo needs {what} ({module}), which this build lacks",
-                              hint="update labctl; the twin itself still works with "
-                                   "`labctl up -f playbooks/twin.yaml -y`") from None
-        raise
-
-
 def _sensor_status(state_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((state_dir / "sensor" / "status.json").read_text(encoding="utf-8"))
@@ -157,11 +144,13 @@ def run_demo(playbook: str | None = None, *, keep: bool = False, sensor_timeout:
     from labctl.netns.provider import check_platform
     from labctl.transport.netns import lab_host_netns
 
+    from labctl.app import scan as scan_app
+    from labctl.app.stages import up_stages
+    from labctl.sensor import client as client_mod
+    from labctl.transport import http
+
     say = progress or (lambda msg: None)
     check_platform()
-    scan_app = _need("labctl.app.scan", "the scanner")
-    client_mod = _need("labctl.sensor.client", "the sensor client")
-    http = _need("labctl.transport.http", "the HTTP transport")
     path = playbook or default_twin_playbook()
     loaded = load_playbook(path)
     pb = loaded.model
@@ -193,7 +182,7 @@ def run_demo(playbook: str | None = None, *, keep: bool = False, sensor_timeout:
     t0 = time.monotonic()
     # the same stages as `labctl up`: the twin, the IoT network through the router's API,
     # then the sensor's first sign-in
-    stages = labapp.up_stages(ctx, confirm=lambda p: True, confirm_stage=lambda s, r: True)
+    stages = up_stages(ctx, confirm=lambda p: True, confirm_stage=lambda s, r: True)
     report.stages = {r.stage: r.status for r in stages}
     report.up_seconds = time.monotonic() - t0
     try:

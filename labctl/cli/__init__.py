@@ -10,11 +10,13 @@ import importlib
 import logging
 import sys
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 import click
 
 from labctl import __version__
+from labctl.cli._common import CliState
 from labctl.core.errors import ExitCode, LabctlError
 from labctl.core.secrets import REDACTOR, RedactingFilter
 
@@ -47,13 +49,7 @@ class LazyGroup(click.Group):
             return None
         target, _ = COMMANDS[name]
         module, _, attr = target.partition(":")
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:
-                return _unavailable(name)
-            raise
-        cmd = getattr(mod, attr)
+        cmd: click.Command = getattr(importlib.import_module(module), attr)
         self.commands[name] = cmd
         return cmd
 
@@ -68,22 +64,6 @@ class LazyGroup(click.Group):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
-
-
-def _unavailable(name: str) -> click.Command:
-    @click.command(name=name, help=f"{name}: not available in this build.")
-    def _cmd() -> None:
-        raise LabctlError(f"`labctl {name}` is not available in this build")
-
-    return _cmd
-
-
-class CliState:
-    """What every command gets through ``ctx.obj``."""
-
-    def __init__(self, verbosity: int = 0, traceback: bool = False) -> None:
-        self.verbosity = verbosity
-        self.traceback = traceback
 
 
 def _setup_logging(verbosity: int) -> None:
@@ -116,7 +96,8 @@ def cli(ctx: click.Context, verbose: int, quiet: int, traceback: bool) -> None:
     """
     verbosity = verbose - quiet
     _setup_logging(verbosity)
-    ctx.obj = CliState(verbosity=verbosity, traceback=traceback)
+    overrides = ctx.obj.overrides if isinstance(ctx.obj, CliState) else None
+    ctx.obj = CliState(verbosity=verbosity, traceback=traceback, overrides=overrides)
 
 
 def _report(err: LabctlError) -> None:
@@ -138,11 +119,16 @@ def _debug_log(exc: BaseException) -> str | None:
         return None
 
 
-def run(args: list[str] | None = None, prog_name: str = "labctl") -> int:
-    """Run the CLI and return the exit code (never raises for expected errors)."""
+def run(args: list[str] | None = None, prog_name: str = "labctl", *,
+        overrides: Mapping[str, Any] | None = None) -> int:
+    """Run the CLI and return the exit code (never raises for expected errors).
+
+    ``overrides``: LabContext fields to replace (see :class:`CliState`).
+    """
     want_tb = "--traceback" in (args if args is not None else sys.argv[1:])
     try:
-        rv = cli.main(args=args, prog_name=prog_name, standalone_mode=False)
+        rv = cli.main(args=args, prog_name=prog_name, standalone_mode=False,
+                      obj=CliState(overrides=overrides))
         return int(rv) if isinstance(rv, int) else 0
     except LabctlError as e:
         _report(e)

@@ -4,12 +4,29 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import click
 
 from labctl.core.errors import UsageError
 from labctl.core.secrets import REDACTOR
+
+
+class CliState:
+    """What every command gets through ``ctx.obj``.
+
+    ``overrides`` are :class:`labctl.core.context.LabContext` fields that the caller of
+    :func:`run` replaces (tests and embedders: a fake provider, another environment); the
+    commands build their context with them, so nothing is patched at module level.
+    """
+
+    def __init__(self, verbosity: int = 0, traceback: bool = False,
+                 overrides: Mapping[str, Any] | None = None) -> None:
+        self.verbosity = verbosity
+        self.traceback = traceback
+        self.overrides: dict[str, Any] = dict(overrides or {})
+
 
 
 def playbook_option(f: Callable[..., Any]) -> Callable[..., Any]:

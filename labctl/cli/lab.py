@@ -7,36 +7,53 @@ Results go to stdout (``--json``: one document); progress and questions go to st
 from __future__ import annotations
 
 import json
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from labctl.cli._common import (
-    confirm, echo, emit_json, json_option, playbook_option, progress_printer, prompt_secret,
+    CliState,
+    confirm,
+    echo,
+    emit_json,
+    json_option,
+    playbook_option,
+    progress_printer,
+    prompt_secret,
     yes_option,
 )
+from labctl.core.context import LabContext
 from labctl.core.errors import ExitCode
 from labctl.core.model import Change, Plan, ResourceStatus
 
-#: Tests (and embedders) may set this to build providers differently, e.g. with a fake host.
-PROVIDER_FACTORY: Any = None
+if TYPE_CHECKING:
+    from labctl.app.stages import StageResult
+    from labctl.core.playbook import LoadedPlaybook
 
 _SIGN = {"create": "+", "update": "~", "replace": "-/+", "delete": "-", "start": ">",
          "stop": "<", "noop": "="}
 
 
-def _context(playbook: str | None):
-    from labctl.app.lab import LabContext
+def _context(playbook: str | None) -> LabContext:
     from labctl.core.playbook import load_playbook
 
-    loaded = load_playbook(playbook)
-    return LabContext(loaded=loaded, prompt_fn=prompt_secret, provider_factory=PROVIDER_FACTORY)
+    return make_context(load_playbook(playbook))
+
+
+def make_context(loaded: LoadedPlaybook) -> LabContext:
+    """The LabContext of this command: the real process, plus the caller's overrides."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx else None
+    overrides = obj.overrides if isinstance(obj, CliState) else {}
+    fields: dict[str, Any] = {"environ": os.environ, "prompt_fn": prompt_secret, **overrides}
+    return LabContext(loaded=loaded, **fields)
 
 
 def _verbosity() -> int:
     ctx = click.get_current_context(silent=True)
     obj = ctx.find_root().obj if ctx else None
-    return int(getattr(obj, "verbosity", 0))
+    return obj.verbosity if isinstance(obj, CliState) else 0
 
 
 def _fmt(v: Any) -> str:
@@ -151,7 +168,8 @@ def up(playbook: str | None, yes: bool, dry_run: bool, only: str | None, as_json
     labctl up -f playbooks/home-lab.yaml --dry-run
     labctl up -y --only hyperv
     """
-    from labctl.app import lab as app
+    from labctl.app.lab import UpReport
+    from labctl.app.stages import up_stages
 
     ctx = _context(playbook)
     shown: dict[str, bool] = {}
@@ -170,17 +188,17 @@ def up(playbook: str | None, yes: bool, dry_run: bool, only: str | None, as_json
                 echo(f"      {d.get('field')}: {_fmt(d.get('old'))} -> {_fmt(d.get('new'))}")
         return confirm(f"Apply the {stage} changes?", yes)
 
-    def on_stage(r: Any) -> None:
+    def on_stage(r: StageResult) -> None:
         if as_json:
             return
         rep = r.report
-        if r.stage == "hyperv" and rep is not None and not shown.get("plan"):
+        if isinstance(rep, UpReport) and not shown.get("plan"):
             if not rep.plan.empty or dry_run:
                 echo(render_plan(rep.plan, show_noop=False))
         if _verbosity() >= 0:
             echo(f"[{r.stage}] {r.status}: {r.detail}", err=True)
 
-    results = app.up_stages(ctx, only=only, confirm=ask, confirm_stage=ask_stage,
+    results = up_stages(ctx, only=only, confirm=ask, confirm_stage=ask_stage,
                             progress=progress_printer(_verbosity() >= 0 and not as_json),
                             dry_run=dry_run, on_stage=on_stage)
     if as_json:

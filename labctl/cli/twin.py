@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 from typing import Any
@@ -10,49 +9,19 @@ from typing import Any
 import click
 
 from labctl.cli._common import echo, emit_json, json_option, playbook_option
-from labctl.core.errors import LabctlError
+from labctl.cli.twin_router import serve_router
 
 
-class TwinGroup(click.Group):
-    """Adds ``serve-router`` lazily from labctl.cli.twin_router (written by the router twin)."""
-
-    LAZY = {"serve-router": ("labctl.cli.twin_router", "serve_router")}
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(self.LAZY))
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        cmd = super().get_command(ctx, name)
-        if cmd is not None or name not in self.LAZY:
-            return cmd
-        module, attr = self.LAZY[name]
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            return _missing(name, module)
-        return getattr(mod, attr)
-
-
-def _missing(name: str, module: str) -> click.Command:
-    @click.command(name=name, context_settings={"ignore_unknown_options": True},
-                   help=f"{name}: not available in this build ({module} is missing).")
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def _cmd(args: tuple[str, ...]) -> None:
-        raise LabctlError(f"`labctl twin {name}` is not available in this build "
-                          f"({module} is missing)")
-
-    return _cmd
-
-
-@click.group(cls=TwinGroup)
+@click.group()
 def twin() -> None:
     """Linux twin helpers: the end-to-end demo, supervised processes, the router twin.
 
     The twin itself is built with `labctl up -f playbooks/twin.yaml -y` and removed with
     `labctl down -f playbooks/twin.yaml -y`.
     """
+
+
+twin.add_command(serve_router)
 
 
 def _service_logging() -> None:

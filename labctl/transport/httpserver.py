@@ -185,8 +185,9 @@ class LabHTTPServer(ThreadingHTTPServer):
                 except OSError:
                     pass
                 return
+        handler: Any = self.RequestHandlerClass
         try:
-            self.RequestHandlerClass(request, client_address, self)
+            handler(request, client_address, self)
         finally:
             try:
                 request.close()
