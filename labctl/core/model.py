@@ -2,14 +2,53 @@
 
 Providers (Hyper-V, netns twin) read facts, diff them against the playbook and return a
 :class:`Plan`. A plan can be printed, serialised to JSON and tested without touching a host.
+A plan also carries its own verdict: the :class:`Blocker`s found while planning, which the
+provider's ``preflight`` turns into a PreflightError before anything is changed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from enum import StrEnum
+from typing import Any, Protocol
 
 from labctl.core.secrets import MASK, REDACTOR, Secret
+
+
+class Action(StrEnum):
+    """What a change or a step does; the values are the strings plans serialise to."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    REPLACE = "replace"
+    START = "start"
+    STOP = "stop"
+    NOOP = "noop"
+
+
+class StepKind(StrEnum):
+    """How a step runs: a PowerShell script, local commands, or an HTTP call."""
+
+    POWERSHELL = "powershell"
+    COMMAND = "command"
+    HTTP = "http"
+
+
+class Ownership(StrEnum):
+    """Where a resource stands against the lab, independent of the reason text.
+
+    ``owned``: it exists, carries this lab's marker and matches the playbook;
+    ``foreign``: something of that name exists but this lab did not create it (left alone);
+    ``drifted``: it is this lab's but differs from the playbook;
+    ``absent``: it does not exist yet.
+    """
+
+    OWNED = "owned"
+    FOREIGN = "foreign"
+    DRIFTED = "drifted"
+    ABSENT = "absent"
 
 
 def _mask(value: Any) -> Any:
@@ -29,13 +68,18 @@ class Step:
     """One action on a host: a PowerShell script with parameters, or a command."""
 
     resource: str  # "hyperv.vmswitch:Core", "netns.bridge:Core"
-    action: str  # create | update | delete | start | stop | ...
+    action: Action
     script: str  # PowerShell text, or the command(s) as shell-quoted text
     params: Mapping[str, Any] = field(default_factory=dict)
-    kind: str = "powershell"  # powershell | command | http
+    kind: StepKind = StepKind.POWERSHELL
     description: str = ""
     name: str = ""  # template or operation name, e.g. "vmswitch/create"; safe to log
     requires_vm_off: bool = False
+
+    def __post_init__(self) -> None:
+        # plain strings are accepted ("create"), stored as the enum member
+        object.__setattr__(self, "action", Action(self.action))
+        object.__setattr__(self, "kind", StepKind(self.kind))
 
     def masked_params(self) -> dict[str, Any]:
         return {k: _mask(v) for k, v in self.params.items()}
@@ -43,10 +87,10 @@ class Step:
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "resource": self.resource,
-            "action": self.action,
+            "action": str(self.action),
             "script": self.script,
             "params": self.masked_params(),
-            "kind": self.kind,
+            "kind": str(self.kind),
             "name": self.name,
             "description": self.description,
         }
@@ -55,30 +99,68 @@ class Step:
         return d
 
 
+def default_ownership(action: Action) -> Ownership:
+    """The state a change implies when its planner did not say: a create means the resource
+    is absent, a noop that it is owned and in shape, anything else that it drifted."""
+    if action is Action.CREATE:
+        return Ownership.ABSENT
+    if action is Action.NOOP:
+        return Ownership.OWNED
+    return Ownership.DRIFTED
+
+
 @dataclass(frozen=True)
 class Change:
-    """What must happen to one resource, with the reason; ``steps`` is empty for a noop."""
+    """What must happen to one resource, with the reason; ``steps`` is empty for a noop.
+
+    ``state`` is the resource's standing (:class:`Ownership`); when not given it follows
+    from ``action`` (:func:`default_ownership`). Planners set ``Ownership.FOREIGN`` for a
+    resource they leave alone because this lab does not own it.
+    """
 
     resource: str
-    action: str  # create | update | delete | replace | noop
+    action: Action
     reason: str = ""
     before: Mapping[str, Any] | None = None
     after: Mapping[str, Any] | None = None
     steps: tuple[Step, ...] = ()
+    state: Ownership | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "action", Action(self.action))
+        state = default_ownership(self.action) if self.state is None else Ownership(self.state)
+        object.__setattr__(self, "state", state)
 
     @property
     def is_noop(self) -> bool:
-        return self.action == "noop" or not self.steps
+        return self.action is Action.NOOP or not self.steps
+
+    @property
+    def foreign(self) -> bool:
+        """True when the resource exists but is not this lab's (left alone)."""
+        return self.state is Ownership.FOREIGN
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "resource": self.resource,
-            "action": self.action,
+            "action": str(self.action),
             "reason": self.reason,
+            "state": str(self.state),
             "before": _mask(dict(self.before)) if self.before is not None else None,
             "after": _mask(dict(self.after)) if self.after is not None else None,
             "steps": [s.to_dict() for s in self.steps],
         }
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """A reason the plan must not be applied, found while planning: what, and what to do."""
+
+    message: str
+    hint: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"message": REDACTOR.scrub(self.message), "hint": REDACTOR.scrub(self.hint)}
 
 
 @dataclass
@@ -87,6 +169,8 @@ class Plan:
     lab: str
     changes: list[Change] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: checked by the provider when it planned; ``preflight`` refuses a plan that has any
+    blockers: list[Blocker] = field(default_factory=list)
 
     @property
     def steps(self) -> list[Step]:
@@ -100,8 +184,11 @@ class Plan:
     def empty(self) -> bool:
         return not self.steps
 
+    def block(self, message: str, hint: str) -> None:
+        self.blockers.append(Blocker(message, hint))
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "provider": self.provider,
             "lab": self.lab,
             "empty": self.empty,
@@ -110,11 +197,14 @@ class Plan:
             "changes": [c.to_dict() for c in self.changes],
             "steps": [s.to_dict() for s in self.steps],
         }
+        if self.blockers:
+            d["blockers"] = [b.to_dict() for b in self.blockers]
+        return d
 
     def summary(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for c in self.pending:
-            out[c.action] = out.get(c.action, 0) + 1
+            out[str(c.action)] = out.get(str(c.action), 0) + 1
         return out
 
 
