@@ -81,3 +81,37 @@ def test_truncated_xml_from_an_aborted_scan_is_a_clear_error():
     cut = full[: full.index("<runstats>")] + "</nmaprun>\n"
     with pytest.raises(LabctlError, match="incomplete"):
         parse_nmap_xml(cut, "test")
+
+
+def test_entity_declarations_are_refused():
+    """nmap never declares entities; a document that does is refused, not expanded."""
+    bomb = ('<?xml version="1.0"?>\n<!DOCTYPE nmaprun [\n <!ENTITY a "aaaaaaaaaa">\n'
+            ' <!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">\n]>\n'
+            '<nmaprun args="&b;"><runstats><finished elapsed="1"/>'
+            '<hosts up="0" down="0" total="0"/></runstats></nmaprun>\n')
+    with pytest.raises(LabctlError, match="declares entities"):
+        parse_nmap_xml(bomb, "test")
+
+
+def test_vendor_hostnames_and_host_scripts():
+    """Elements the fixtures lack (nmap writes them for other scan types)."""
+    xml = ('<?xml version="1.0"?>\n<!DOCTYPE nmaprun>\n<nmaprun args="nmap -sC x">'
+           '<host><status state="up" reason="arp-response"/>'
+           '<address addr="10.213.0.11" addrtype="ipv4"/>'
+           '<address addr="10:D5:61:A1:00:11" addrtype="mac" vendor="Tuya Smart"/>'
+           '<hostnames><hostname name="feeder.lab" type="PTR"/></hostnames>'
+           '<ports><port protocol="udp" portid="53"><state state="open" reason="udp-response"/>'
+           '<service name="domain"/></port>'
+           '<port protocol="tcp" portid="80"><state state="open" reason="syn-ack"/></port>'
+           '</ports><hostscript><script id="nbstat" output="NetBIOS name: FEEDER"/>'
+           '</hostscript></host>'
+           '<runstats><finished elapsed="2.5"/><hosts up="1" down="0" total="1"/></runstats>'
+           '</nmaprun>\n')
+    info, hosts = parse_nmap_xml(xml, "test")
+    assert info == {"command_line": "nmap -sC x", "elapsed": 2.5, "uphosts": 1,
+                    "downhosts": 0, "totalhosts": 1}
+    (h,) = hosts
+    assert (h.mac, h.vendor, h.hostnames) == ("10:D5:61:A1:00:11", "Tuya Smart", ["feeder.lab"])
+    assert [p.key for p in h.ports] == ["80/tcp", "53/udp"]
+    assert h.port(53, "udp").service == "domain" and h.port(80).service == ""
+    assert h.hostscripts == {"nbstat": "NetBIOS name: FEEDER"}

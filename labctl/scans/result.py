@@ -1,15 +1,15 @@
-"""Scan results as plain data, parsed from nmap XML with python-nmap.
+"""Scan results as plain data, parsed from nmap's XML (``-oX``) with ElementTree.
 
-python-nmap's ``PortScanner.analyse_nmap_xml_scan(xml)`` does the parsing; it is an
-instance method but needs no nmap binary, so :func:`parse_nmap_xml` builds a parser-only
-instance (``PortScanner()`` itself runs ``nmap -V`` and fails where nmap is only installed
-on the remote Kali box). The dictionaries it returns are turned into small dataclasses that
-serialise to JSON and SQLite the same way.
+:func:`parse_nmap_xml` reads the few elements labctl uses straight into small dataclasses
+that serialise to JSON and SQLite the same way. It needs no nmap binary, so XML that came
+back from a remote Kali box over SSH parses the same as local output.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
+import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -82,62 +82,108 @@ class NmapRun:
     returncode: int = 0
 
 
-def _parser() -> Any:
-    import nmap  # python-nmap, imported lazily (keeps `labctl --help` light)
+_ENTITY_DECL = re.compile(r"<!ENTITY\b")
 
-    p = nmap.PortScanner.__new__(nmap.PortScanner)
-    p._nmap_path = ""
-    p._scan_result = {}
-    p._nmap_version_number = 0
-    p._nmap_subversion_number = 0
-    p._nmap_last_output = ""
-    return p
+
+def _attr(el: ET.Element | None, name: str) -> str:
+    return (el.get(name) or "") if el is not None else ""
+
+
+def _parse_port(el: ET.Element) -> PortResult:
+    state = el.find("state")
+    svc = el.find("service")
+    # nmap lists the service's CPEs first, then the OS's; the value kept is the last
+    # <cpe> text, as python-nmap kept it, so saved histories stay comparable.
+    cpes = [c.text or "" for c in svc.findall("cpe")] if svc is not None else []
+    return PortResult(
+        port=int(el.get("portid") or 0), proto=el.get("protocol") or "",
+        state=_attr(state, "state"), reason=_attr(state, "reason"),
+        service=_attr(svc, "name"), product=_attr(svc, "product"),
+        version=_attr(svc, "version"), extrainfo=_attr(svc, "extrainfo"),
+        cpe=cpes[-1] if cpes else "",
+        scripts={s.get("id") or "": s.get("output") or "" for s in el.findall("script")})
+
+
+_PROTOS = ("tcp", "udp", "sctp", "ip")
+
+
+def _parse_host(el: ET.Element) -> HostResult:
+    addrs: dict[str, str] = {}
+    vendors: dict[str, str] = {}
+    for a in el.findall("address"):
+        kind, value = a.get("addrtype") or "", a.get("addr") or ""
+        addrs[kind] = value
+        if kind == "mac" and a.get("vendor"):
+            vendors[value] = a.get("vendor") or ""
+    first = el.find("address")
+    key = addrs.get("ipv4") or _attr(first, "addr")
+    status = el.findall("status")
+    mac = addrs.get("mac", "")
+    host = HostResult(
+        addr=key, state=_attr(status[-1], "state") if status else "unknown",
+        reason=_attr(status[-1], "reason") if status else "",
+        ipv4=addrs.get("ipv4", ""), ipv6=addrs.get("ipv6", ""), mac=mac,
+        vendor=vendors.get(mac, ""),
+        hostnames=[n.get("name") or "" for n in el.findall("hostnames/hostname")
+                   if n.get("name")])
+    ports: dict[tuple[str, int], PortResult] = {}
+    for p in el.findall("ports/port"):
+        port = _parse_port(p)
+        if port.proto in _PROTOS:
+            ports[(port.proto, port.port)] = port  # a repeated port: the last one counts
+    host.ports = sorted(ports.values(), key=lambda p: (_PROTOS.index(p.proto), p.port))
+    for s in el.findall("hostscript/script"):
+        host.hostscripts[s.get("id") or ""] = s.get("output") or ""
+    return host
+
+
+def _number(el: ET.Element, name: str, kind: type[float] | type[int]) -> float | int:
+    try:
+        return kind(el.get(name) or 0)
+    except ValueError:
+        return kind(0)
 
 
 def parse_nmap_xml(xml: str, source: str = "nmap") -> tuple[dict[str, Any], list[HostResult]]:
-    """Parse nmap ``-oX`` output into (run info, hosts sorted by address)."""
-    import nmap
+    """Parse nmap ``-oX`` output into (run info, hosts sorted by address).
 
+    The reader follows nmap's DTD (``nmap.dtd``): ``nmaprun`` holds ``host`` elements
+    (``status``, ``address``, ``hostnames/hostname``, ``ports/port`` with ``state``,
+    ``service`` and its ``cpe``, ``script``; ``hostscript/script``) and ends with
+    ``runstats`` (``finished``, ``hosts``), which nmap writes only when a scan ran to the
+    end. A host is keyed by its IPv4 address, else its first address. nmap declares no
+    entities, so a document that declares any is refused before parsing: entity expansion
+    is the way XML is made to eat memory.
+    """
     if "<nmaprun" not in xml:
         raise LabctlError(f"{source} did not produce nmap XML",
                           hint="run with -v to see nmap's own messages")
+    if _ENTITY_DECL.search(xml):
+        raise LabctlError(f"the XML from {source} declares entities, which nmap never does; "
+                          "refusing to parse it")
     try:
-        raw = _parser().analyse_nmap_xml_scan(xml)
-    except nmap.PortScannerError as e:
+        root = ET.fromstring(xml)
+    except ET.ParseError as e:
         raise LabctlError(f"cannot parse the XML from {source}: {str(e)[:300]}") from None
-    except AttributeError:
-        # python-nmap reads <runstats>; nmap writes it only when the scan ran to the end.
+    if root.tag != "nmaprun":
+        raise LabctlError(f"cannot parse the XML from {source}: the root element is "
+                          f"<{root.tag}>, not <nmaprun>")
+    finished, counts = root.find("runstats/finished"), root.find("runstats/hosts")
+    if finished is None or counts is None:
         raise LabctlError(f"the XML from {source} is incomplete (nmap stopped before the end "
-                          "of the scan)", hint="see nmap's message above; rerun with -v") from None
-    hosts: list[HostResult] = []
-    for addr, h in raw.get("scan", {}).items():
-        addrs = h.get("addresses", {})
-        mac = addrs.get("mac", "")
-        status = h.get("status", {})
-        host = HostResult(
-            addr=addr, state=status.get("state", "unknown"), reason=status.get("reason", ""),
-            ipv4=addrs.get("ipv4", ""), ipv6=addrs.get("ipv6", ""), mac=mac,
-            vendor=h.get("vendor", {}).get(mac, ""),
-            hostnames=[n["name"] for n in h.get("hostnames", []) if n.get("name")],
-        )
-        for proto in ("tcp", "udp", "sctp", "ip"):
-            for port, p in sorted(h.get(proto, {}).items()):
-                host.ports.append(PortResult(
-                    port=int(port), proto=proto, state=p.get("state", ""),
-                    reason=p.get("reason", ""), service=p.get("name", ""),
-                    product=p.get("product", ""), version=p.get("version", ""),
-                    extrainfo=p.get("extrainfo", ""), cpe=p.get("cpe", ""),
-                    scripts=dict(p.get("script", {}) or {})))
-        for s in h.get("hostscript", []) or []:
-            host.hostscripts[s.get("id", "")] = s.get("output", "")
-        hosts.append(host)
-    hosts.sort(key=lambda x: _addr_key(x.addr))
-    stats = raw.get("nmap", {}).get("scanstats", {})
-    info = {"command_line": raw.get("nmap", {}).get("command_line", ""),
-            "elapsed": float(stats.get("elapsed") or 0),
-            "uphosts": int(stats.get("uphosts") or 0),
-            "downhosts": int(stats.get("downhosts") or 0),
-            "totalhosts": int(stats.get("totalhosts") or 0)}
+                          "of the scan)", hint="see nmap's message above; rerun with -v")
+    by_addr: dict[str, HostResult] = {}
+    for el in root.findall("host"):
+        host = _parse_host(el)
+        by_addr[host.addr] = host
+    hosts = sorted(by_addr.values(), key=lambda x: _addr_key(x.addr))
+    info: dict[str, Any] = {
+        "command_line": root.get("args") or "",
+        "elapsed": float(_number(finished, "elapsed", float)),
+        "uphosts": int(_number(counts, "up", int)),
+        "downhosts": int(_number(counts, "down", int)),
+        "totalhosts": int(_number(counts, "total", int)),
+    }
     return info, hosts
 
 
