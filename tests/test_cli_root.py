@@ -8,7 +8,12 @@ import pytest
 import labctl
 from labctl import cli as cli_mod
 from labctl.core.errors import (
-    AuthError, ConfigError, ConvergenceError, ExitCode, LabctlError, PreflightError,
+    AuthError,
+    ConfigError,
+    ConvergenceError,
+    ExitCode,
+    LabctlError,
+    PreflightError,
 )
 
 

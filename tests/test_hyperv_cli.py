@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.fake_hyperv import FakeHyperVHost
-from tests.helpers.hyperv_lab import fake_factory, reference_data, write_playbook
 from labctl.cli import lab as cli_lab
 from labctl.core.errors import ExitCode
+from tests.helpers.fake_hyperv import FakeHyperVHost
+from tests.helpers.hyperv_lab import fake_factory, reference_data, write_playbook
 
 CANARY = "Canary-W1nRM-p4ss-7f3a9c"
 

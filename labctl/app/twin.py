@@ -6,9 +6,10 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from labctl.core.errors import LabctlError, PreflightError, TransportError
 from labctl.core.state import state_home
@@ -82,9 +83,10 @@ def default_twin_playbook() -> str:
 
 def _sensor_status(state_dir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((state_dir / "sensor" / "status.json").read_text(encoding="utf-8"))
+        doc = json.loads((state_dir / "sensor" / "status.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return doc if isinstance(doc, dict) else None
 
 
 def wait_for_sensor(lab_state: Path, timeout: float) -> dict[str, Any]:
@@ -121,7 +123,7 @@ def create_sensor_token(lab_state: Path) -> str:
     cp = subprocess.run(argv, capture_output=True, text=True, env=labctl_env(), timeout=60)
     if cp.returncode != 0:
         raise LabctlError(f"could not create a sensor token: {cp.stderr.strip()[-300:]}")
-    return json.loads(cp.stdout)["token"]
+    return str(json.loads(cp.stdout)["token"])
 
 
 def _alert_line(a: dict[str, Any]) -> str:
@@ -138,16 +140,15 @@ def run_demo(playbook: str | None = None, *, keep: bool = False, sensor_timeout:
     """up -> wait for the sensor API -> scan the IoT subnet from the scanner namespace ->
     fetch the sensor's alerts -> down (unless ``keep``). Returns the summary."""
     from labctl.app import lab as labapp
+    from labctl.app import scan as scan_app
+    from labctl.app.stages import up_stages
     from labctl.core.playbook import load_playbook
     from labctl.core.secrets import Secret
     from labctl.core.state import lab_state_dir
     from labctl.netns.provider import check_platform
-    from labctl.transport.netns import lab_host_netns
-
-    from labctl.app import scan as scan_app
-    from labctl.app.stages import up_stages
     from labctl.sensor import client as client_mod
     from labctl.transport import http
+    from labctl.transport.netns import lab_host_netns
 
     say = progress or (lambda msg: None)
     check_platform()

@@ -9,7 +9,7 @@ Lookup order:
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from labctl.core.errors import LabctlError
@@ -17,7 +17,7 @@ from labctl.core.errors import LabctlError
 ROOTS = ("hyperv", "router", "sensor", "scans", "playbooks")
 
 
-@lru_cache(maxsize=None)
+@cache
 def assets_root() -> Path:
     override = os.environ.get("LABCTL_ASSETS")
     if override:
@@ -50,4 +50,5 @@ def read_text(*parts: str) -> str:
     try:
         return p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise LabctlError(f"asset not found: {'/'.join(parts)} (looked in {assets_root()})") from None
+        raise LabctlError(f"asset not found: {'/'.join(parts)} "
+                          f"(looked in {assets_root()})") from None

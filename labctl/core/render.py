@@ -7,9 +7,13 @@ from the playbook never go through here; they travel as parameters.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from labctl.core.assets import asset_path
 from labctl.core.errors import TemplateError
+
+if TYPE_CHECKING:
+    import jinja2
 
 
 def psquote(value: object) -> str:
@@ -18,7 +22,7 @@ def psquote(value: object) -> str:
 
 
 @lru_cache(maxsize=8)
-def environment(root: str):  # -> jinja2.Environment
+def environment(root: str) -> jinja2.Environment:
     import jinja2
 
     env = jinja2.Environment(
@@ -37,7 +41,8 @@ def render(root: str, name: str, **context: object) -> str:
     import jinja2
 
     try:
-        return environment(root).get_template(name).render(**context)
+        text: str = environment(root).get_template(name).render(**context)
+        return text
     except jinja2.TemplateNotFound:
         raise TemplateError(f"template {root}/{name} not found") from None
     except jinja2.UndefinedError as e:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from labctl.core.errors import UsageError
 
@@ -101,12 +102,12 @@ def resolve_secret(
     prompt: bool = False,
     label: str = "secret",
     prompt_fn: PromptFn | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Secret:
     """Resolve a secret reference: environment variable first, then an interactive prompt."""
-    environ = os.environ if environ is None else environ  # type: ignore[assignment]
-    if env and environ.get(env):
-        return Secret(environ[env], source=f"env:{env}")
+    env_map: Mapping[str, str] = os.environ if environ is None else environ
+    if env and env_map.get(env):
+        return Secret(env_map[env], source=f"env:{env}")
     if prompt and prompt_fn is not None:
         value = prompt_fn(label)
         if value:

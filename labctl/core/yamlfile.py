@@ -117,7 +117,8 @@ def validate(model: type[M], doc: YamlDoc, *, context: dict[str, Any] | None = N
     from pydantic import ValidationError
 
     try:
-        return model.model_validate(doc.data, context=context)  # type: ignore[attr-defined]
+        validated: M = model.model_validate(doc.data, context=context)  # type: ignore[attr-defined]
+        return validated
     except ValidationError as e:
         raise config_error_from_validation(e, doc) from None
 

@@ -6,12 +6,13 @@ or raises :class:`~labctl.core.errors.ConfigError` naming the file, key path and
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from labctl.core.errors import ConfigError, UsageError
 from labctl.core.playbook.common import Model
@@ -64,9 +65,9 @@ class Playbook(Model):
         return None
 
     @property
-    def lab_networks(self) -> list:
+    def lab_networks(self) -> list[ipaddress.IPv4Network]:
         """Every network the playbook declares (scope for scans)."""
-        nets = []
+        nets: list[ipaddress.IPv4Network] = []
         for s in self.switches:
             if s.network is not None:
                 nets.append(s.network)
@@ -76,7 +77,7 @@ class Playbook(Model):
             nets.extend(m.subnet for m in self.sensor.monitored_subnets)
         if self.scanner:
             nets.extend(self.scanner.scope)
-        out = []
+        out: list[ipaddress.IPv4Network] = []
         for n in nets:
             if n not in out:
                 out.append(n)
@@ -89,7 +90,8 @@ def _cross_check(pb: Playbook) -> None:
         for i, n in enumerate(names):
             low = n.lower()
             if low in seen:
-                raise _KeyError((key, i, "name"), f"duplicate {kind} name {n!r} (also {key}[{seen[low]}])")
+                raise _KeyError((key, i, "name"),
+                                f"duplicate {kind} name {n!r} (also {key}[{seen[low]}])")
             seen[low] = i
 
     dup("switch", [s.name for s in pb.switches], "switches")
@@ -126,13 +128,14 @@ def _cross_check(pb: Playbook) -> None:
                                 f"gateway {nic.gateway} is outside {net}")
     if pb.provider == "hyperv":
         if pb.hyperv is None:
-            raise _KeyError(("hyperv",), "provider hyperv needs a hyperv: section (host, transport)")
+            raise _KeyError(("hyperv",),
+                            "provider hyperv needs a hyperv: section (host, transport)")
     if pb.sensor is not None:
         if pb.sensor.vm is not None:
-            vm = pb.vm(pb.sensor.vm)
-            if vm is None:
+            sensor_vm = pb.vm(pb.sensor.vm)
+            if sensor_vm is None:
                 raise _KeyError(("sensor", "vm"), f"unknown VM {pb.sensor.vm!r}")
-            mgmt = vm.management_nic
+            mgmt = sensor_vm.management_nic
             if mgmt is not None and mgmt.ip is not None and mgmt.ip.ip != pb.sensor.management_ip:
                 raise _KeyError(("sensor", "management_ip"),
                                 f"{pb.sensor.management_ip} differs from VM {vm.name}'s management "

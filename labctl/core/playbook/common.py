@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from labctl.core.secrets import Secret, resolve_secret, PromptFn
+from labctl.core.secrets import PromptFn, Secret, resolve_secret
 
 
 class Model(BaseModel):
@@ -138,7 +138,7 @@ class SecretRef(Model):
         return v
 
     @model_validator(mode="after")
-    def _some_source(self) -> "SecretRef":
+    def _some_source(self) -> SecretRef:
         if not self.env and not self.prompt:
             raise ValueError("a secret needs env: VARIABLE, prompt: true, or both")
         return self

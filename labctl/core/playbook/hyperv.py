@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from labctl.core.playbook.common import (
-    Address, Interface, Model, Name, Network, SecretRef, VlanId, parse_vlan_list,
+    Address,
+    Interface,
+    Model,
+    Name,
+    Network,
+    SecretRef,
+    VlanId,
+    parse_vlan_list,
 )
 
 
@@ -61,9 +69,10 @@ class Switch(Model):
     notes: str = ""
 
     @model_validator(mode="after")
-    def _check(self) -> "Switch":
+    def _check(self) -> Switch:
         if self.type == "external" and not self.adapter:
-            raise ValueError(f"external switch {self.name!r} needs adapter: <physical adapter name>")
+            raise ValueError(f"external switch {self.name!r} needs adapter: "
+                             "<physical adapter name>")
         if self.type != "external" and self.adapter:
             raise ValueError(f"adapter is only valid on an external switch ({self.name!r} is "
                              f"{self.type})")
@@ -86,7 +95,7 @@ class Switch(Model):
         return self
 
     @property
-    def network(self):  # -> IPv4Network | None
+    def network(self) -> ipaddress.IPv4Network | None:
         if self.subnet is not None:
             return self.subnet
         if self.host_ip is not None:
@@ -141,7 +150,7 @@ class VM(Model):
     notes: str = ""
 
     @model_validator(mode="after")
-    def _check(self) -> "VM":
+    def _check(self) -> VM:
         from labctl.core.playbook.profiles import hardware_profiles
 
         if self.profile is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Interface
+
 from pydantic import Field
 
 from labctl.core.playbook.common import Address, Interface, Model, Name
@@ -26,7 +28,8 @@ class TwinSection(Model):
     main_lan_host: Interface = Field(default="192.168.50.2/24")  # type: ignore[assignment]
     wan_router: Interface = Field(default="203.0.113.2/24")  # type: ignore[assignment]
     wan_services: list[Interface] = Field(
-        default_factory=lambda: ["203.0.113.10/24", "198.51.100.10/24"])  # type: ignore[list-item]
+        default_factory=lambda: [IPv4Interface("203.0.113.10/24"),
+                                 IPv4Interface("198.51.100.10/24")])
     irc_port: int = 6667
     devices: list[TwinDevice] = Field(default_factory=list)
     scanner: TwinScanner | None = None
