@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from labctl.app import scan as app
-from labctl.core.errors import ConfigError, UsageError
+from labctl.core.errors import ConfigError, LabctlError, UsageError
 from labctl.scans import history
 from labctl.scans.diff import baseline_deviations, diff_scans, load_baseline
 from labctl.scans.result import NmapRun, PortResult, ScanResult, parse_nmap_xml
@@ -152,3 +152,131 @@ def test_bundled_baselines_load():
     assert names
     for n in names:
         assert load_baseline(n).name == n
+
+
+# The schema exactly as labctl wrote it before the history was versioned (user_version 0).
+UNVERSIONED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS scans (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  lab TEXT NOT NULL,
+  scanner TEXT NOT NULL,
+  profile TEXT NOT NULL,
+  targets TEXT NOT NULL,
+  excludes TEXT NOT NULL,
+  argv TEXT NOT NULL,
+  xml_paths TEXT NOT NULL,
+  started REAL NOT NULL,
+  ended REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS scans_targets ON scans(lab, targets, id);
+CREATE TABLE IF NOT EXISTS hosts (
+  scan_id INTEGER NOT NULL REFERENCES scans(id) ON DELETE CASCADE,
+  addr TEXT NOT NULL,
+  state TEXT NOT NULL,
+  reason TEXT, ipv4 TEXT, ipv6 TEXT, mac TEXT, vendor TEXT,
+  hostnames TEXT, hostscripts TEXT,
+  PRIMARY KEY (scan_id, addr)
+);
+CREATE TABLE IF NOT EXISTS ports (
+  scan_id INTEGER NOT NULL REFERENCES scans(id) ON DELETE CASCADE,
+  addr TEXT NOT NULL,
+  port INTEGER NOT NULL,
+  proto TEXT NOT NULL,
+  state TEXT NOT NULL,
+  reason TEXT, service TEXT, product TEXT, version TEXT, extrainfo TEXT, cpe TEXT,
+  scripts TEXT,
+  PRIMARY KEY (scan_id, addr, port, proto)
+);
+"""
+UNVERSIONED_VIEW = """
+CREATE VIEW IF NOT EXISTS services AS
+  SELECT scan_id, addr, port, proto, service, product, version, extrainfo, cpe, scripts
+  FROM ports WHERE state = 'open' AND service != '';
+"""
+
+
+def write_unversioned_history(with_view: bool = True) -> None:
+    """A history file as the unversioned code left it: two scans, hosts and ports."""
+    history.scans_dir().mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(history.db_path())
+    con.executescript(UNVERSIONED_SCHEMA + (UNVERSIONED_VIEW if with_view else ""))
+    with con:
+        for sid, version in ((1, "1.4.45"), (2, "1.4.59")):
+            con.execute("INSERT INTO scans VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (sid, "homelab", "netns:scfix-k", "service", '["10.213.0.11"]', "[]",
+                         '[["nmap", "-sV", "10.213.0.11"]]', "[]", 1000.0 + sid, 1010.0 + sid))
+            con.execute("INSERT INTO hosts VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (sid, "10.213.0.11", "up", "arp-response", "10.213.0.11", "",
+                         "F2:B6:18:B9:B6:C8", "", "[]", "{}"))
+            con.execute("INSERT INTO ports VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (sid, "10.213.0.11", 80, "tcp", "open", "syn-ack", "http", "lighttpd",
+                         version, "", "cpe:/a:lighttpd:lighttpd", '{"http-title": "Feeder"}'))
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 0
+    con.close()
+
+
+def user_version() -> int:
+    con = sqlite3.connect(history.db_path())
+    try:
+        return int(con.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("with_view", [True, False])
+def test_unversioned_history_is_stamped_and_keeps_its_rows(with_view):
+    write_unversioned_history(with_view)
+    rows = history.list_scans()
+    assert user_version() == history.SCHEMA_VERSION == 1
+    assert [(r["id"], r["hosts_up"], r["open_ports"]) for r in rows] == [(2, 1, 1), (1, 1, 1)]
+    old = history.load(1)
+    assert old.argv == [["nmap", "-sV", "10.213.0.11"]] and old.started == 1001.0
+    h = old.host("10.213.0.11")
+    assert h.mac == "F2:B6:18:B9:B6:C8" and h.reason == "arp-response"
+    p = h.port(80)
+    assert (p.service, p.product, p.version, p.cpe) == ("http", "lighttpd", "1.4.45",
+                                                       "cpe:/a:lighttpd:lighttpd")
+    assert p.scripts == {"http-title": "Feeder"}
+    assert history.last_two() == (1, 2)
+    assert [c["text"] for c in diff_scans(old, history.load(2))] == [
+        "10.213.0.11 80/tcp version lighttpd 1.4.45 -> lighttpd 1.4.59"]
+    # the services view exists afterwards, also where the old file predates it
+    con = sqlite3.connect(history.db_path())
+    assert con.execute("SELECT scan_id, port, version FROM services ORDER BY scan_id"
+                       ).fetchall() == [(1, 80, "1.4.45"), (2, 80, "1.4.59")]
+    con.close()
+    # new scans go on from the old ids
+    assert history.save(result_from("service-scripts.xml", ["10.213.0.11"])) == 3
+
+
+def test_new_history_is_created_at_the_current_version():
+    assert history.list_scans() == []
+    assert user_version() == history.SCHEMA_VERSION
+
+
+def test_history_from_a_newer_labctl_is_refused_untouched():
+    history.scans_dir().mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(history.db_path())
+    con.execute("CREATE TABLE scans (id INTEGER PRIMARY KEY, future TEXT)")
+    con.execute(f"PRAGMA user_version = {history.SCHEMA_VERSION + 1}")
+    con.commit()
+    con.close()
+    with pytest.raises(LabctlError, match="reads up to version 1") as ei:
+        history.list_scans()
+    assert "upgrade labctl" in (ei.value.hint or "")
+    assert user_version() == history.SCHEMA_VERSION + 1
+
+
+def test_unversioned_file_with_other_tables_is_refused_untouched():
+    history.scans_dir().mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(history.db_path())
+    con.execute("CREATE TABLE scans (id INTEGER PRIMARY KEY, what TEXT)")
+    con.commit()
+    con.close()
+    with pytest.raises(LabctlError, match="not a labctl scan history"):
+        history.list_scans()
+    assert user_version() == 0
+    con = sqlite3.connect(history.db_path())
+    tables = {t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    con.close()
+    assert tables == {"scans"}
