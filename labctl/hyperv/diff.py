@@ -2,20 +2,20 @@
 
 Nothing here talks to a host. ``plan_up`` returns the steps that bring the host to the
 playbook, in dependency order (switch -> host IP/DNS -> NAT -> SPAN -> VHDX -> VM -> NICs ->
-start), and the *blockers*: conditions the pre-flight guards turn into PreflightErrors before
-anything is changed. ``plan_down`` removes only what carries this lab's ownership marker, in
-reverse order (stop VM, remove VM, remove the VHDX it created, NAT, IP, switches).
+start), and records on the plan its *blockers* (``Plan.blockers``): conditions the provider's
+pre-flight turns into a PreflightError before anything is changed. ``plan_down`` removes
+only what carries this lab's ownership marker, in reverse order (stop VM, remove VM, remove
+the VHDX it created, NAT, IP, switches).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import ntpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from labctl.core.errors import PreflightError
-from labctl.core.model import Change, Plan, Step
+from labctl.core.model import Action, Blocker, Change, Ownership, Plan, Step
 from labctl.core.playbook import Playbook
 from labctl.core.playbook.common import format_vlan_list, parse_vlan_list
 from labctl.core.playbook.hyperv import VM, Nic, Switch
@@ -26,25 +26,29 @@ PROVIDER = "hyperv"
 GIB = 1024 ** 3
 MIB = 1024 ** 2
 _SWITCH_TYPE = {"internal": "Internal", "external": "External", "private": "Private"}
+DEFAULT_VHD_PATH = r"C:\ProgramData\Microsoft\Windows\Virtual Hard Disks"
 _MIRROR = {"none": "None", "source": "Source", "destination": "Destination"}
 
 
 @dataclass
 class Diff:
-    """A plan plus the pre-flight blockers found while computing it."""
+    """The plan ``plan_up`` computed; its pre-flight blockers live on the plan itself."""
 
     plan: Plan
-    blockers: list[PreflightError] = field(default_factory=list)
+
+    @property
+    def blockers(self) -> list[Blocker]:
+        return self.plan.blockers
 
 
 def vhd_path_of(pb: Playbook, vm: VM) -> str:
-    base = pb.hyperv.vhd_path if pb.hyperv else r"C:\ProgramData\Microsoft\Windows\Virtual Hard Disks"
+    base = pb.hyperv.vhd_path if pb.hyperv else DEFAULT_VHD_PATH
     return ntpath.join(base, f"{vm.name}.vhdx")
 
 
 def facts_params(pb: Playbook) -> dict[str, Any]:
     """Parameters of ``facts/read`` for this playbook (values, never spliced into text)."""
-    base = pb.hyperv.vhd_path if pb.hyperv else r"C:\ProgramData\Microsoft\Windows\Virtual Hard Disks"
+    base = pb.hyperv.vhd_path if pb.hyperv else DEFAULT_VHD_PATH
     return {
         "VhdPath": base,
         "IsoPaths": [vm.iso for vm in pb.vms if vm.iso],
@@ -82,9 +86,9 @@ def _vlan_matches(want: dict[str, Any], have: Any) -> bool:
             allowed = parse_vlan_list(have.allowed or "")
         except ValueError:
             return False
-        return allowed == parse_vlan_list(want["AllowedVlanIdList"]) and \
-            have.native == want["NativeVlanId"]
-    return have.access_id == want["AccessVlanId"]
+        return bool(allowed == parse_vlan_list(want["AllowedVlanIdList"])
+                    and have.native == want["NativeVlanId"])
+    return bool(have.access_id == want["AccessVlanId"])
 
 
 def _vlan_text(have: Any) -> str:
@@ -107,15 +111,15 @@ class _Builder:
         self.facts = facts
         self.lab = pb.lab
         self.plan = Plan(PROVIDER, pb.lab)
-        self.blockers: list[PreflightError] = []
 
-    def add(self, resource: str, action: str, reason: str = "", before: Any = None,
-            after: Any = None, steps: list[Step] | None = None) -> None:
-        self.plan.changes.append(Change(resource, action if steps else "noop", reason, before,
-                                        after, tuple(steps or ())))
+    def add(self, resource: str, action: Action | str, reason: str = "", before: Any = None,
+            after: Any = None, steps: list[Step] | None = None,
+            state: Ownership | None = None) -> None:
+        self.plan.changes.append(Change(resource, Action(action) if steps else Action.NOOP,
+                                        reason, before, after, tuple(steps or ()), state))
 
     def block(self, message: str, hint: str) -> None:
-        self.blockers.append(PreflightError(message, hint=hint))
+        self.plan.block(message, hint)
 
     # -- switches, host vNIC, NAT, SPAN --------------------------------------------------
     def switch(self, sw: Switch) -> bool:
@@ -134,12 +138,12 @@ class _Builder:
         if not found:
             if sw.type == "external":
                 self._check_adapter(sw)
-            params = {"Name": sw.name, "SwitchType": _SWITCH_TYPE[sw.type],
-                      "NetAdapterName": sw.adapter or "",
-                      "AllowManagementOS": bool(sw.allow_management_os),
-                      "Notes": want_notes}
+            create: dict[str, Any] = {"Name": sw.name, "SwitchType": _SWITCH_TYPE[sw.type],
+                                      "NetAdapterName": sw.adapter or "",
+                                      "AllowManagementOS": bool(sw.allow_management_os),
+                                      "Notes": want_notes}
             self.add(res, "create", f"switch {sw.name} does not exist", None, want,
-                     [step("vmswitch/create", res, "create", params,
+                     [step("vmswitch/create", res, "create", create,
                            description=f"New-VMSwitch {_SWITCH_TYPE[sw.type]}")])
             return True
         have = found[0]
@@ -148,7 +152,7 @@ class _Builder:
                        f"rename the switch in the playbook, or adopt the existing one by adding "
                        f"the line '{marker(self.lab)}' to its Notes (Set-VMSwitch -Notes)")
             self.add(res, "noop", "exists but is not managed by this lab (left alone)",
-                     {"type": have.type, "owner": None}, want)
+                     {"type": have.type, "owner": None}, want, state=Ownership.FOREIGN)
             return False
         if have.type != want["type"]:
             self.block(f"switch {sw.name} is {have.type} on the host but {want['type']} in the "
@@ -156,8 +160,9 @@ class _Builder:
                                    "again; a switch type cannot be changed in place")
         if sw.type == "external" and (have.net_adapter or "").lower() != (sw.adapter or "").lower():
             self.block(f"switch {sw.name} is bound to adapter {have.net_adapter!r}, the playbook "
-                       f"says {sw.adapter!r}", "rebinding is not done automatically: run "
-                                                "`labctl down` and `labctl up`, or fix the playbook")
+                       f"says {sw.adapter!r}",
+                       "rebinding is not done automatically: run `labctl down` and `labctl up`, "
+                       "or fix the playbook")
         before: dict[str, Any] = {}
         after: dict[str, Any] = {}
         params: dict[str, Any] = {"Name": sw.name, "Lab": self.lab, "Notes": want_notes,
@@ -246,9 +251,10 @@ class _Builder:
             except ValueError:
                 overlaps = False
             if overlaps:
-                self.block(f"existing NetNat {other.name!r} ({other.prefix}) overlaps the requested "
-                           f"prefix {want}", f"remove it (Remove-NetNat -Name '{other.name}') or "
-                                             "pick another subnet for the switch")
+                self.block(f"existing NetNat {other.name!r} ({other.prefix}) overlaps the "
+                           f"requested prefix {want}",
+                           f"remove it (Remove-NetNat -Name '{other.name}') or pick another "
+                           "subnet for the switch")
         have = self.facts.nat(sw.nat.name)
         if have is None:
             self.add(res, "create", f"NetNat {sw.nat.name} does not exist", None, {"prefix": want},
@@ -299,7 +305,8 @@ class _Builder:
             self.block(f"VM {vm.name!r} already exists and is not managed by lab {self.lab}",
                        f"rename the VM in the playbook, or adopt it by adding the line "
                        f"'{marker(self.lab)}' to its Notes (Set-VM -Notes)")
-            self.add(res, "noop", "exists but is not managed by this lab (left alone)")
+            self.add(res, "noop", "exists but is not managed by this lab (left alone)",
+                     state=Ownership.FOREIGN)
             return
         self._update_vm(vm, have)
 
@@ -563,7 +570,7 @@ def plan_up(pb: Playbook, facts: HostFacts) -> Diff:
                             f"{', '.join(sorted({s.description or s.name for s in off}))}",
                             f"stop it first (Stop-VM -Name '{vm.name}'), then run `labctl up`; "
                             "labctl never stops a VM on its own during `up`")
-    return Diff(b.plan, b.blockers)
+    return Diff(b.plan)
 
 
 def plan_down(pb: Playbook, facts: HostFacts) -> Plan:
@@ -571,9 +578,10 @@ def plan_down(pb: Playbook, facts: HostFacts) -> Plan:
     lab = pb.lab
     plan = Plan(PROVIDER, lab)
 
-    def add(res: str, action: str, reason: str, steps: list[Step]) -> None:
-        plan.changes.append(Change(res, action if steps else "noop", reason, None, None,
-                                   tuple(steps)))
+    def add(res: str, action: Action | str, reason: str, steps: list[Step],
+            state: Ownership | None = None) -> None:
+        plan.changes.append(Change(res, Action(action) if steps else Action.NOOP, reason, None,
+                                   None, tuple(steps), state))
 
     order = {vm.name.lower(): i for i, vm in enumerate(pb.vms)}
     vms = sorted(facts.vms, key=lambda v: -order.get(v.name.lower(), -1))
@@ -582,7 +590,8 @@ def plan_down(pb: Playbook, facts: HostFacts) -> Plan:
         res = f"hyperv.vm:{v.name}"
         if not owned_by(v.notes, lab):
             if v.name.lower() in order:
-                add(res, "noop", "not created by this lab (no ownership marker): left alone", [])
+                add(res, "noop", "not created by this lab (no ownership marker): left alone", [],
+                    Ownership.FOREIGN)
             continue
         steps: list[Step] = []
         if v.running:
@@ -635,5 +644,9 @@ def plan_down(pb: Playbook, facts: HostFacts) -> Plan:
                 [step("vmswitch/remove", res, "delete", {"Name": s.name, "Lab": lab},
                       description="Remove-VMSwitch")])
         elif s.name.lower() in sorder:
-            add(res, "noop", "not created by this lab (no ownership marker): left alone", [])
+            add(res, "noop", "not created by this lab (no ownership marker): left alone", [],
+                Ownership.FOREIGN)
+    if not facts.hyperv_module and plan.steps:
+        plan.block("the Hyper-V PowerShell module is not installed on the host",
+                   "install the Hyper-V management tools")
     return plan

@@ -1,7 +1,8 @@
 """HyperVProvider: the :class:`labctl.core.model.Provider` for a Windows Hyper-V host.
 
 It reads facts with ONE script (``facts/read``), diffs in Python (:mod:`labctl.hyperv.diff`),
-refuses unsafe plans in :meth:`preflight`, and applies a plan step by step through a
+records the blockers of an unsafe plan on the plan itself (:meth:`preflight` refuses them),
+and applies a plan step by step through a
 :class:`~labctl.transport.powershell.PowerShellRunner`. The runner is created lazily, so
 ``plan --assume-empty`` never resolves a secret or opens a connection.
 """
@@ -9,17 +10,17 @@ refuses unsafe plans in :meth:`preflight`, and applies a plan step by step throu
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from labctl.core.errors import LabctlError, PreflightError, UsageError
-from labctl.core.model import Plan, ProgressFn, ResourceStatus
+from labctl.core.errors import LabctlError, PreflightError
+from labctl.core.model import Action, Plan, ProgressFn, ResourceStatus
 from labctl.core.playbook import Playbook
 from labctl.hyperv import diff as _diff
 from labctl.hyperv.facts import HostFacts, empty_facts, owned_by, parse_facts
 from labctl.hyperv.scripts import rendered, step_script
 
 if TYPE_CHECKING:
-    from labctl.app.lab import LabContext
     from labctl.transport.powershell import PowerShellRunner
 
 log = logging.getLogger(__name__)
@@ -32,32 +33,15 @@ class HyperVProvider:
 
     name = "hyperv"
 
-    def __init__(self, playbook: Playbook, runner: "PowerShellRunner | None" = None, *,
+    def __init__(self, playbook: Playbook, runner: PowerShellRunner | None = None, *,
                  runner_factory: RunnerFactory | None = None) -> None:
         self.playbook = playbook
         self._runner = runner
         self._factory = runner_factory
-        # Plans made by plan_down (kept, so identity checks cannot be fooled by id reuse).
-        self._down_plans: list[Plan] = []
-
-    @classmethod
-    def from_context(cls, ctx: "LabContext") -> "HyperVProvider":
-        pb = ctx.loaded.model
-        if pb.hyperv is None:
-            raise UsageError("the playbook has no hyperv: section (host, transport)",
-                             hint="add hyperv: {host: ..., transport: winrm|ssh|local}")
-        hv = pb.hyperv
-
-        def factory() -> "PowerShellRunner":
-            from labctl.transport.runners import make_runner
-
-            return make_runner(hv, ctx.prompt_fn)
-
-        return cls(pb, runner_factory=factory)
 
     # -- runner ----------------------------------------------------------------------------
     @property
-    def runner(self) -> "PowerShellRunner":
+    def runner(self) -> PowerShellRunner:
         if self._runner is None:
             if self._factory is None:
                 raise LabctlError("no transport to the Hyper-V host was configured")
@@ -86,23 +70,17 @@ class HyperVProvider:
         return d.plan
 
     def plan_down(self, facts: HostFacts) -> Plan:
-        p = _diff.plan_down(self.playbook, facts)
-        self._down_plans.append(p)
-        return p
+        return _diff.plan_down(self.playbook, facts)
 
     def preflight(self, facts: HostFacts, plan: Plan) -> None:
-        """Refuse before any change. Every blocker found by the diff is a PreflightError."""
-        if any(p is plan for p in self._down_plans):
-            if not facts.hyperv_module and plan.steps:
-                raise PreflightError("the Hyper-V PowerShell module is not installed on the host",
-                                     hint="install the Hyper-V management tools")
-            return
-        blockers = _diff.plan_up(self.playbook, facts).blockers
+        """Refuse before any change: every blocker the diff recorded on ``plan`` is a
+        PreflightError (the first one, naming how many more there are)."""
+        blockers = plan.blockers
         if not blockers:
             return
         first = blockers[0]
         if len(blockers) == 1:
-            raise first
+            raise PreflightError(first.message, hint=first.hint)
         more = "; ".join(b.message for b in blockers[1:])
         raise PreflightError(f"{first.message} (and {len(blockers) - 1} more: {more})",
                              hint=first.hint)
@@ -127,15 +105,15 @@ class HyperVProvider:
         out: list[ResourceStatus] = []
         for c in d.plan.changes:
             if c.is_noop:
-                state = "unmanaged" if "not managed by this lab" in c.reason else "ok"
+                state = "unmanaged" if c.foreign else "ok"
                 details: tuple[str, ...] = (c.reason,) if c.reason else ()
                 if c.resource.startswith("hyperv.vmstate:"):
                     vm = facts.vms_named(c.resource.split(":", 1)[1])
                     if vm:
                         state = "running" if vm[0].state == "Running" else "ok"
-            elif c.action == "create":
+            elif c.action is Action.CREATE:
                 state, details = "missing", (c.reason,)
-            elif c.action == "start":
+            elif c.action is Action.START:
                 state, details = "stopped", (c.reason,)
             else:
                 fields = sorted(set(c.before or {}) | set(c.after or {}))

@@ -9,10 +9,11 @@ ever spliced into script text.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
-from labctl.core.model import Step
+from labctl.core.model import Action, Step, StepKind
 from labctl.core.render import render
 from labctl.transport.powershell import RenderedScript
 
@@ -59,10 +60,9 @@ def declared_params(name: str) -> dict[str, bool]:
     block = body[start:end]
     out: dict[str, bool] = {}
     for line in block.splitlines():
-        m = None
-        for m in _PARAM_RE.finditer(line):
-            pass
-        if m is not None:
+        matches = list(_PARAM_RE.finditer(line))
+        if matches:
+            m = matches[-1]
             out[m.group("name")] = "Mandatory = $true" in line
     return out
 
@@ -71,11 +71,11 @@ def rendered(name: str, params: Mapping[str, Any]) -> RenderedScript:
     return RenderedScript(name=name, body=script_body(name), params=dict(params))
 
 
-def step(name: str, resource: str, action: str, params: Mapping[str, Any], *,
+def step(name: str, resource: str, action: Action | str, params: Mapping[str, Any], *,
          description: str = "", requires_vm_off: bool = False) -> Step:
     """A plan step running template ``name`` with ``params``."""
-    return Step(resource=resource, action=action, script=script_body(name), params=dict(params),
-                kind="powershell", description=description, name=name,
+    return Step(resource=resource, action=Action(action), script=script_body(name),
+                params=dict(params), kind=StepKind.POWERSHELL, description=description, name=name,
                 requires_vm_off=requires_vm_off)
 
 
