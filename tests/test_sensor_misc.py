@@ -75,6 +75,7 @@ def test_live_fast_path_matches_generic(tmp_path):
     import importlib.util
     from pathlib import Path
 
+    from labctl.sensor.api import alert_to_api, connections_api, device_to_api
     from labctl.sensor.config import load_config
     from labctl.sensor.engine import Sensor
     from labctl.sensor.pcap import CaptureFile
@@ -96,9 +97,10 @@ def test_live_fast_path_matches_generic(tmp_path):
     a.fold(a.last_ts)
     b.fold(b.last_ts)
     assert a.packets == b.packets == 30_000
-    assert [x.to_api() for x in a.alerts] == [x.to_api() for x in b.alerts]
-    assert [d.to_api() for d in a.devices.values()] == [d.to_api() for d in b.devices.values()]
-    assert a.connections_api() == b.connections_api()
+    assert [alert_to_api(x) for x in a.alerts] == [alert_to_api(x) for x in b.alerts]
+    assert [device_to_api(d) for d in a.devices.values()] == \
+        [device_to_api(d) for d in b.devices.values()]
+    assert connections_api(a) == connections_api(b)
 
 
 def test_expectations_shipped_and_bad(tmp_path):
@@ -115,7 +117,7 @@ def test_expectations_shipped_and_bad(tmp_path):
 
 def test_oui_table_names_its_source_and_resolves():
     from labctl.core.assets import asset_path
-    from labctl.sensor.engine import OuiTable
+    from labctl.sensor.oui import OuiTable
 
     text = asset_path("sensor", "oui.txt").read_text()
     assert "IEEE" in text and "standards-oui.ieee.org" in text

@@ -144,8 +144,10 @@ def test_fused_fast_path_matches_generic_path(tmp_path):
     import importlib.util
     from pathlib import Path
 
+    from labctl.sensor.api import alert_to_api, connections_api, device_to_api
     from labctl.sensor.config import load_config
     from labctl.sensor.engine import Sensor
+    from labctl.sensor.fastpath import replay_generic
     from labctl.sensor.pcap import CaptureFile
 
     spec = importlib.util.spec_from_file_location(
@@ -159,9 +161,9 @@ def test_fused_fast_path_matches_generic_path(tmp_path):
     for fused in (True, False):
         s = Sensor(cfg)
         cap = CaptureFile(path)
-        n = s.replay(cap, cap.data) if fused else s._replay_generic(cap, cap.data)
-        results.append((n, s.packets, s.malformed, [a.to_api() for a in s.alerts],
-                        [d.to_api() for d in s.devices.values()], s.connections_api()))
+        n = s.replay(cap, cap.data) if fused else replay_generic(s, cap, cap.data)
+        results.append((n, s.packets, s.malformed, [alert_to_api(a) for a in s.alerts],
+                        [device_to_api(d) for d in s.devices.values()], connections_api(s)))
     assert results[0] == results[1]
     assert results[0][0] == 60_000 and results[0][1] == 60_000
     assert results[0][3], "the mix contains a port scan"

@@ -17,7 +17,13 @@ Paths, parameters and shapes come from ../shared/reference/defender-for-iot.md Â
 
 Authentication is ``Authorization: <token>`` with no ``Bearer`` prefix; tokens are checked
 against the hashes in the store. Bad queries get HTTP 400 with a JSON ``error`` naming the
-parameter; a missing or wrong token gets 401. HTTPS only (stdlib ``ssl``).
+parameter; a missing or wrong token gets 401. HTTPS only, on labctl's one server base
+(:mod:`labctl.transport.httpserver`: the TLS handshake in the worker thread, bounded and
+drained request bodies), with the self-signed certificate of :mod:`labctl.transport.certs`.
+
+The D4IoT projection of the engine's records (:func:`alert_to_api`, :func:`device_to_api`,
+:func:`event_to_api`, :func:`connections_api`) lives here too: the engine keeps its records,
+the API decides how they look on the wire.
 """
 
 from __future__ import annotations
@@ -26,19 +32,23 @@ import json
 import logging
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from labctl.sensor.engine import Sensor
+from labctl.sensor.engine import PROTO_NAMES, SERVICE_NAMES, Sensor
+from labctl.sensor.records import Alert, Device, Event
 from labctl.sensor.store import SensorStore, password_problems
-from labctl.sensor.tls import ensure_certificate, server_context
+from labctl.transport.certs import ensure_self_signed, server_context
+from labctl.transport.httpserver import BaseHandler, BodyTooLarge, LabHTTPServer
 
 log = logging.getLogger("labctl.sensor.api")
 
 MAX_BODY = 64 * 1024
 DRAIN_LIMIT = 1024 * 1024
+#: the certificate's common name, as a fresh sensor's own self-signed certificate names it
+CERT_COMMON_NAME = "labctl embedded sensor"
 EVENTS_LIMIT = 100
 MAX_MINUTES = 4320
 
@@ -125,14 +135,15 @@ class SensorApi:
                 continue
             if atype == "disconnections" and a.engine != "Operational":
                 continue
-            out.append(a.to_api(version))
+            out.append(alert_to_api(a, version))
         return 200, out
 
     def devices(self, q: dict[str, list[str]]) -> tuple[int, Any]:
         auth = _bool_param(q, "authorized")
         with self.sensor.lock:
             self.sensor.fold(self.sensor.last_ts)
-            devs = [d.to_api() for d in sorted(self.sensor.devices.values(), key=lambda d: d.id)]
+            devs = [device_to_api(d)
+                    for d in sorted(self.sensor.devices.values(), key=lambda d: d.id)]
         if auth is not None:
             devs = [d for d in devs if d["authorized"] == auth]
         return 200, devs
@@ -145,7 +156,7 @@ class SensorApi:
         with self.sensor.lock:
             if device_id is not None and device_id not in self.sensor.devices:
                 raise BadQuery(f"device {device_id} not found", status=404)
-            conns = self.sensor.connections_api()
+            conns = connections_api(self.sensor)
         now_ms = int(time.time() * 1000)
         out = []
         for c in conns:
@@ -173,7 +184,7 @@ class SensorApi:
                 continue
             if etype and e.type != etype:
                 continue
-            out.append(e.to_api())
+            out.append(event_to_api(e))
             if len(out) >= EVENTS_LIMIT:
                 break
         return 200, out
@@ -216,20 +227,17 @@ def _creds(body: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BaseHandler):
     server_version = "labctl-sensor"
-    sys_version = ""
     api: SensorApi  # set on the subclass made by make_server
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, fmt: str, *args: Any) -> None:  # quiet; no tokens in logs
-        log.debug("%s %s", self.address_string(), fmt % args)
 
     def _send(self, status: int, body: Any) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
@@ -286,24 +294,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": f"no such endpoint: POST {path}"})
             return
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0 or length > MAX_BODY:
-            # drain a moderately large body so the client reads our answer instead of a
-            # reset; past DRAIN_LIMIT just answer and close (the body must not become the
-            # next request either way)
-            if 0 < length <= DRAIN_LIMIT:
-                left = length
-                while left > 0:
-                    chunk = self.rfile.read(min(left, 65536))
-                    if not chunk:
-                        break
-                    left -= len(chunk)
-            self.close_connection = True
+            raw = self.read_body()
+        except BodyTooLarge:
             self._send(400, {"error": f"bad Content-Length (at most {MAX_BODY} bytes)"})
             return
-        raw = self.rfile.read(length)
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
@@ -318,7 +312,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(405, {"error": f"method {self.command} is not supported on "
                                   f"{urlsplit(self.path).path}"})
 
-    do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815 (no sensor-side PUT is documented)
+    # no sensor-side PUT, DELETE or PATCH is documented
+    do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
 
     def _run(self, fn: Callable[[], tuple[int, Any]]) -> None:
         try:
@@ -331,42 +326,118 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, body)
 
 
-class SensorHttpServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+def ensure_certificate(state_dir: str | Path, names: list[str]) -> tuple[Path, Path]:
+    """The sensor's self-signed certificate and key in ``<state>/tls``, made at first start.
 
-    def __init__(self, addr: tuple[str, int], handler: type, ssl_ctx: Any) -> None:
-        import socket
-
-        if ":" in addr[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(addr, handler)
-        self.socket = ssl_ctx.wrap_socket(self.socket, server_side=True,
-                                          do_handshake_on_connect=False)
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        try:
-            request.settimeout(30)
-            request.do_handshake()
-        except OSError:
-            return  # a client that fails the TLS handshake gets nothing
-        super().finish_request(request, client_address)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("connection from %s failed", client_address, exc_info=True)
+    Files: ``tls/cert.pem`` and ``tls/cert.key``. A state folder written before the shared
+    helper has its key in ``tls/key.pem``: that pair is kept (renamed to ``cert.key``), so a
+    client that pinned the certificate's fingerprint still trusts the restarted sensor.
+    """
+    tls = Path(state_dir) / "tls"
+    cert, old_key, key = tls / "cert.pem", tls / "key.pem", tls / "cert.key"
+    if cert.exists() and old_key.exists() and not key.exists():
+        old_key.replace(key)
+    return ensure_self_signed(tls, stem="cert", common_name=CERT_COMMON_NAME, names=names)
 
 
 def make_server(sensor: Sensor, store: SensorStore, listen: tuple[str, int],
                 state_dir: str | Path,
-                status_fn: Callable[[], dict[str, Any]] | None = None) -> SensorHttpServer:
-    """Build (bind) the HTTPS server; call ``serve_forever`` in a thread."""
+                status_fn: Callable[[], dict[str, Any]] | None = None) -> LabHTTPServer:
+    """Build (bind) the HTTPS server; start it with :func:`start_in_thread`."""
     cert, key = ensure_certificate(state_dir, [listen[0]])
     api = SensorApi(sensor, store, status_fn)
     handler = type("Handler", (_Handler,), {"api": api})
-    return SensorHttpServer(listen, handler, server_context(cert, key))
+    return LabHTTPServer(listen, handler, ssl_context=server_context(cert, key),
+                         max_body=MAX_BODY, drain_limit=DRAIN_LIMIT)
 
 
-def start_in_thread(server: SensorHttpServer) -> threading.Thread:
-    t = threading.Thread(target=server.serve_forever, name="sensor-api", daemon=True)
-    t.start()
-    return t
+def start_in_thread(server: LabHTTPServer) -> threading.Thread:
+    return server.start(name="sensor-api")
+
+
+# ---- the D4IoT projection of the engine's records ----------------------------------------
+
+def alert_to_api(a: Alert, version: int = 2) -> dict[str, Any]:
+    """The D4IoT alert object; v2 adds the addresses and remediation steps."""
+    out: dict[str, Any] = {
+        "id": a.id,
+        "time": a.time,
+        "title": a.title,
+        "message": a.message,
+        "severity": a.severity,
+        "engine": a.engine,
+        "sourceDevice": a.source_device,
+        "destinationDevice": a.destination_device,
+        "additionalInformation": (
+            {"description": a.description, "information": list(a.information)}
+            if a.description or a.information else None),
+    }
+    if version >= 2:
+        out["sourceDeviceAddress"] = a.source_address
+        out["destinationDeviceAddress"] = a.destination_address
+        out["remediationSteps"] = list(a.remediation)
+    return out
+
+
+def device_to_api(d: Device) -> dict[str, Any]:
+    """The D4IoT /api/v1/devices object, plus the embedded sensor's extras."""
+    return {
+        "id": d.id,
+        "name": d.ip,
+        "type": "Unknown",
+        "ipAddresses": [d.ip],
+        "macAddresses": [d.mac] if d.mac else [],
+        "vendor": d.vendor,
+        "operatingSystem": None,
+        "engineeringStation": False,
+        "scanner": d.scanner,
+        "authorized": d.authorized,
+        "protocols": [{"id": i + 1, "name": n, "ipAddresses": [d.ip]}
+                      for i, n in enumerate(sorted(d.protocols))],
+        "firmware": [],
+        "hasDynamicAddress": False,
+        # extras (not in the D4IoT schema; a client ignores unknown keys)
+        "firstSeen": int(d.first_seen * 1000),
+        "lastSeen": int(d.last_seen * 1000),
+        "ports": sorted(d.ports),
+        "vlans": sorted(d.vlans),
+    }
+
+
+def event_to_api(e: Event) -> dict[str, Any]:
+    """The D4IoT /api/v1/events object."""
+    return {"timestamp": e.timestamp, "type": e.type, "title": e.title,
+            "severity": e.severity, "owner": e.owner, "content": e.content}
+
+
+def connections_api(sensor: Sensor) -> list[dict[str, Any]]:
+    """Connections grouped per device pair, in the D4IoT /devices/connections shape."""
+    pairs: dict[tuple[str, str], dict[str, Any]] = {}
+    for c in sensor.connections.values():
+        a, b = sorted((c.client, c.server))
+        ent = pairs.get((a, b))
+        if ent is None:
+            da, db = sensor.device_by_ip(a), sensor.device_by_ip(b)
+            ent = pairs[(a, b)] = {
+                "firstDeviceId": da.id if da else None,
+                "secondDeviceId": db.id if db else None,
+                "lastSeen": 0, "discovered": None, "ports": set(), "protocols": set(),
+                "firstDeviceAddress": a, "secondDeviceAddress": b,
+            }
+        ent["lastSeen"] = max(ent["lastSeen"], int(c.last_seen * 1000))
+        first = int(c.first_seen * 1000)
+        ent["discovered"] = first if ent["discovered"] is None else min(ent["discovered"],
+                                                                         first)
+        ent["ports"] |= c.ports
+        ent["protocols"].add(PROTO_NAMES.get(c.proto, str(c.proto)))
+        for port in c.ports:
+            name = SERVICE_NAMES.get((c.proto, port))
+            if name:
+                ent["protocols"].add(name)
+    out = []
+    for ent in pairs.values():
+        ent["ports"] = sorted(ent["ports"])
+        ent["protocols"] = [{"name": n, "commands": []} for n in sorted(ent["protocols"])]
+        out.append(ent)
+    out.sort(key=lambda e: (e["discovered"] or 0, e["firstDeviceAddress"]))
+    return out

@@ -99,7 +99,7 @@ class LiveCapture:
         sock = self.sock
         try:
             data, anc, _flags, _addr = sock.recvmsg(SNAPLEN, self._cmsg)
-        except (socket.timeout, BlockingIOError, InterruptedError):
+        except (TimeoutError, BlockingIOError, InterruptedError):
             return out
         now = time.time()
         out.append((self._retag(data, anc), now))
@@ -107,7 +107,7 @@ class LiveCapture:
             try:
                 data, anc, _flags, _addr = sock.recvmsg(SNAPLEN, self._cmsg,
                                                         socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError, socket.timeout):
+            except (TimeoutError, BlockingIOError, InterruptedError):
                 break
             except OSError as e:
                 if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):

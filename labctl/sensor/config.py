@@ -15,9 +15,10 @@ from __future__ import annotations
 import glob
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -59,7 +60,7 @@ class Detections(Model):
     traffic_resumed: Detection
 
     @model_validator(mode="after")
-    def _need_thresholds(self) -> "Detections":
+    def _need_thresholds(self) -> Detections:
         for name in ("port_scan", "address_scan", "arp_scan", "icmp_flood",
                      "excessive_sessions", "dos"):
             d: Detection = getattr(self, name)

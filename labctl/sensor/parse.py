@@ -28,14 +28,25 @@ Result tuple (:data:`Parsed`), indexes given by the ``F_*`` constants::
 from __future__ import annotations
 
 import ipaddress
+import mmap
 import struct
+from typing import Final
 
 K_OTHER = 0
 K_IPV4 = 4
 K_IPV6 = 6
 K_ARP = 1
 
-F_VLAN, F_SMAC, F_DMAC, F_KIND, F_SIP, F_DIP, F_PROTO, F_SPORT, F_DPORT, F_FLAGS = range(10)
+F_VLAN: Final = 0
+F_SMAC: Final = 1
+F_DMAC: Final = 2
+F_KIND: Final = 3
+F_SIP: Final = 4
+F_DIP: Final = 5
+F_PROTO: Final = 6
+F_SPORT: Final = 7
+F_DPORT: Final = 8
+F_FLAGS: Final = 9
 
 TCP_FIN = 0x01
 TCP_SYN = 0x02
@@ -61,10 +72,12 @@ _BB = struct.Struct("!BB")
 _IP6_EXT = frozenset({0, 43, 60, 51})
 _IP6_FRAG = 44
 
-Parsed = tuple  # (vlan, smac, dmac, kind, sip, dip, proto, sport, dport, flags)
+#: (vlan, smac, dmac, kind, sip, dip, proto, sport, dport, flags)
+Parsed = tuple[int, bytes, bytes, int, bytes, bytes, int, int, int, int]
 
 
-def parse_frame(buf: bytes | memoryview, off: int = 0, length: int | None = None) -> Parsed | None:
+def parse_frame(buf: bytes | memoryview | mmap.mmap, off: int = 0, length: int | None = None
+                ) -> Parsed | None:
     """Parse one Ethernet frame at ``buf[off:off+length]``; None if malformed.
 
     ``buf`` may be a whole pcap file held in memory: nothing is copied except the address
@@ -161,7 +174,7 @@ def mac_str(mac: bytes) -> str:
 
 def ip_str(raw: bytes) -> str:
     if len(raw) == 4:
-        return "%d.%d.%d.%d" % (raw[0], raw[1], raw[2], raw[3])
+        return "%d.%d.%d.%d" % (raw[0], raw[1], raw[2], raw[3])  # noqa: UP031 (fastest)
     if len(raw) == 16:
         return str(ipaddress.IPv6Address(raw))
     return ""

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import mmap
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from labctl.core.errors import UsageError
 
@@ -32,6 +32,17 @@ PCAPNG_BOM = 0x1A2B3C4D
 
 
 MMAP_THRESHOLD = 64 << 20
+
+#: classic pcap: a 24-byte file header, then per record ``ts_sec, ts_frac, incl_len,
+#: orig_len`` (4 unsigned ints, in the file's byte order) followed by ``incl_len`` bytes
+PCAP_FILE_HEADER_LEN = 24
+PCAP_RECORD = "IIII"
+PCAP_RECORD_LEN = 16
+#: the fields the sensor's fast paths read from an Ethernet frame at the record's start:
+#: EtherType, IPv4 version/IHL, fragment word, protocol, addresses, ports, TCP flags (an
+#: untagged frame; the tagged variant reads the VLAN tag first and the same fields 4 bytes on)
+FRAME_HEAD = "12xHBx4xHxB2x4s4sHH9xB"
+FRAME_HEAD_TAGGED = "12x2xHHBx4xHxB2x4s4sHH9xB"
 
 
 def _map(path: Path) -> bytes | mmap.mmap:
@@ -89,13 +100,13 @@ class CaptureFile:
     def _iter_pcap(self) -> Iterator[tuple[float, int, int]]:
         data = self.data
         n = len(data)
-        rec = struct.Struct(self.endian + "IIII")
+        rec = struct.Struct(self.endian + PCAP_RECORD)
         unpack = rec.unpack_from
         div = 1e9 if self.nanos else 1e6
-        off = 24
-        while off + 16 <= n:
+        off = PCAP_FILE_HEADER_LEN
+        while off + PCAP_RECORD_LEN <= n:
             sec, frac, incl, _orig = unpack(data, off)
-            off += 16
+            off += PCAP_RECORD_LEN
             if off + incl > n:
                 self.truncated += 1
                 return
@@ -145,7 +156,7 @@ class CaptureFile:
             self.truncated += 1
 
     @staticmethod
-    def _tsresol(data: bytes, p: int, stop: int, end: str) -> float:
+    def _tsresol(data: bytes | mmap.mmap, p: int, stop: int, end: str) -> float:
         """Ticks per second from the IDB's if_tsresol option (default microseconds)."""
         while p + 4 <= stop:
             code, olen = struct.unpack_from(end + "HH", data, p)

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from labctl.sensor.api import alert_to_api, connections_api, device_to_api
 from labctl.sensor.config import load_config
 from labctl.sensor.engine import Sensor
 from labctl.sensor.pcap import CaptureFile
@@ -27,9 +28,10 @@ def replay(pcap: str | Path, config: str | Path | None = None, *,
     n = sensor.replay(cap, cap.data)
     seconds = time.perf_counter() - start
     return {
-        "alerts": [a.to_api(2) for a in sensor.alerts],
-        "devices": [d.to_api() for d in sorted(sensor.devices.values(), key=lambda d: d.id)],
-        "connections": sensor.connections_api(),
+        "alerts": [alert_to_api(a, 2) for a in sensor.alerts],
+        "devices": [device_to_api(d)
+                    for d in sorted(sensor.devices.values(), key=lambda d: d.id)],
+        "connections": connections_api(sensor),
         "packets": n,
         "malformed": sensor.malformed,
         "truncated": cap.truncated,

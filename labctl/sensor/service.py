@@ -21,8 +21,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from labctl.core.errors import PreflightError, UsageError
 from labctl.sensor.config import load_config
@@ -93,7 +94,7 @@ class SensorService:
 
     def start_api(self) -> str:
         from labctl.sensor.api import make_server, start_in_thread
-        from labctl.sensor.tls import fingerprint
+        from labctl.transport.certs import fingerprint
 
         try:
             self.server = make_server(self.sensor, self.store, self.listen, self.state_dir,
