@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))  # labctl and tests.helpers from this checkout
 
 from labctl.scans.result import parse_nmap_xml  # noqa: E402
 
@@ -90,7 +90,7 @@ def main() -> int:
             subnet = str(pb.router.iot_network.subnet)
             scope: list[str] = []
         else:
-            from helpers.scan_lab import make_lab
+            from tests.helpers.scan_lab import make_lab
 
             lab = make_lab(DEVICES)
             if args.lab_dns:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.scan_lab import make_lab
+from tests.helpers.scan_lab import make_lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.scan_lab import make_lab
-from helpers.scan_recorder import calls, make_recorder
+from tests.helpers.scan_lab import make_lab
+from tests.helpers.scan_recorder import calls, make_recorder
 
 pytestmark = pytest.mark.netns
 

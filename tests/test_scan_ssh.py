@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.scan_lab import make_lab
-from helpers.sshd import start_sshd
 from labctl.core.errors import PreflightError, ScopeError, ToolMissingError
 from labctl.scans.scanners import SshScanner
 from labctl.transport.netns import netns_context
+from tests.helpers.scan_lab import make_lab
+from tests.helpers.sshd import start_sshd
 
 QUICK = "name: quick\nargs: [-sT, -n, -Pn, -p, '22,80,6668']\ntimeout: 60\n"
 
