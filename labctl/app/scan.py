@@ -10,23 +10,33 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from labctl.core.errors import UsageError
 from labctl.scans import history as hist
 from labctl.scans.diff import baseline_deviations, diff_scans, load_baseline
 from labctl.scans.profiles import ScanProfile, load_profile
 from labctl.scans.result import ScanResult
-from labctl.scans.scanners import ProgressFn, make_scanner
+from labctl.scans.scanners import ProgressFn, Scanner, make_scanner
 from labctl.scans.scope import (
-    check_routes, check_scope, parse_exclude, parse_scope, parse_target,
+    IPNetwork,
+    Target,
+    check_routes,
+    check_scope,
+    parse_exclude,
+    parse_scope,
+    parse_target,
 )
+
+if TYPE_CHECKING:
+    from labctl.core.playbook import LoadedPlaybook
 
 ADHOC_LAB = "adhoc"
 
 
-def default_scanner_spec(loaded: Any) -> str:
+def default_scanner_spec(loaded: LoadedPlaybook | None) -> str:
     """The playbook's ``scanner.spec``; for a twin without one, its Kali namespace."""
     if loaded is None:
         return "local"
@@ -38,9 +48,10 @@ def default_scanner_spec(loaded: Any) -> str:
     return "local"
 
 
-def plan_scan(loaded: Any, targets: Iterable[str], *, profile: str | ScanProfile | None = None,
-              scanner: Any = None, excludes: Iterable[str] = (),
-              scope: Iterable[str] = (), force: bool = False):
+def plan_scan(loaded: LoadedPlaybook | None, targets: Iterable[str], *,
+              profile: str | ScanProfile | None = None, scanner: str | Scanner | None = None,
+              excludes: Iterable[str] = (), scope: Iterable[str] = (),
+              force: bool = False) -> tuple[ScanProfile, list[Target], list[str], Scanner]:
     """Everything run_scan decides before nmap starts; raises ScopeError/UsageError."""
     pb = loaded.model if loaded is not None else None
     if isinstance(profile, ScanProfile):
@@ -52,7 +63,7 @@ def plan_scan(loaded: Any, targets: Iterable[str], *, profile: str | ScanProfile
     excl = [parse_exclude(e) for e in excludes]
     if prof.playbook_excludes and pb is not None and pb.scanner is not None:
         excl += [str(a) for a in pb.scanner.exclude if str(a) not in excl]
-    allowed = list(pb.lab_networks) if pb is not None else []
+    allowed: list[IPNetwork] = list(pb.lab_networks) if pb is not None else []
     allowed += [n for n in (parse_scope(s) for s in scope) if n not in allowed]
     check_scope(parsed, allowed)
     families = {t.first.version for t in parsed}
@@ -65,6 +76,7 @@ def plan_scan(loaded: Any, targets: Iterable[str], *, profile: str | ScanProfile
                          f"at most {prof.max_addresses}",
                          hint="scan a smaller range or use a profile with a higher "
                               "max_addresses")
+    sc: Scanner
     if scanner is not None and not isinstance(scanner, str):
         sc = scanner  # a ready Scanner object (e.g. an SshScanner with its own SshTarget)
     else:
@@ -76,8 +88,9 @@ def plan_scan(loaded: Any, targets: Iterable[str], *, profile: str | ScanProfile
     return prof, parsed, excl, sc
 
 
-def run_scan(loaded: Any, targets: Iterable[str], profile: str | ScanProfile | None = None,
-             scanner: Any = None, excludes: Iterable[str] = (), save: bool = True,
+def run_scan(loaded: LoadedPlaybook | None, targets: Iterable[str],
+             profile: str | ScanProfile | None = None,
+             scanner: str | Scanner | None = None, excludes: Iterable[str] = (), save: bool = True,
              progress: ProgressFn | None = None, *, scope: Iterable[str] = (),
              force: bool = False, baseline: str | None = None,
              xml_out: str | None = None) -> ScanResult:
@@ -136,12 +149,14 @@ def diff(old: int | None = None, new: int | None = None,
     if old is None and new is None:
         old, new = hist.last_two(lab)
     elif new is None:
-        assert old is not None
         latest = hist.list_scans(None, 1)
         if not latest:
             raise UsageError("the scan history is empty")
-        new = latest[0]["id"]
-    a, b = hist.load(int(old)), hist.load(int(new))  # type: ignore[arg-type]
+        new = int(latest[0]["id"])
+    if old is None or new is None:
+        raise UsageError("a diff needs the older scan's id too",
+                         hint="labctl scan diff OLD NEW")
+    a, b = hist.load(old), hist.load(new)
     changes = diff_scans(a, b)
     return {"old": a.id, "new": b.id, "old_targets": a.targets, "new_targets": b.targets,
             "changes": changes, "changed": bool(changes)}

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from labctl.cli._common import echo, emit_json, json_option, playbook_option
 from labctl.core.errors import DriftError, ExitCode
+
+if TYPE_CHECKING:
+    from labctl.core.playbook import LoadedPlaybook
+    from labctl.scans.result import ScanResult
+    from labctl.scans.scanners import ProgressEvent, ProgressFn
 
 SUBCOMMANDS = ("run", "history", "diff", "profiles")
 
@@ -33,7 +39,7 @@ class ScanGroup(click.Group):
                               "[OPTIONS] TARGET... | history | diff [OLD] [NEW] | profiles")
 
 
-def _load_playbook(path: str | None):
+def _load_playbook(path: str | None) -> LoadedPlaybook | None:
     """The playbook if one is given or found; None lets --scope alone define the scope."""
     import os
     from pathlib import Path
@@ -65,7 +71,7 @@ def scan() -> None:
 def _fmt_time(ts: float | None) -> str:
     if not ts:
         return "-"
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _script_highlight(scripts: dict[str, str], width: int = 60) -> str:
@@ -77,21 +83,21 @@ def _script_highlight(scripts: dict[str, str], width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _progress_bar(enabled: bool):
+def _progress_bar(enabled: bool) -> tuple[ProgressFn | None, Callable[[], None]]:
     """A rich progress bar on stderr fed by --stats-every events; (callback, stop)."""
     if not enabled:
         return None, lambda: None
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
     prog = Progress(TextColumn("{task.description}"), BarColumn(),
                     TextColumn("{task.percentage:>5.1f}%"), TimeRemainingColumn(),
                     console=console, transient=True)
-    tasks: dict[str, Any] = {}
+    tasks: dict[str, TaskID] = {}
     prog.start()
 
-    def _cb(ev: Any) -> None:
+    def _cb(ev: ProgressEvent) -> None:
         if ev.phase not in tasks:
             tasks[ev.phase] = prog.add_task(ev.phase, total=100.0)
         prog.update(tasks[ev.phase], completed=ev.percent,
@@ -100,7 +106,7 @@ def _progress_bar(enabled: bool):
     return _cb, prog.stop
 
 
-def _render_result(result: Any, verbose: int) -> None:
+def _render_result(result: ScanResult, verbose: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -134,8 +140,8 @@ def _render_result(result: Any, verbose: int) -> None:
     if verbose > 0:
         for argv in result.argv:
             echo("nmap argv: " + " ".join(argv), err=True)
-        for p in result.xml_paths:
-            echo(f"raw XML: {p}", err=True)
+        for path in result.xml_paths:
+            echo(f"raw XML: {path}", err=True)
 
 
 def _render_changes(changes: list[dict[str, Any]], title: str) -> None:

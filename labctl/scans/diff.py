@@ -147,7 +147,8 @@ def baseline_deviations(result: ScanResult, baseline: Baseline) -> list[dict[str
             a = ipaddress.ip_address(addr)
         except ValueError:
             return False
-        return any(t.first.version == a.version and t.first <= a <= t.last for t in targets)
+        return any(t.first.version == a.version and int(t.first) <= int(a) <= int(t.last)
+                   for t in targets)
 
     out: list[dict[str, Any]] = []
     up = {h.addr: h for h in result.up_hosts()}

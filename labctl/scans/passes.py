@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from labctl.scans.profiles import ScanProfile
 from labctl.scans.result import HostResult, NmapRun, parse_nmap_xml
-from labctl.scans.scanners import ProgressFn
+from labctl.scans.scanners import ProgressFn, Scanner
 
 
 def _exclude_args(excludes: list[str]) -> list[str]:
@@ -54,7 +54,7 @@ def merge_hosts(first: list[HostResult], second: list[HostResult]) -> list[HostR
     return out
 
 
-def execute(profile: ScanProfile, scanner, targets: list[str], excludes: list[str],
+def execute(profile: ScanProfile, scanner: Scanner, targets: list[str], excludes: list[str],
             progress: ProgressFn | None = None,
             extra_args: list[str] | None = None) -> tuple[list[NmapRun], list[HostResult]]:
     """Run the profile; return every nmap run (exact argv, XML) and the merged hosts.

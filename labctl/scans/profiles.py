@@ -165,11 +165,11 @@ class ScanProfile(Model):
 
     @field_validator("args", "discovery_args", "service_args")
     @classmethod
-    def _args(cls, v: list[str], info) -> list[str]:  # type: ignore[no-untyped-def]
+    def _args(cls, v: list[str]) -> list[str]:
         return check_nmap_args(v)
 
     @model_validator(mode="after")
-    def _shape(self) -> "ScanProfile":
+    def _shape(self) -> ScanProfile:
         for key in ("args", "discovery_args", "service_args"):
             try:
                 check_nmap_args(getattr(self, key), allow_scripts=self.allow_scripts,

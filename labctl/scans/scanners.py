@@ -16,13 +16,21 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from labctl.core.errors import (
-    CommandError, LabctlError, PreflightError, ToolMissingError, UsageError,
+    CommandError,
+    LabctlError,
+    PreflightError,
+    ToolMissingError,
+    UsageError,
 )
 from labctl.scans.result import NmapRun
+
+if TYPE_CHECKING:
+    from labctl.transport.sshexec import SshTarget
 
 
 @dataclass(frozen=True)
@@ -205,7 +213,7 @@ class SshScanner:
     """nmap on a remote box (Kali) over SSH; XML comes back on stdout and is parsed here."""
 
     def __init__(self, spec: str, key: str | None = None, stats_every: str = "2s",
-                 target: object | None = None, program: str = "nmap") -> None:
+                 target: SshTarget | None = None, program: str = "nmap") -> None:
         self.spec = spec
         self.key = key
         self.program = program  # the remote nmap (name on the remote PATH, or a path)
@@ -220,7 +228,8 @@ class SshScanner:
     def checks_routes(self) -> bool:
         return False
 
-    def target(self):  # -> labctl.transport.sshexec.SshTarget
+    def target(self) -> SshTarget:
+        """The SSH login: the one given to the constructor, else parsed from the spec."""
         if self._target is None:
             from labctl.transport import sshexec
 
@@ -230,9 +239,8 @@ class SshScanner:
     def _exec(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
         from labctl.transport.sshexec import ssh_exec
 
-        rc, out, err = ssh_exec(self.target(), argv, timeout=timeout)  # type: ignore[arg-type]
-        dec = (lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b))
-        return rc, dec(out), dec(err)
+        rc, out, err = ssh_exec(self.target(), argv, timeout=timeout)
+        return rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
     def preflight(self, args: list[str]) -> list[str]:
         """Return the remote argv prefix (``nmap`` or ``sudo -n nmap``), or raise clearly."""
@@ -259,7 +267,7 @@ class SshScanner:
         return ["sudo", "-n", nmap_path]
 
     def target_user(self) -> str:
-        return str(getattr(self.target(), "user", "") or "user")
+        return self.target().user or "user"
 
     def run(self, args: list[str], targets: list[str], *, timeout: float,
             progress: ProgressFn | None = None, phase: str = "scan") -> NmapRun:

@@ -19,13 +19,13 @@ import ipaddress
 import json
 import re
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Union
 
 from labctl.core.errors import ScopeError, ToolMissingError, UsageError
 
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _RANGE = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})-(\d{1,3})$")
 
