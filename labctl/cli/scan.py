@@ -3,7 +3,7 @@
 ``scan`` is a group whose first argument is either a subcommand (``history``, ``diff``,
 ``profiles``, ``run``) or a target; in the latter case the hidden default ``run`` command
 is used, so ``labctl scan 172.16.1.0/24`` and ``labctl scan run 172.16.1.0/24`` are the
-same. nmap, paramiko and python-nmap are imported only when a scan runs.
+same. paramiko, rich and the scan modules are imported only when a command runs.
 """
 
 from __future__ import annotations
