@@ -280,3 +280,11 @@ def test_unversioned_file_with_other_tables_is_refused_untouched():
     tables = {t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     con.close()
     assert tables == {"scans"}
+
+
+def test_a_file_that_is_not_sqlite_is_a_clear_error():
+    history.scans_dir().mkdir(parents=True, exist_ok=True)
+    history.db_path().write_bytes(b"not a database, just text " * 100)
+    with pytest.raises(LabctlError, match="cannot open the scan history"):
+        history.list_scans()
+    assert history.db_path().read_bytes().startswith(b"not a database")

@@ -139,6 +139,11 @@ def connect() -> sqlite3.Connection:
         con.row_factory = sqlite3.Row
         con.execute("PRAGMA foreign_keys = ON")
         migrate(con)
+    except sqlite3.DatabaseError as e:
+        con.close()
+        raise LabctlError(f"cannot open the scan history {db_path()}: {e}",
+                          hint="if it is not a labctl scan history, move it away; labctl "
+                               "then starts a new one") from None
     except BaseException:
         con.close()
         raise
