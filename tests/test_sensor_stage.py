@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from labctl.app.lab import LabContext, up_stages
 from labctl.app.sensor import sensor_stage
+from labctl.app.stages import up_stages
+from labctl.core.context import LabContext
 from labctl.core.errors import AuthError, TransportError
 from labctl.core.playbook import parse_playbook
 from labctl.core.yamlfile import parse_yaml
@@ -31,16 +32,20 @@ sensor:
     return parse_playbook(parse_yaml(text, "stage.yaml"))
 
 
-def _ctx(url: str, password: str = CANARY, wait: int = 5) -> LabContext:
-    return LabContext(_playbook(url, wait), options={"environ": {"LABCTL_SENSOR_PASSWORD": password}})
+def _ctx(url: str, password: str = CANARY, wait: int = 5, **kw) -> LabContext:
+    return LabContext(_playbook(url, wait), environ={"LABCTL_SENSOR_PASSWORD": password}, **kw)
+
+
+def _yes(_plan) -> bool:
+    return True
 
 
 def test_first_sign_in_sets_the_password_then_second_run_changes_nothing(tmp_path):
     with running_api(tmp_path / "s") as api:
-        report = sensor_stage(_ctx(api.url))
+        report = sensor_stage(_ctx(api.url), confirm=_yes)
         assert report.action == "set-password" and report.applied
         assert any("Upload" in n for n in report.notes)  # activation: honest next step
-        again = sensor_stage(_ctx(api.url))
+        again = sensor_stage(_ctx(api.url), confirm=_yes)
         assert again.action == "noop" and not again.applied
         # the factory default no longer works; the new password does
         r = api.session().post(api.url + "/api/external/authentication/validation",
@@ -55,23 +60,23 @@ def test_certificate_is_pinned_on_first_use(tmp_path, _isolated_state):
     import json
 
     with running_api(tmp_path / "s") as api:
-        sensor_stage(_ctx(api.url))
+        sensor_stage(_ctx(api.url), confirm=_yes)
         pins = json.loads((_isolated_state / "pins.json").read_text())
         assert any(k.endswith(api.url.rsplit(":", 1)[1]) for k in pins)
 
 
 def test_dry_run_changes_nothing(tmp_path):
     with running_api(tmp_path / "s") as api:
-        report = sensor_stage(_ctx(api.url), dry_run=True)
+        report = sensor_stage(_ctx(api.url), confirm=_yes, dry_run=True)
         assert report.action == "would-set-password" and not report.applied
-        assert sensor_stage(_ctx(api.url)).action == "set-password"
+        assert sensor_stage(_ctx(api.url), confirm=_yes).action == "set-password"
 
 
 def test_wrong_password_after_the_default_changed_is_an_auth_error(tmp_path):
     with running_api(tmp_path / "s") as api:
-        sensor_stage(_ctx(api.url))
+        sensor_stage(_ctx(api.url), confirm=_yes)
         with pytest.raises(AuthError) as ei:
-            sensor_stage(_ctx(api.url, password="Other-Passw0rd!"))
+            sensor_stage(_ctx(api.url, password="Other-Passw0rd!"), confirm=_yes)
         assert "factory default" in ei.value.message and int(ei.value.exit_code) == 5
         assert "Other-Passw0rd" not in ei.value.message + (ei.value.hint or "")
 
@@ -82,7 +87,8 @@ def test_unreachable_sensor_waits_bounded_then_fails_with_a_hint():
         port = s.getsockname()[1]  # closed once the block ends
     slept: list[float] = []
     with pytest.raises(TransportError) as ei:
-        sensor_stage(_ctx(f"https://127.0.0.1:{port}", wait=1), sleep=slept.append)
+        sensor_stage(_ctx(f"https://127.0.0.1:{port}", wait=1, sleep=slept.append),
+                     confirm=_yes)
     assert "did not answer within 1 s" in ei.value.message
     assert "20-30 minutes" in ei.value.hint
 

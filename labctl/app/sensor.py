@@ -1,6 +1,8 @@
 """`labctl up`'s sensor stage: wait for the sensor's API, then do its first sign-in.
 
-The same code serves a real Defender for IoT OT sensor and the twin's embedded sensor:
+The same code serves a real Defender for IoT OT sensor and the twin's embedded sensor; the
+driver comes from the registry (:func:`labctl.sensor.registry.get_sensor_driver`) by the
+playbook's ``sensor.kind``, or from ``ctx.sensor_driver_factory`` when a caller injects one:
 
 1. wait (bounded) until ``https://<management ip>`` answers, pinning its self-signed
    certificate on first use (``labctl.transport.http``);
@@ -11,20 +13,22 @@ The same code serves a real Defender for IoT OT sensor and the twin's embedded s
 3. report. Activation of a real sensor is an upload in its web UI; no API for it is
    documented (§4.3), so the stage says what to do instead of pretending.
 
-A second run on a signed-in sensor changes nothing.
+A second run on a signed-in sensor changes nothing. Setting the password at first sign-in
+is not put to ``confirm``: it is what bringing the sensor up means, and the report says so.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from labctl.core.errors import AuthError, ConvergenceError, TransportError
+from labctl.core.context import LabContext
+from labctl.core.errors import AuthError
 from labctl.core.playbook import LoadedPlaybook
-from labctl.core.secrets import Secret
+from labctl.core.secrets import PromptFn, Secret
+from labctl.sensor.base import CredentialsRejected, SensorDriver, SensorTarget
 
-FACTORY_DEFAULTS = (("admin", "admin"), ("support", "support"))
 ACTIVATION_NOTE = ("activate it in the sensor's web UI: System Settings > Sensor management > "
                    "Subscription & Activation Mode > Upload (no activation API is documented)")
 
@@ -45,20 +49,20 @@ class SensorStageReport:
         return self.action + (f" ({'; '.join(self.notes)})" if self.notes else "")
 
 
-def admin_password(loaded: LoadedPlaybook, prompt_fn: Callable[[str], str] | None = None,
-                   environ: dict[str, str] | None = None) -> Secret:
+def admin_password(loaded: LoadedPlaybook, prompt_fn: PromptFn | None = None,
+                   environ: Mapping[str, str] | None = None) -> Secret:
     s = loaded.model.sensor
     assert s is not None
     if loaded.model.provider == "netns" and s.kind == "embedded":
-        from labctl.netns.secrets import sensor_admin_password
+        from labctl.netns.credentials import sensor_admin_password
 
         return sensor_admin_password(loaded, environ)
-    return s.admin_password.resolve("sensor admin password", prompt_fn=prompt_fn, environ=environ)
+    env = dict(environ) if environ is not None else None  # SecretRef.resolve takes a dict
+    return s.admin_password.resolve("sensor admin password", prompt_fn=prompt_fn, environ=env)
 
 
-def make_client(loaded: LoadedPlaybook, timeout: float = 10.0):  # -> D4IoTClient
-    from labctl.sensor.client import D4IoTClient
-    from labctl.transport.http import make_session
+def sensor_target(loaded: LoadedPlaybook, timeout: float = 10.0) -> SensorTarget:
+    """Where the playbook's sensor is; for the twin's embedded sensor, its known certificate."""
     from labctl.transport.netns import lab_host_netns
 
     s = loaded.model.sensor
@@ -72,79 +76,40 @@ def make_client(loaded: LoadedPlaybook, timeout: float = 10.0):  # -> D4IoTClien
 
         fingerprint = wait_for_sensor(lab_state_dir(loaded.model.lab),
                                       float(s.wait_seconds))["fingerprint"]
-    session = make_session(s.base_url, fingerprint=fingerprint, timeout=timeout,
-                           netns=lab_host_netns(loaded.model), retries=0)
-    return D4IoTClient(s.base_url, token=None, session=session)
+    return SensorTarget(base_url=s.base_url, fingerprint=fingerprint,
+                        netns=lab_host_netns(loaded.model), timeout=timeout)
 
 
-def wait_for_api(client: Any, user: str, password: Secret, *, timeout: float,
-                 interval: float = 2.0, sleep: Callable[[float], None] = time.sleep) -> float:
-    """Poll the (token-free) validation endpoint until the sensor answers at all."""
-    start = time.monotonic()
-    while True:
-        try:
-            client.validate_credentials(user, password)
-            return time.monotonic() - start
-        except AuthError:
-            return time.monotonic() - start  # it answered; credentials are step 2's business
-        except TransportError as e:
-            if time.monotonic() - start >= timeout:
-                raise TransportError(
-                    f"the sensor at {client.base_url} did not answer within {timeout:g} s "
-                    f"({e.message})",
-                    hint="a fresh D4IoT install takes 20-30 minutes; check the VM console, or "
-                         "raise sensor.wait_seconds") from None
-            sleep(interval)
+def make_driver(ctx: LabContext, target: SensorTarget) -> SensorDriver:
+    """``ctx.sensor_driver_factory(target)``, else the registry's driver for ``sensor.kind``."""
+    if ctx.sensor_driver_factory is not None:
+        driver: SensorDriver = ctx.sensor_driver_factory(target)
+        return driver
+    from labctl.sensor.registry import get_sensor_driver
+
+    s = ctx.loaded.model.sensor
+    assert s is not None
+    factory: Callable[[SensorTarget], SensorDriver] = get_sensor_driver(s.kind)
+    return factory(target)
 
 
-def sensor_stage(ctx: Any, *, dry_run: bool = False, client: Any = None,
-                 sleep: Callable[[float], None] = time.sleep) -> SensorStageReport | None:
-    """Wait for the sensor and sign it in. ``ctx`` is a :class:`labctl.app.lab.LabContext`."""
+def sensor_stage(ctx: LabContext, *, confirm: Callable[[Any], bool],
+                 dry_run: bool = False) -> SensorStageReport | None:
+    """Wait for the sensor and sign it in (None when the playbook has no sensor)."""
     loaded: LoadedPlaybook = ctx.loaded
     s = loaded.model.sensor
     if s is None:
         return None
-    env = ctx.options.get("environ")
-    desired = admin_password(loaded, ctx.prompt_fn, env)
-    client = client or ctx.options.get("sensor_client_factory", make_client)(loaded)
-    report = SensorStageReport(url=s.base_url, action="noop")
-    report.waited_seconds = wait_for_api(client, s.admin_user, desired,
-                                         timeout=float(s.wait_seconds), sleep=sleep)
+    desired = admin_password(loaded, ctx.prompt_fn, ctx.environ)
+    driver = make_driver(ctx, sensor_target(loaded))
     try:
-        ok = client.validate_credentials(s.admin_user, desired)
-    except AuthError:
-        ok = False
-    if not ok:
-        default = _factory_default(client, s.admin_user)
-        if default is None:
-            raise AuthError(
-                f"the sensor rejected the password for {s.admin_user!r}, and the factory "
-                "default is not set either",
-                hint=f"set {s.admin_password.env or 'the sensor admin password'} to the "
-                     "sensor's current password")
-        if dry_run:
-            report.action = "would-set-password"
-        else:
-            client.set_password(default[0], default[1], desired)
-            if not client.validate_credentials(s.admin_user, desired):
-                raise ConvergenceError("the sensor still rejects the new admin password after "
-                                       "the change", hint="sign in to the sensor's web UI")
-            report.action, report.applied = "set-password", True
+        done = driver.prepare(s.admin_user, desired, wait_seconds=float(s.wait_seconds),
+                              dry_run=dry_run, clock=ctx.clock, sleep=ctx.sleep)
+    except CredentialsRejected as e:
+        raise AuthError(e.message, hint=f"set {s.admin_password.env or 'the sensor admin password'}"
+                                        " to the sensor's current password") from None
+    report = SensorStageReport(url=s.base_url, action=done.action, applied=done.applied,
+                               waited_seconds=done.waited_seconds)
     if s.kind == "d4iot":
         report.notes.append(ACTIVATION_NOTE)
     return report
-
-
-def _factory_default(client: Any, user: str) -> tuple[str, str] | None:
-    from labctl.sensor.client import PasswordChangeRequired
-
-    candidates = [d for d in FACTORY_DEFAULTS if d[0] == user] or list(FACTORY_DEFAULTS)
-    for u, p in candidates:
-        try:
-            if client.validate_credentials(u, p):
-                return (u, p)
-        except PasswordChangeRequired:
-            return (u, p)
-        except AuthError:
-            continue
-    return None

@@ -12,10 +12,35 @@ certificate file).
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
-from labctl.core.errors import ApiError, AuthError, LabctlError, TransportError
+from labctl.core.emulator import EmulatorProcess, EmulatorRequest
+from labctl.core.errors import (
+    ApiError,
+    AuthError,
+    ConvergenceError,
+    LabctlError,
+    TransportError,
+    UsageError,
+)
 from labctl.core.secrets import Secret
+from labctl.core.waiting import WaitTimeout, wait_until
+from labctl.sensor.base import (
+    Alert,
+    Connection,
+    CredentialsRejected,
+    Device,
+    PrepareResult,
+    SensorStatus,
+    SensorTarget,
+)
+
+Record = dict[str, Any]
+#: the factory defaults of a fresh sensor, tried in this order: admin/admin on 24.1.x,
+#: support/support on 23.x (defender-for-iot.md §4.2)
+FACTORY_DEFAULTS = (("admin", "admin"), ("support", "support"))
 
 ALERT_KEYS = ["id", "time", "title", "message", "severity", "engine", "sourceDevice",
               "destinationDevice", "additionalInformation", "sourceDeviceAddress",
@@ -114,11 +139,12 @@ class D4IoTClient:
             params["fromTime"] = int(from_time)
         if to_time is not None:
             params["toTime"] = int(to_time)
-        return self._request("GET", f"/api/v{version}/alerts", params=params)
+        return cast("list[Record]",
+                    self._request("GET", f"/api/v{version}/alerts", params=params))
 
     def devices(self, authorized: bool | None = None) -> list[dict[str, Any]]:
         params = {} if authorized is None else {"authorized": str(authorized).lower()}
-        return self._request("GET", "/api/v1/devices", params=params)
+        return cast("list[Record]", self._request("GET", "/api/v1/devices", params=params))
 
     def connections(self, device_id: int | None = None, discovered_before: int | None = None,
                     discovered_after: int | None = None,
@@ -132,9 +158,10 @@ class D4IoTClient:
             params["lastActiveInMinutes"] = last_active_minutes
         path = "/api/v1/devices/connections" if device_id is None else \
             f"/api/v1/devices/{int(device_id)}/connections"
-        return self._request("GET", path, params=params)
+        return cast("list[Record]", self._request("GET", path, params=params))
 
-    def events(self, minutes: int = 60, type: str | None = None) -> list[dict[str, Any]]:
+    def events(self, minutes: int = 60, type: str | None = None  # noqa: A002 (API name)
+               ) -> list[dict[str, Any]]:
         """``/api/v1/events``: the latest 100 events within ``minutes`` (max 4320).
 
         A real sensor caches an identical query for an hour; vary ``minutes`` when polling.
@@ -142,7 +169,13 @@ class D4IoTClient:
         params: dict[str, Any] = {"minutesTimeFrame": int(minutes)}
         if type:
             params["type"] = type
-        return self._request("GET", "/api/v1/events", params=params)
+        return cast("list[Record]", self._request("GET", "/api/v1/events", params=params))
+
+    def labctl_status(self) -> dict[str, Any]:
+        """``/api/labctl/status``: the embedded sensor's counters (a labctl extension; a real
+        sensor answers 404, raised as ApiError)."""
+        doc = self._request("GET", "/api/labctl/status")
+        return doc if isinstance(doc, dict) else {}
 
     # ---- authentication APIs (no token) ----------------------------------------------
 
@@ -188,3 +221,187 @@ def _error_text(body: Any) -> str | None:
         if body.get("msg"):
             return str(body["msg"])
     return None
+
+
+# ---- the sensor driver ---------------------------------------------------------------------
+
+def _int_or_none(v: Any) -> int | None:
+    try:
+        return int(v) if v is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def alert_from_api(doc: Mapping[str, Any]) -> Alert:
+    """A D4IoT alert object (v1 or v2, keys canonicalised) -> :class:`Alert`.
+
+    v1 has no addresses; they are None then.
+    """
+    return Alert(id=int(doc.get("id") or 0), time=int(doc.get("time") or 0),
+                 title=str(doc.get("title") or ""), message=str(doc.get("message") or ""),
+                 severity=str(doc.get("severity") or ""), engine=str(doc.get("engine") or ""),
+                 source_address=doc.get("sourceDeviceAddress"),
+                 destination_address=doc.get("destinationDeviceAddress"),
+                 handled=bool(doc.get("handled", False)), raw=dict(doc))
+
+
+def device_from_api(doc: Mapping[str, Any]) -> Device:
+    protocols = doc.get("protocols") or []
+    return Device(id=int(doc.get("id") or 0), name=str(doc.get("name") or ""),
+                  ip_addresses=tuple(str(a) for a in doc.get("ipAddresses") or ()),
+                  mac_addresses=tuple(str(a) for a in doc.get("macAddresses") or ()),
+                  vendor=doc.get("vendor"), authorized=bool(doc.get("authorized", False)),
+                  scanner=bool(doc.get("scanner", False)),
+                  protocols=tuple(str(p.get("name") if isinstance(p, dict) else p)
+                                  for p in protocols))
+
+
+def connection_from_api(doc: Mapping[str, Any]) -> Connection:
+    protocols = doc.get("protocols") or []
+    return Connection(first_device_id=_int_or_none(doc.get("firstDeviceId")),
+                      second_device_id=_int_or_none(doc.get("secondDeviceId")),
+                      discovered=_int_or_none(doc.get("discovered")),
+                      last_seen=_int_or_none(doc.get("lastSeen")),
+                      ports=tuple(int(p) for p in doc.get("ports") or ()),
+                      protocols=tuple(str(p.get("name") if isinstance(p, dict) else p)
+                                      for p in protocols))
+
+
+class D4IoTDriver:
+    """The sensor driver for anything that speaks the D4IoT sensor API: a real Defender for
+    IoT OT sensor (``kind: d4iot``) and the twin's embedded sensor (``kind: embedded``).
+
+    Built on :class:`D4IoTClient`; implements :class:`labctl.sensor.base.SensorDriver` and
+    :class:`~labctl.sensor.base.AlertSource`.
+    """
+
+    kind = "d4iot"
+
+    def __init__(self, target: SensorTarget, *, session: Any = None) -> None:
+        self.target = target
+        if session is None:
+            from labctl.transport.http import make_session
+
+            session = make_session(target.base_url, fingerprint=target.fingerprint,
+                                   timeout=target.timeout, netns=target.netns, retries=0)
+        self.client = D4IoTClient(target.base_url, token=target.token, session=session,
+                                  timeout=target.timeout)
+
+    @property
+    def base_url(self) -> str:
+        return self.client.base_url
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind} {self.base_url}"
+
+    # ---- first sign-in ---------------------------------------------------------------
+
+    def prepare(self, user: str, password: Secret, *, wait_seconds: float,
+                dry_run: bool = False, clock: Callable[[], float] = time.monotonic,
+                sleep: Callable[[float], None] = time.sleep) -> PrepareResult:
+        """Wait for the API, then sign in; set ``password`` over a factory default."""
+        waited = self._wait_for_api(user, password, timeout=wait_seconds, clock=clock,
+                                    sleep=sleep)
+        c = self.client
+        try:
+            ok = c.validate_credentials(user, password)
+        except AuthError:
+            ok = False
+        if ok:
+            return PrepareResult("noop", False, waited)
+        default = self._factory_default(user)
+        if default is None:
+            raise CredentialsRejected(
+                f"the sensor rejected the password for {user!r}, and the factory default is "
+                "not set either", hint="set the sensor admin password to the sensor's "
+                                       "current password")
+        if dry_run:
+            return PrepareResult("would-set-password", False, waited)
+        c.set_password(default[0], default[1], password)
+        if not c.validate_credentials(user, password):
+            raise ConvergenceError("the sensor still rejects the new admin password after the "
+                                   "change", hint="sign in to the sensor's web UI")
+        return PrepareResult("set-password", True, waited)
+
+    def _wait_for_api(self, user: str, password: Secret, *, timeout: float,
+                      clock: Callable[[], float], sleep: Callable[[float], None],
+                      interval: float = 2.0) -> float:
+        """Poll the (token-free) validation endpoint until the sensor answers at all."""
+        def answered() -> bool:
+            try:
+                self.client.validate_credentials(user, password)
+            except AuthError:
+                pass  # it answered; whether the credentials work is prepare's next step
+            return True
+
+        start = clock()
+        try:
+            wait_until(answered, timeout=timeout, interval=interval, clock=clock, sleep=sleep,
+                       ignore=(TransportError,))
+        except WaitTimeout as w:
+            why = w.error.message if isinstance(w.error, LabctlError) else str(w.error)
+            raise TransportError(
+                f"the sensor at {self.base_url} did not answer within {timeout:g} s ({why})",
+                hint="a fresh D4IoT install takes 20-30 minutes; check the VM console, or "
+                     "raise sensor.wait_seconds") from None
+        return clock() - start
+
+    def _factory_default(self, user: str) -> tuple[str, str] | None:
+        candidates = [d for d in FACTORY_DEFAULTS if d[0] == user] or list(FACTORY_DEFAULTS)
+        for u, p in candidates:
+            try:
+                if self.client.validate_credentials(u, p):
+                    return (u, p)
+            except PasswordChangeRequired:
+                return (u, p)
+            except AuthError:
+                continue
+        return None
+
+    # ---- reading ---------------------------------------------------------------------
+
+    def alerts(self, since: int | None = None) -> list[Alert]:
+        """v2 alerts (with addresses); a sensor without v2 is read through v1."""
+        try:
+            docs = self.client.alerts(version=2, from_time=since)
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            docs = self.client.alerts(version=1, from_time=since)
+        return [alert_from_api(d) for d in docs]
+
+    def devices(self) -> list[Device]:
+        return [device_from_api(d) for d in self.client.devices()]
+
+    def connections(self) -> list[Connection]:
+        return [connection_from_api(d) for d in self.client.connections()]
+
+    def status(self) -> SensorStatus:
+        """The embedded sensor's counters; a real sensor (no such endpoint) just answered."""
+        try:
+            doc = self.client.labctl_status()
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            return SensorStatus(url=self.base_url, reachable=True)
+        return SensorStatus(url=self.base_url, reachable=True,
+                            learning_mode=doc.get("learning_mode"),
+                            packets=_int_or_none(doc.get("packets")),
+                            devices=_int_or_none(doc.get("devices")),
+                            alerts=_int_or_none(doc.get("alerts")),
+                            kernel_drops=_int_or_none(doc.get("kernel_drops")), details=doc)
+
+    # ---- the twin --------------------------------------------------------------------
+
+    @classmethod
+    def emulator_process(cls, req: EmulatorRequest) -> EmulatorProcess:
+        """``labctl sensor serve``: the embedded sensor speaks the D4IoT API for both kinds."""
+        if not req.capture_interface:
+            raise UsageError("the embedded sensor needs an interface to capture on",
+                             hint="give the sensor VM a monitor NIC that receives the mirror")
+        host = f"[{req.listen_ip}]" if ":" in req.listen_ip else req.listen_ip
+        return EmulatorProcess(
+            args=("sensor", "serve", "--interface", req.capture_interface,
+                  "--listen", f"{host}:{req.port}", "--state", str(req.state_path)),
+            ready=(req.listen_ip, req.port))
