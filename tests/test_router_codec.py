@@ -78,8 +78,8 @@ def test_security_and_dut_builders_match_the_reference_shape():
     assert codec.mask_band(codec.band_mask("5+6")) == "5+6"
 
 
-def test_twin_initial_nvram_round_trips():
-    from labctl.router.asus.twin import initial_nvram
+def test_emulator_initial_nvram_round_trips():
+    from labctl.router.asus.emulator import initial_nvram
 
     nv = initial_nvram()
     for k in ("sdn_rl", "vlan_rl", "subnet_rl", "sdn_access_rl", "apg1_security",

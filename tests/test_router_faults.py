@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers.router_twin import IOT_PASSPHRASE, ROUTER_PASSWORD, twin_lab
+from tests.helpers.router_emulator import IOT_PASSPHRASE, ROUTER_PASSWORD, emulator_lab
 
 CASES = [
     # fault, expected exit code, what the error says
@@ -18,16 +18,16 @@ CASES = [
 
 @pytest.mark.parametrize("fault,code,says", CASES, ids=[c[0] for c in CASES])
 def test_fault_during_create_leaves_sdn_keys_byte_identical(tmp_path, cli_run, fault, code, says):
-    with twin_lab(tmp_path) as lab:
-        before = lab.twin.sdn_snapshot()
-        lab.twin.add_fault("apply", fault)
+    with emulator_lab(tmp_path) as lab:
+        before = lab.emulator.sdn_snapshot()
+        lab.emulator.add_fault("apply", fault)
         r = cli_run("router", "iot-net", "-f", lab.playbook, "-y", "--timeout", "1", env=lab.env())
         assert r.exit_code == code, r
         assert says in r.stderr
         assert "restored and verified" in r.stderr
-        assert lab.twin.sdn_snapshot() == before
+        assert lab.emulator.sdn_snapshot() == before
         # the failed apply really did change the router before the restore
-        applies = lab.twin.requests_to("applyapp.cgi")
+        applies = lab.emulator.requests_to("applyapp.cgi")
         assert len(applies) == 2 and applies[0]["fault"] == fault
         if fault != "slow":
             assert applies[1]["changed"], "the restore had something to undo"
@@ -38,19 +38,19 @@ def test_fault_during_create_leaves_sdn_keys_byte_identical(tmp_path, cli_run, f
 
 @pytest.mark.parametrize("fault", ["drop", "5xx"])
 def test_fault_during_vlan_change_restores_previous_network(tmp_path, cli_run, fault):
-    with twin_lab(tmp_path) as lab:
+    with emulator_lab(tmp_path) as lab:
         assert cli_run("router", "iot-net", "-f", lab.playbook, "-y", env=lab.env()).exit_code == 0
-        before = lab.twin.sdn_snapshot()
-        lab.twin.add_fault("apply", fault)
+        before = lab.emulator.sdn_snapshot()
+        lab.emulator.add_fault("apply", fault)
         r = cli_run("router", "iot-net", "-f", lab.playbook, "--vlan", "70", "-y", "--json",
                     env=lab.env())
         assert r.exit_code != 0
-        assert lab.twin.sdn_snapshot() == before
+        assert lab.emulator.sdn_snapshot() == before
 
 
 def test_restore_that_cannot_be_verified_says_so_and_names_the_backup(tmp_path, cli_run):
-    with twin_lab(tmp_path) as lab:
-        lab.twin.add_fault("apply", "drop", count=3)  # the apply and both restore attempts
+    with emulator_lab(tmp_path) as lab:
+        lab.emulator.add_fault("apply", "drop", count=3)  # the apply and both restore attempts
         r = cli_run("router", "iot-net", "-f", lab.playbook, "-y", env=lab.env())
         assert r.exit_code == 5
         assert "could not be verified" in r.stderr
@@ -58,9 +58,9 @@ def test_restore_that_cannot_be_verified_says_so_and_names_the_backup(tmp_path, 
 
 
 def test_slow_reads_are_retried_not_fatal(tmp_path, cli_run):
-    with twin_lab(tmp_path) as lab:
-        lab.twin.slow_seconds = 1.5
-        lab.twin.add_fault("appget", "slow")
+    with emulator_lab(tmp_path) as lab:
+        lab.emulator.slow_seconds = 1.5
+        lab.emulator.add_fault("appget", "slow")
         r = cli_run("router", "show", "-f", lab.playbook, "--timeout", "0.5", "--json",
                     env=lab.env())
         assert r.exit_code == 0, r
@@ -73,8 +73,8 @@ def test_ctrl_c_mid_apply_restores_the_backup(tmp_path):
     from labctl.core.playbook import load_playbook
     from labctl.router.asus.client import AsusClient
 
-    with twin_lab(tmp_path) as lab:
-        before = lab.twin.sdn_snapshot()
+    with emulator_lab(tmp_path) as lab:
+        before = lab.emulator.sdn_snapshot()
         loaded = load_playbook(lab.playbook)
         env = lab.env()
         target = app.resolve_target(loaded, environ=env)
@@ -97,16 +97,16 @@ def test_ctrl_c_mid_apply_restores_the_backup(tmp_path):
             app.iot_net(target, desired, confirm=lambda r: True)
         assert "restored and verified" in ei.value.message
         assert len(calls) == 2
-        assert lab.twin.sdn_snapshot() == before
+        assert lab.emulator.sdn_snapshot() == before
 
 
 def test_fault_during_delete_puts_the_network_back(tmp_path, cli_run):
-    with twin_lab(tmp_path) as lab:
+    with emulator_lab(tmp_path) as lab:
         assert cli_run("router", "iot-net", "-f", lab.playbook, "-y", env=lab.env()).exit_code == 0
-        before = lab.twin.sdn_snapshot()
-        lab.twin.add_fault("apply", "drop")
+        before = lab.emulator.sdn_snapshot()
+        lab.emulator.add_fault("apply", "drop")
         r = cli_run("router", "delete-net", "Azkaban", "-f", lab.playbook, "-y", env=lab.env())
         assert r.exit_code == 5 and "restored and verified" in r.stderr
-        assert lab.twin.sdn_snapshot() == before
-        posts = lab.twin.requests_to("applyapp.cgi")
+        assert lab.emulator.sdn_snapshot() == before
+        posts = lab.emulator.requests_to("applyapp.cgi")
         assert posts[-1]["changed"]  # the restore undid the half-applied delete

@@ -1,4 +1,4 @@
-"""The full `labctl router` flow against the router twin over real HTTP and HTTPS."""
+"""The full `labctl router` flow against the ASUS router emulator over real HTTP and HTTPS."""
 
 from __future__ import annotations
 
@@ -7,19 +7,19 @@ import json
 import pytest
 
 from labctl.router.asus import codec
-from tests.helpers.router_twin import IOT_PASSPHRASE, ROUTER_PASSWORD, twin_lab
+from tests.helpers.router_emulator import IOT_PASSPHRASE, ROUTER_PASSWORD, emulator_lab
 
 
 def _net(lab, ssid="Azkaban"):
     from labctl.router.asus import sdn
 
-    return sdn.find_network(lab.twin.nvram, ssid)
+    return sdn.find_network(lab.emulator.nvram, ssid)
 
 
 @pytest.mark.parametrize("https", [False, True], ids=["http", "https"])
 def test_create_noop_change_vlan_delete(tmp_path, cli_run, https):
-    with twin_lab(tmp_path, https=https) as lab:
-        initial = lab.twin.sdn_snapshot()
+    with emulator_lab(tmp_path, https=https) as lab:
+        initial = lab.emulator.sdn_snapshot()
         env = lab.env()
 
         r = cli_run("router", "iot-net", "-f", lab.playbook, "-y", "--json", env=env)
@@ -34,11 +34,11 @@ def test_create_noop_change_vlan_delete(tmp_path, cli_run, https):
         assert net["ap_isolation"] is False
         # lowest free indexes next to the Guest network (sdn 1, apg 1, vlan 1, subnet 1)
         assert (net["idx"], net["apg_idx"], net["vlan_idx"], net["subnet_idx"]) == ("2",) * 4
-        assert lab.twin.nvram["sdn_access_rl"] == "<0>1<0>2"
+        assert lab.emulator.nvram["sdn_access_rl"] == "<0>1<0>2"
         # the Guest network is untouched, its 3006 subnet tail included
         for k in ("apg1_ssid", "apg1_security"):
-            assert lab.twin.nvram[k] == initial[k]
-        assert codec.parse_subnet(lab.twin.nvram["subnet_rl"]).rows[0].fields == \
+            assert lab.emulator.nvram[k] == initial[k]
+        assert codec.parse_subnet(lab.emulator.nvram["subnet_rl"]).rows[0].fields == \
             codec.parse_subnet(initial["subnet_rl"]).rows[0].fields
         apply_posts = lab.count("applyapp.cgi")
         assert apply_posts == 1
@@ -51,7 +51,7 @@ def test_create_noop_change_vlan_delete(tmp_path, cli_run, https):
         assert lab.count("applyapp.cgi") == apply_posts
 
         # change the VLAN: same profile, only the vlan row (and bridge name) change
-        before = lab.twin.sdn_snapshot()
+        before = lab.emulator.sdn_snapshot()
         r = cli_run("router", "iot-net", "-f", lab.playbook, "--vlan", "60", "-y", "--json",
                     env=env)
         assert r.exit_code == 0, r
@@ -60,7 +60,7 @@ def test_create_noop_change_vlan_delete(tmp_path, cli_run, https):
         assert {"field": "vlan", "old": 52, "new": 60} in doc["diff"]
         assert set(doc["changed_keys"]) == {"vlan_rl", "subnet_rl"}
         assert _net(lab)["vlan"] == 60 and _net(lab)["idx"] == "2"
-        after = lab.twin.sdn_snapshot()
+        after = lab.emulator.sdn_snapshot()
         assert {k for k in before if before[k] != after[k]} == {"vlan_rl", "subnet_rl"}
 
         # show: decoded, secrets masked
@@ -78,11 +78,11 @@ def test_create_noop_change_vlan_delete(tmp_path, cli_run, https):
         # delete: the SDN keys are byte-identical to the factory state again
         r = cli_run("router", "delete-net", "Azkaban", "-f", lab.playbook, "-y", env=env)
         assert r.exit_code == 0, r
-        assert lab.twin.sdn_snapshot() == initial
+        assert lab.emulator.sdn_snapshot() == initial
 
 
 def test_https_pin_is_stored_and_enforced(tmp_path, cli_run, _isolated_state):
-    with twin_lab(tmp_path, https=True) as lab:
+    with emulator_lab(tmp_path, https=True) as lab:
         r = cli_run("router", "show", "-f", lab.playbook, "--json", env=lab.env())
         assert r.exit_code == 0, r
         pins = json.loads((_isolated_state / "pins.json").read_text())
@@ -98,25 +98,25 @@ def test_https_pin_is_stored_and_enforced(tmp_path, cli_run, _isolated_state):
 
 
 def test_plain_http_refused_unless_playbook_allows(tmp_path, cli_run):
-    with twin_lab(tmp_path) as lab:
+    with emulator_lab(tmp_path) as lab:
         r = cli_run("router", "show", "-f", lab.playbook, "--url",
                     lab.url, env=lab.env())
         assert r.exit_code == 0, r
         text = open(lab.playbook).read().replace("allow_http: true", "allow_http: false")
         open(lab.playbook, "w").write(text)
-        n = len(lab.twin.log)
+        n = len(lab.emulator.log)
         r = cli_run("router", "show", "-f", lab.playbook, env=lab.env())
         assert r.exit_code == 2 and "allow_http" in r.stderr
         r = cli_run("router", "show", "-f", str(tmp_path / "nope.yaml"), "--url", lab.url,
                     env=lab.env())
         assert r.exit_code == 2
-        assert len(lab.twin.log) == n
+        assert len(lab.emulator.log) == n
 
 
 def test_backup_and_restore_byte_for_byte(tmp_path, cli_run):
-    with twin_lab(tmp_path) as lab:
+    with emulator_lab(tmp_path) as lab:
         env = lab.env()
-        initial = lab.twin.sdn_snapshot()
+        initial = lab.emulator.sdn_snapshot()
         out = tmp_path / "b.json"
         r = cli_run("router", "backup", "-f", lab.playbook, "-o", str(out), env=env)
         assert r.exit_code == 0, r
@@ -124,11 +124,11 @@ def test_backup_and_restore_byte_for_byte(tmp_path, cli_run):
         assert all(saved[k] == initial[k] for k in saved)
         assert saved["subnet_rl"] == initial["subnet_rl"]
         assert cli_run("router", "iot-net", "-f", lab.playbook, "-y", env=env).exit_code == 0
-        assert lab.twin.sdn_snapshot() != initial
+        assert lab.emulator.sdn_snapshot() != initial
         r = cli_run("router", "restore", str(out), "-f", lab.playbook, "-y", "--json", env=env)
         assert r.exit_code == 0, r
         assert r.json()["verified"]
-        assert lab.twin.sdn_snapshot() == initial
+        assert lab.emulator.sdn_snapshot() == initial
         # a second restore has nothing to do
         n = lab.count("applyapp.cgi")
         r = cli_run("router", "restore", str(out), "-f", lab.playbook, "-y", env=env)
@@ -137,32 +137,32 @@ def test_backup_and_restore_byte_for_byte(tmp_path, cli_run):
         # a broken backup file is refused before any request
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({"kind": "asus-sdn-nvram", "keys": {"http_passwd": "x"}}))
-        m = len(lab.twin.log)
+        m = len(lab.emulator.log)
         r = cli_run("router", "restore", str(bad), "-f", lab.playbook, "-y", env=env)
         assert r.exit_code == 2 and "http_passwd" in r.stderr
-        assert len(lab.twin.log) == m
+        assert len(lab.emulator.log) == m
 
 
 def test_dry_run_and_human_diff_change_nothing(tmp_path, cli_run):
-    with twin_lab(tmp_path) as lab:
-        before = lab.twin.sdn_snapshot()
+    with emulator_lab(tmp_path) as lab:
+        before = lab.emulator.sdn_snapshot()
         r = cli_run("router", "iot-net", "-f", lab.playbook, "--dry-run", env=lab.env())
         assert r.exit_code == 0, r
         assert "vlan" in r.stdout and "52" in r.stdout and "Dry run" in r.stdout
-        assert lab.twin.sdn_snapshot() == before and lab.count("applyapp.cgi") == 0
+        assert lab.emulator.sdn_snapshot() == before and lab.count("applyapp.cgi") == 0
         # without -y and without a terminal: refused, nothing changed
         r = cli_run("router", "iot-net", "-f", lab.playbook, env=lab.env())
         assert r.exit_code == 2 and "-y" in r.stderr
-        assert lab.twin.sdn_snapshot() == before
+        assert lab.emulator.sdn_snapshot() == before
         assert lab.paths()[-1] == "Logout.asp"
 
 
 def test_up_router_stage_applies_then_converges(tmp_path, monkeypatch):
     from labctl.app import router as app
-    from labctl.app.lab import LabContext
+    from labctl.core.context import LabContext
     from labctl.core.playbook import load_playbook
 
-    with twin_lab(tmp_path) as lab:
+    with emulator_lab(tmp_path) as lab:
         for k, v in lab.env().items():
             monkeypatch.setenv(k, v)
         ctx = LabContext(load_playbook(lab.playbook))
@@ -179,7 +179,7 @@ def test_up_router_stage_applies_then_converges(tmp_path, monkeypatch):
 def test_no_playbook_url_and_flags_only(tmp_path, cli_run, monkeypatch):
     monkeypatch.delenv("LABCTL_PLAYBOOK", raising=False)
     monkeypatch.chdir(tmp_path)  # no ./labctl.yaml here
-    with twin_lab(tmp_path, https=True) as lab:
+    with emulator_lab(tmp_path, https=True) as lab:
         env = lab.env()
         base = ["router", "iot-net", "--url", lab.url, "--ssid", "Sensors", "--vlan", "70",
                 "--subnet", "10.70.0.0/24", "--dns", "9.9.9.9", "--no-dhcp", "-y", "--json"]
@@ -202,7 +202,7 @@ def test_no_playbook_url_and_flags_only(tmp_path, cli_run, monkeypatch):
 
 
 def test_each_transaction_keeps_its_own_backup_file(tmp_path, cli_run):
-    with twin_lab(tmp_path) as lab:
+    with emulator_lab(tmp_path) as lab:
         files = []
         for vlan in ("52", "60", "61"):
             r = cli_run("router", "iot-net", "-f", lab.playbook, "--vlan", vlan, "-y", "--json",

@@ -1,10 +1,10 @@
-"""Every validation error exits 2 before the router is contacted (asserted on the twin's log)."""
+"""Every validation error exits 2 before the router is contacted (asserted on the emulator's log)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.helpers.router_twin import IOT_PASSPHRASE, ROUTER_PASSWORD, twin_lab
+from tests.helpers.router_emulator import IOT_PASSPHRASE, ROUTER_PASSWORD, emulator_lab
 
 # (id, extra CLI args, env overrides, text expected on stderr)
 STATIC = [
@@ -30,11 +30,11 @@ STATIC = [
 
 @pytest.mark.parametrize("args,env,says", [c[1:] for c in STATIC], ids=[c[0] for c in STATIC])
 def test_static_validation_exit_2_and_zero_requests(tmp_path, cli_run, args, env, says):
-    with twin_lab(tmp_path) as lab:
+    with emulator_lab(tmp_path) as lab:
         r = cli_run("router", "iot-net", "-f", lab.playbook, "-y", *args, env=lab.env(**env))
         assert r.exit_code == 2, r
         assert says in r.stderr, r.stderr
-        assert lab.twin.log == []  # not one request reached the router
+        assert lab.emulator.log == []  # not one request reached the router
         assert ROUTER_PASSWORD not in r.stderr and IOT_PASSPHRASE not in r.stderr
 
 
@@ -45,15 +45,15 @@ def test_static_validation_exit_2_and_zero_requests(tmp_path, cli_run, args, env
     ({"dns": ["9.9.9.9", "1.1.1.1", "8.8.8.8"]}, "at most two DNS"),
 ], ids=["dhcp-range-outside", "ssid-long", "vlan-0", "dns-three"])
 def test_playbook_validation_exit_2_and_zero_requests(tmp_path, cli_run, iot, says):
-    with twin_lab(tmp_path, **iot) as lab:
+    with emulator_lab(tmp_path, **iot) as lab:
         r = cli_run("router", "iot-net", "-f", lab.playbook, "-y", env=lab.env())
         assert r.exit_code == 2, r
         assert says in r.stderr and "lab.yaml" in r.stderr
-        assert lab.twin.log == []
+        assert lab.emulator.log == []
 
 
 def test_64_hex_passphrase_is_accepted(tmp_path, cli_run):
-    with twin_lab(tmp_path) as lab:
+    with emulator_lab(tmp_path) as lab:
         r = cli_run("router", "iot-net", "-f", lab.playbook, "-y", "--dry-run",
                     env=lab.env(LABCTL_IOT_PASSPHRASE="aB" * 32))
         assert r.exit_code == 0, r
@@ -64,27 +64,27 @@ def test_64_hex_passphrase_is_accepted(tmp_path, cli_run):
     (["--subnet", "192.168.53.0/25"], "overlaps 192.168.53.0/24"),
 ], ids=["vlan-in-use", "subnet-overlaps-guest"])
 def test_router_state_conflicts_exit_2_without_any_write(tmp_path, cli_run, args, says):
-    with twin_lab(tmp_path) as lab:
-        before = lab.twin.sdn_snapshot()
+    with emulator_lab(tmp_path) as lab:
+        before = lab.emulator.sdn_snapshot()
         r = cli_run("router", "iot-net", "-f", lab.playbook, "-y", *args, env=lab.env())
         assert r.exit_code == 2, r
         assert says in r.stderr
         assert lab.count("applyapp.cgi") == 0
-        assert lab.twin.sdn_snapshot() == before
+        assert lab.emulator.sdn_snapshot() == before
         assert lab.paths()[-1] == "Logout.asp"
 
 
 def test_ap_isolation_warns_about_the_sensor(tmp_path, cli_run):
-    with twin_lab(tmp_path) as lab:
+    with emulator_lab(tmp_path) as lab:
         r = cli_run("router", "iot-net", "-f", lab.playbook, "-y", "--ap-isolation",
                     env=lab.env())
         assert r.exit_code == 0, r
         assert "sensor loses sight of device-to-device traffic" in r.stderr
-        assert lab.twin.nvram["apg2_ap_isolate"] == "1"
+        assert lab.emulator.nvram["apg2_ap_isolate"] == "1"
 
 
 def test_secret_canaries_never_printed(tmp_path, cli_run):
-    with twin_lab(tmp_path) as lab:
+    with emulator_lab(tmp_path) as lab:
         outs = []
         for args in (["iot-net", "-y"], ["iot-net", "-y", "--json"], ["iot-net", "--dry-run",
                      "--vlan", "61"], ["show"], ["show", "--json"], ["backup", "--json"],
@@ -97,4 +97,4 @@ def test_secret_canaries_never_printed(tmp_path, cli_run):
         assert IOT_PASSPHRASE not in text
         assert "GuestPass2026" not in text
         # and the password never travels in clear on the wire log either
-        assert all(ROUTER_PASSWORD not in str(e) for e in lab.twin.log)
+        assert all(ROUTER_PASSWORD not in str(e) for e in lab.emulator.log)

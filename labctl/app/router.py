@@ -2,79 +2,74 @@
 
 Why here: the CLI and ``labctl up`` share these. Order matters and is the point: resolve
 and validate everything that needs no request first (bad input exits 2 having contacted
-nothing), then log in, take one fresh read, plan the edit from it, ask, and apply it as a
-transaction (labctl.router.asus.transaction). The client always logs out, also on errors.
+nothing), then open the router driver (log in), take one fresh read, plan the edit from it,
+ask, and apply it as a transaction (backup, apply, read back, automatic restore). The
+driver always logs out, also on errors.
+
+Vendor-neutral: the driver comes from the registry by the playbook's ``router.kind``
+(:func:`labctl.router.registry.get_router_driver`), or from ``LabContext
+.router_driver_factory`` / the ``driver_factory`` argument when a caller injects one.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
-import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from pydantic import ValidationError
+
+from labctl.core.context import LabContext
 from labctl.core.errors import ConfigError, Interrupted, UsageError
 from labctl.core.playbook import LoadedPlaybook
-from labctl.core.playbook.router import Router
+from labctl.core.playbook.router import (
+    DEFAULT_KIND,
+    ROUTER_SECTIONS,
+    IotNetwork,
+    RouterSection,
+)
 from labctl.core.secrets import PromptFn, Secret, resolve_secret
-from labctl.core.state import lab_state_dir, state_home
-from labctl.router.asus import sdn, transaction
-from labctl.router.asus.sdn import DesiredNetwork
+from labctl.router.base import (
+    DesiredNetwork,
+    RouterDriver,
+    RouterTarget,
+    check_passphrase,
+)
+from labctl.router.registry import get_router_driver
+
+__all__ = ["DesiredNetwork", "IotNetReport", "RouterTarget", "backup", "delete_net",
+           "desired_network", "ensure_loaded", "iot_net", "iot_net_stage", "network_warnings",
+           "parse_overrides", "resolve_target", "restore", "show"]
 
 log = logging.getLogger("labctl.app.router")
 
 PASSWORD_ENV = "LABCTL_ROUTER_PASSWORD"
 PASSPHRASE_ENV = "LABCTL_IOT_PASSPHRASE"
 
-ClientFactory = Callable[["RouterTarget"], Any]
+#: ``factory(target) -> RouterDriver``; None: the registry's driver for ``target.kind``
+DriverFactory = Callable[[RouterTarget], RouterDriver]
 
 
-@dataclass
-class RouterTarget:
-    """Where and how to reach the router (playbook + --url/--user overrides)."""
-
-    url: str
-    user: str
-    password: Secret
-    allow_http: bool = False
-    login: str = "auto"
-    netns: str | None = None
-    lan: ipaddress.IPv4Network | None = None
-    lab: str | None = None
-    timeout: float = 10.0
-    pin_store: Path | None = None
-    # Tests inject a client factory; by default an AsusClient over make_session.
-    client_factory: ClientFactory | None = None
-
-    def client(self) -> Any:
-        if self.client_factory is not None:
-            return self.client_factory(self)
-        from labctl.router.asus.client import APP_USER_AGENT, AsusClient
-        from labctl.transport.http import make_session
-
-        session = make_session(self.url, pin_store=self.pin_store, user_agent=APP_USER_AGENT,
-                               timeout=self.timeout, netns=self.netns,
-                               allow_http=self.allow_http)
-        return AsusClient(self.url, self.user, self.password, session=session,
-                          login=self.login)
-
-    @property
-    def state_dir(self) -> Path:
-        return lab_state_dir(self.lab) if self.lab else state_home() / "router"
+def _router_section(loaded: LoadedPlaybook | None) -> RouterSection | None:
+    if loaded is None:
+        return None
+    section: RouterSection | None = loaded.model.router
+    return section
 
 
-def _router_section(loaded: LoadedPlaybook | None) -> Router | None:
-    return loaded.model.router if loaded is not None else None
+def _driver(target: RouterTarget, factory: DriverFactory | None) -> RouterDriver:
+    if factory is not None:
+        return factory(target)
+    return get_router_driver(target.kind)(target)
 
 
-def resolve_target(loaded: LoadedPlaybook | None, *, url: str | None = None,
-                   user: str | None = None, prompt_fn: PromptFn | None = None,
-                   environ: dict[str, str] | None = None, timeout: float = 10.0) -> RouterTarget:
+def resolve_target(loaded: LoadedPlaybook | None, *, environ: Mapping[str, str],
+                   url: str | None = None, user: str | None = None,
+                   prompt_fn: PromptFn | None = None, timeout: float = 10.0) -> RouterTarget:
     """Build the target; fails (exit 2) before any request if something is missing."""
-    env = os.environ if environ is None else environ
     r = _router_section(loaded)
     if r is None and not url:
         raise UsageError("no router to talk to",
@@ -87,92 +82,124 @@ def resolve_target(loaded: LoadedPlaybook | None, *, url: str | None = None,
         raise UsageError(f"plain HTTP ({the_url}) is refused: the password would travel in "
                          "clear text", hint="use https://, or set router.allow_http: true in "
                                              "the playbook")
-    if env.get(PASSWORD_ENV):
-        password = Secret(env[PASSWORD_ENV], source=f"env:{PASSWORD_ENV}")
+    kind = r.kind if r is not None else DEFAULT_KIND
+    get_router_driver(kind)  # an unknown kind fails here, before any request
+    if environ.get(PASSWORD_ENV):
+        password = Secret(environ[PASSWORD_ENV], source=f"env:{PASSWORD_ENV}")
     elif r is not None and loaded is not None and loaded.model.provider == "netns":
-        from labctl.netns.secrets import router_password
+        from labctl.netns.credentials import router_password
 
-        password = router_password(loaded, env)  # the twin's router: labctl made it
+        password = router_password(loaded, environ)  # the twin's router: labctl made it
     elif r is not None:
-        password = r.password.resolve("router password", prompt_fn=prompt_fn, environ=env)
+        password = r.password.resolve("router password", prompt_fn=prompt_fn,
+                                      environ=dict(environ))
     else:
         password = resolve_secret(PASSWORD_ENV, prompt=True, label="router password",
-                                  prompt_fn=prompt_fn, environ=env)
+                                  prompt_fn=prompt_fn, environ=environ)
     netns = None
     if loaded is not None:
         from labctl.transport.netns import lab_host_netns
 
         netns = lab_host_netns(loaded.model)
     return RouterTarget(url=the_url, user=user or (r.user if r else "admin"), password=password,
-                        allow_http=allow_http, login=r.login if r else "auto", netns=netns,
+                        kind=kind, allow_http=allow_http,
+                        login=str(getattr(r, "login", "auto")), netns=netns,
                         lan=r.lan if r else None, lab=loaded.model.lab if loaded else None,
                         timeout=timeout)
 
 
-def desired_network(loaded: LoadedPlaybook | None, overrides: dict[str, Any], *,
-                    prompt_fn: PromptFn | None = None,
-                    environ: dict[str, str] | None = None) -> DesiredNetwork:
-    """The IoT network from the playbook's router.iot_network, flags overriding keys."""
-    env = os.environ if environ is None else environ
-    r = _router_section(loaded)
+def _validation_message(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        loc = ".".join(str(x) for x in err["loc"])
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def _merged_network(r: RouterSection | None, overrides: dict[str, Any]) -> IotNetwork:
+    """The playbook's router.iot_network with the flags on top, through the model."""
     base = r.iot_network if r is not None else None
     o = {k: v for k, v in overrides.items() if v is not None}
-
-    def pick(key: str, default: Any = None) -> Any:
-        if key in o:
-            return o[key]
-        return getattr(base, key) if base is not None else default
-
-    missing = [k for k in ("ssid", "vlan", "subnet") if pick(k) is None]
+    doc: dict[str, Any] = base.model_dump() if base is not None else {}
+    doc.update(o)
+    missing = [k for k in ("ssid", "vlan", "subnet") if doc.get(k) is None]
     if missing:
         raise UsageError(f"the IoT network needs {', '.join(missing)}",
                          hint="set router.iot_network in the playbook or pass "
                               + " ".join(f"--{m}" for m in missing))
+    # flags are parsed here (their own errors name the flag); the model checks the rest
+    if "subnet" in o:
+        try:
+            subnet = ipaddress.IPv4Network(str(o["subnet"]), strict=True)
+        except ValueError as e:
+            raise UsageError(f"--subnet {o['subnet']!r} is not an IPv4 network ({e})") from None
+        doc["subnet"] = subnet
+        # the playbook's gateway and DHCP range belonged to the old subnet
+        if "gateway" not in o and doc.get("gateway") is not None \
+                and doc["gateway"] not in subnet:
+            doc["gateway"] = None
+        rng = doc.get("dhcp_range")
+        if "dhcp_range" not in o and rng is not None and not all(a in subnet for a in rng):
+            doc["dhcp_range"] = None
+    if "vlan" in o:
+        try:
+            doc["vlan"] = int(o["vlan"])
+        except (TypeError, ValueError):
+            raise UsageError(f"--vlan {o['vlan']!r} is not a number") from None
+    if "dns" in o:
+        raw = o["dns"]
+        if isinstance(raw, str):
+            raw = [x for x in raw.split(",") if x.strip()]
+        try:
+            doc["dns"] = [ipaddress.IPv4Address(str(x).strip()) for x in raw]
+        except ValueError as e:
+            raise UsageError(f"--dns: {e}") from None
+    if base is None:
+        doc.setdefault("name", doc["ssid"])
+    section_cls = type(r) if r is not None else ROUTER_SECTIONS[DEFAULT_KIND]
     try:
-        subnet = ipaddress.IPv4Network(str(pick("subnet")), strict=True)
+        net = IotNetwork.model_validate(doc)
+        if r is not None:
+            r.check_iot_network(net)
+        else:
+            section_cls.kind_rules(net)
+    except ValidationError as e:
+        raise UsageError(f"the IoT network is invalid: {_validation_message(e)}") from None
     except ValueError as e:
-        raise UsageError(f"--subnet {pick('subnet')!r} is not an IPv4 network ({e})") from None
-    try:
-        vlan = int(pick("vlan"))
-    except (TypeError, ValueError):
-        raise UsageError(f"--vlan {pick('vlan')!r} is not a number") from None
-    dns_raw = pick("dns", [])
-    if isinstance(dns_raw, str):
-        dns_raw = [x for x in dns_raw.split(",") if x.strip()]
-    try:
-        dns = tuple(ipaddress.IPv4Address(str(x).strip()) for x in dns_raw)
-    except ValueError as e:
-        raise UsageError(f"--dns: {e}") from None
-    gateway = pick("gateway")
-    if "subnet" in o and "gateway" not in o and base is not None and base.gateway is not None \
-            and base.gateway not in subnet:
-        gateway = None  # the playbook's gateway belonged to the old subnet
-    rng = pick("dhcp_range")
-    if "subnet" in o and "dhcp_range" not in o and rng is not None and \
-            not all(a in subnet for a in rng):
-        rng = None
-    if env.get(PASSPHRASE_ENV):
-        psk = Secret(env[PASSPHRASE_ENV], source=f"env:{PASSPHRASE_ENV}")
-    elif base is not None and loaded is not None and loaded.model.provider == "netns":
-        from labctl.netns.secrets import iot_passphrase
+        raise UsageError(f"the IoT network is invalid: {e}") from None
+    return net
 
-        psk = iot_passphrase(loaded, env)  # the twin's Wi-Fi is simulated: labctl makes one
+
+def desired_network(loaded: LoadedPlaybook | None, overrides: dict[str, Any], *,
+                    environ: Mapping[str, str],
+                    prompt_fn: PromptFn | None = None) -> DesiredNetwork:
+    """The IoT network from the playbook's router.iot_network, flags overriding keys,
+    validated once (the playbook model), its passphrase resolved and checked."""
+    r = _router_section(loaded)
+    net = _merged_network(r, overrides)
+    base = r.iot_network if r is not None else None
+    if environ.get(PASSPHRASE_ENV):
+        psk = Secret(environ[PASSPHRASE_ENV], source=f"env:{PASSPHRASE_ENV}")
+    elif base is not None and loaded is not None and loaded.model.provider == "netns":
+        from labctl.netns.credentials import iot_passphrase
+
+        psk = iot_passphrase(loaded, environ)  # the twin's Wi-Fi is simulated: labctl makes one
     elif base is not None:
-        psk = base.passphrase.resolve("WPA passphrase", prompt_fn=prompt_fn, environ=env)
+        psk = base.passphrase.resolve("WPA passphrase", prompt_fn=prompt_fn,
+                                      environ=dict(environ))
     else:
         psk = resolve_secret(PASSPHRASE_ENV, prompt=True, label="WPA passphrase",
-                             prompt_fn=prompt_fn, environ=env)
-    ssid = str(pick("ssid"))
-    return DesiredNetwork(
-        name=str(pick("name", ssid) or ssid), ssid=ssid, passphrase=psk, subnet=subnet,
-        vlan=vlan, type=str(pick("type", "IoT")), band=str(pick("band", "2.4")),
-        auth=str(pick("auth", "wpa2-personal")),
-        gateway=ipaddress.IPv4Address(str(gateway)) if gateway else None,
-        dhcp=bool(pick("dhcp", True)),
-        dhcp_range=(ipaddress.IPv4Address(str(rng[0])), ipaddress.IPv4Address(str(rng[1])))
-        if rng else None,
-        lease_seconds=int(pick("lease_seconds", 86400)), dns=dns,
-        ap_isolation=bool(pick("ap_isolation", False)), hidden=bool(pick("hidden", False)))
+                             prompt_fn=prompt_fn, environ=environ)
+    check_passphrase(psk)
+    desired = DesiredNetwork.from_model(net, psk)
+    get_router_driver(r.kind if r is not None else DEFAULT_KIND).check_network(desired)
+    return desired
+
+
+def network_warnings(desired: DesiredNetwork) -> list[str]:
+    """What is valid but worth a word before applying (AP isolation hides traffic)."""
+    return desired.warnings()
 
 
 @dataclass
@@ -196,20 +223,15 @@ ConfirmFn = Callable[["IotNetReport"], bool]
 
 
 def iot_net(target: RouterTarget, desired: DesiredNetwork, *, confirm: ConfirmFn,
-            dry_run: bool = False) -> IotNetReport:
-    warnings = sdn.validate_static(desired, target.lan)
-    with target.client() as client:
-        state = sdn.read_state(client)
-        edit = sdn.plan_iot_net(state, desired)
-        after = dict(state)
-        after.update(edit.values)
-        diff = sdn.diff_networks(state, after, desired.ssid)
-        if edit.action == "update" and sdn.passphrase_changed(state, after, desired.ssid) \
-                and not any(d["field"] == "passphrase" for d in diff):
-            diff.append({"field": "passphrase", "old": "********", "new": "******** (changed)"})
-        report = IotNetReport(network=desired.to_public(), action=edit.action, diff=diff,
-                              changed_keys=sorted(edit.values), dry_run=dry_run,
-                              warnings=warnings, login=getattr(client, "login_scheme", None))
+            dry_run: bool = False, driver_factory: DriverFactory | None = None
+            ) -> IotNetReport:
+    warnings = desired.warnings()
+    with _driver(target, driver_factory) as driver:
+        state = driver.read()
+        edit = driver.plan_network(state, desired)
+        report = IotNetReport(network=desired.to_public(), action=edit.action,
+                              diff=list(edit.diff), changed_keys=edit.changed_keys,
+                              dry_run=dry_run, warnings=warnings, login=driver.login_scheme)
         if edit.empty:
             report.verified = True
             return report
@@ -217,79 +239,72 @@ def iot_net(target: RouterTarget, desired: DesiredNetwork, *, confirm: ConfirmFn
             return report
         if not confirm(report):
             raise Interrupted("nothing was changed (not confirmed)")
-        tx = transaction.run(client, state, edit, backup_dir=target.state_dir / "router-backups")
+        tx = driver.apply(edit)
         report.transaction = tx.to_dict()
         report.applied = tx.applied
         report.verified = tx.verified
         return report
 
 
-def show(target: RouterTarget) -> list[dict[str, Any]]:
-    with target.client() as client:
-        return sdn.decode_networks(sdn.read_state(client))
+def show(target: RouterTarget, *, driver_factory: DriverFactory | None = None
+         ) -> list[dict[str, Any]]:
+    with _driver(target, driver_factory) as driver:
+        return driver.networks(driver.read())
 
 
-def backup(target: RouterTarget, out: Path | None) -> dict[str, Any]:
-    with target.client() as client:
-        state = sdn.read_state(client)
-    keys = {k: state.get(k, "") for k in sdn.sdn_keys()}
-    if out is None:
-        path = transaction.write_backup(keys, target.state_dir / "router-backups", "backup")
-    else:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"kind": "asus-sdn-nvram", "keys": keys}, f, indent=1, sort_keys=True)
-        path = out
-    return {"file": str(path), "keys": len(keys),
-            "networks": [n["name"] for n in sdn.decode_networks(state) if n["idx"] != "0"]}
+def backup(target: RouterTarget, out: Path | None, *,
+           driver_factory: DriverFactory | None = None) -> dict[str, Any]:
+    with _driver(target, driver_factory) as driver:
+        done = driver.backup(Path(out) if out is not None else None)
+    return {"file": str(done.path), "keys": done.keys, "networks": done.networks}
 
 
-def restore(target: RouterTarget, path: Path, *, confirm: Callable[[list[str]], bool]
-            ) -> dict[str, Any]:
-    values = transaction.load_backup(Path(path))  # bad file: exit 2 before any request
-    with target.client() as client:
-        current = sdn.read_state(client)
+def restore(target: RouterTarget, path: Path, *, confirm: Callable[[list[str]], bool],
+            driver_factory: DriverFactory | None = None) -> dict[str, Any]:
+    # a bad file exits 2 before any request
+    values = get_router_driver(target.kind).load_backup(Path(path))
+    with _driver(target, driver_factory) as driver:
+        current = driver.read()
         differing = sorted(k for k, v in values.items() if current.get(k, "") != v)
         if differing and not confirm(differing):
             raise Interrupted("nothing was changed (not confirmed)")
-        report = transaction.restore_backup(client, values)
+        report = driver.restore(Path(path))
     return report.to_dict()
 
 
-def delete_net(target: RouterTarget, name: str, *, confirm: Callable[[dict[str, Any]], bool]
-               ) -> dict[str, Any]:
-    if "<" in name or ">" in name:
-        raise UsageError("the network name must not contain < or >")
-    with target.client() as client:
-        state = sdn.read_state(client)
-        edit = sdn.plan_delete(state, name)
-        net = sdn.find_network(state, name)
-        if not confirm(net or {}):
+def delete_net(target: RouterTarget, name: str, *, confirm: Callable[[dict[str, Any]], bool],
+               driver_factory: DriverFactory | None = None) -> dict[str, Any]:
+    section_cls = ROUTER_SECTIONS.get(target.kind)
+    if section_cls is not None:
+        try:
+            section_cls.check_text("the network name", name)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    with _driver(target, driver_factory) as driver:
+        state = driver.read()
+        edit = driver.plan_delete(state, name)
+        if not confirm(edit.before or {}):
             raise Interrupted("nothing was changed (not confirmed)")
-        tx = transaction.run(client, state, edit, backup_dir=target.state_dir / "router-backups")
+        tx = driver.apply(edit)
     return {"deleted": name, "transaction": tx.to_dict()}
 
 
-def iot_net_stage(ctx: Any, *, confirm: Callable[[Any], bool], dry_run: bool = False
+def iot_net_stage(ctx: LabContext, *, confirm: Callable[[Any], bool], dry_run: bool = False
                   ) -> IotNetReport | None:
     """`labctl up`'s router stage: apply router.iot_network (None when there is none).
 
-    ``ctx`` is a labctl.app.lab.LabContext; ``confirm`` receives the IotNetReport (its
-    ``diff`` and ``changed_keys``) and returns whether to apply.
+    ``confirm`` receives the IotNetReport (its ``diff`` and ``changed_keys``) and returns
+    whether to apply.
     """
     loaded: LoadedPlaybook = ctx.loaded
-    r = loaded.model.router
+    r = _router_section(loaded)
     if r is None or r.iot_network is None:
         return None
-    opts = getattr(ctx, "options", {}) or {}
-    target = resolve_target(loaded, url=opts.get("router_url"), user=opts.get("router_user"),
-                            prompt_fn=ctx.prompt_fn)
-    if opts.get("router_client_factory") is not None:
-        target.client_factory = opts["router_client_factory"]
-    desired = desired_network(loaded, {}, prompt_fn=ctx.prompt_fn)
-    return iot_net(target, desired, confirm=confirm, dry_run=dry_run)
+    target = resolve_target(loaded, url=ctx.router_url, user=ctx.router_user,
+                            prompt_fn=ctx.prompt_fn, environ=ctx.environ)
+    desired = desired_network(loaded, {}, prompt_fn=ctx.prompt_fn, environ=ctx.environ)
+    return iot_net(target, desired, confirm=confirm, dry_run=dry_run,
+                   driver_factory=ctx.router_driver_factory)
 
 
 def parse_overrides(**flags: Any) -> dict[str, Any]:

@@ -1,18 +1,33 @@
-"""`labctl router`: the ASUS IoT network as code (iot-net, show, backup, restore, delete-net).
+"""`labctl router`: the IoT network as code (iot-net, show, backup, restore, delete-net).
 
-Parsing and rendering only; the work is in labctl.app.router. The router password comes from
-LABCTL_ROUTER_PASSWORD, the playbook's reference, or a prompt; it is never printed.
+Parsing and rendering only; the work is in labctl.app.router, which talks to the router
+through the driver of the playbook's ``router.kind`` (today: asus). The router password
+comes from LABCTL_ROUTER_PASSWORD, the playbook's reference, or a prompt; it is never
+printed.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from labctl.cli._common import (confirm, echo, emit_json, json_option, playbook_option,
-                                prompt_secret, yes_option)
+from labctl.cli._common import (
+    confirm,
+    echo,
+    emit_json,
+    json_option,
+    playbook_option,
+    prompt_secret,
+    yes_option,
+)
+
+if TYPE_CHECKING:
+    from labctl.core.playbook import LoadedPlaybook
+    from labctl.router.base import RouterTarget
 
 
 def _target_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -26,17 +41,18 @@ def _target_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return playbook_option(f)
 
 
-def _target(playbook: str | None, url: str | None, user: str | None, timeout: float):
+def _target(playbook: str | None, url: str | None, user: str | None, timeout: float
+            ) -> tuple[LoadedPlaybook | None, RouterTarget]:
     from labctl.app import router as app
 
     loaded = app.ensure_loaded(playbook, url=url)
     return loaded, app.resolve_target(loaded, url=url, user=user, prompt_fn=prompt_secret,
-                                      timeout=timeout)
+                                      timeout=timeout, environ=os.environ)
 
 
-@click.group(help="ASUS router (ASUSWRT 3.0.0.6 SDN): the IoT network as code, backup, "
-                  "restore.\n\nThe password comes from LABCTL_ROUTER_PASSWORD, the playbook's "
-                  "router.password reference, or a prompt.")
+@click.group(help="The router (today: ASUS, ASUSWRT 3.0.0.6 SDN): the IoT network as code, "
+                  "backup, restore.\n\nThe password comes from LABCTL_ROUTER_PASSWORD, the "
+                  "playbook's router.password reference, or a prompt.")
 def router() -> None:
     pass
 
@@ -84,17 +100,16 @@ def iot_net(playbook: str | None, url: str | None, user: str | None, timeout: fl
     overrides = app.parse_overrides(name=name, ssid=ssid, vlan=vlan, subnet=subnet, dns=dns,
                                     band=band, auth=auth, ap_isolation=ap_isolation, dhcp=dhcp)
     loaded, target = _target(playbook, url, user, timeout)
-    desired = app.desired_network(loaded, overrides, prompt_fn=prompt_secret)
+    desired = app.desired_network(loaded, overrides, prompt_fn=prompt_secret,
+                                  environ=os.environ)
 
     def _confirm(report: Any) -> bool:
         if not as_json:
             _print_diff(report)
         return confirm(f"Apply {len(report.changed_keys)} nvram change(s) to the router?", yes)
 
-    from labctl.router.asus.sdn import validate_static
-
     if not as_json:
-        for w in validate_static(desired, target.lan):
+        for w in app.network_warnings(desired):
             echo(f"Warning: {w}", err=True, fg="yellow")
     report = app.iot_net(target, desired, confirm=_confirm, dry_run=dry_run)
     if as_json:
@@ -137,7 +152,7 @@ def show(playbook: str | None, url: str | None, user: str | None, timeout: float
     rows = [[c.upper() for c in cols]] + [[_fmt(n.get(c)) for c in cols] for n in nets]
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     for r in rows:
-        echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+        echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
 @router.command("backup")

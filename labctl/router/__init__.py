@@ -1,1 +1,1 @@
-"""router driver."""
+"""Router drivers: the interface (base), the registry, one package per vendor."""

@@ -1,1 +1,1 @@
-"""ASUSWRT 3.0.0.6 (SDN) router driver: codec, client, planner, transaction, twin."""
+"""ASUSWRT 3.0.0.6 (SDN) router driver: codec, client, planner, transaction, emulator."""

@@ -23,7 +23,8 @@ import hashlib
 import json
 import logging
 import secrets as pysecrets
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 import requests
@@ -118,7 +119,7 @@ class AsusClient:
         self.requests_made = 0
 
     # -- context -------------------------------------------------------------------------
-    def __enter__(self) -> "AsusClient":
+    def __enter__(self) -> AsusClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:

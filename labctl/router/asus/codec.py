@@ -15,8 +15,8 @@ none) is kept as ``prefix``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
 
 # Field names by position. Rows may be shorter (older writers) or longer (newer UI).
 SDN_FIELDS: tuple[str, ...] = (
@@ -87,7 +87,7 @@ class Row:
             out[key] = v
         return out
 
-    def copy(self) -> "Row":
+    def copy(self) -> Row:
         return Row(list(self.fields), self.names)
 
 
@@ -128,7 +128,7 @@ class Table:
         self.rows.append(row)
         return row
 
-    def copy(self) -> "Table":
+    def copy(self) -> Table:
         return Table([r.copy() for r in self.rows], self.prefix, self.names)
 
 

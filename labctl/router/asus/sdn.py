@@ -13,13 +13,14 @@ its SSID (``router show`` prints the SSID as the name). See docs/router.md.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from labctl.core.errors import UsageError
-from labctl.core.secrets import MASK, Secret
+from labctl.core.secrets import MASK
 from labctl.router.asus import codec
 from labctl.router.asus.codec import Table
+from labctl.router.base import DesiredNetwork, NetworkEdit
 
 APG_MAX = 16  # apg0..apg15 (APG_MAXINUM)
 ASCII_KEYS = frozenset(codec.SDN_TABLE_KEYS) | {
@@ -27,7 +28,6 @@ ASCII_KEYS = frozenset(codec.SDN_TABLE_KEYS) | {
                                                      "sched", "maclist", "expiretime")}
 CONTEXT_KEYS = ("lan_ipaddr", "lan_netmask", "qos_enable")
 MAIN_TYPES = ("DEFAULT", "MAINFH", "MAINBH")
-WPA_PRINTABLE = {chr(c) for c in range(32, 127)}
 
 
 def sdn_keys() -> list[str]:
@@ -39,103 +39,13 @@ def sdn_keys() -> list[str]:
 def read_state(client: Any) -> dict[str, str]:
     """One fresh read: all SDN keys (decoded) plus the main LAN context."""
     keys = sdn_keys() + list(CONTEXT_KEYS)
-    return client.get_nvram(keys, ascii_keys=[k for k in keys if k in ASCII_KEYS])
-
-
-@dataclass(frozen=True)
-class DesiredNetwork:
-    """What the user asked for (from the playbook, overridden by flags)."""
-
-    name: str
-    ssid: str
-    passphrase: Secret
-    subnet: ipaddress.IPv4Network
-    vlan: int
-    type: str = "IoT"
-    band: str = "2.4"
-    auth: str = "wpa2-personal"
-    gateway: ipaddress.IPv4Address | None = None
-    dhcp: bool = True
-    dhcp_range: tuple[ipaddress.IPv4Address, ipaddress.IPv4Address] | None = None
-    lease_seconds: int = 86400
-    dns: tuple[ipaddress.IPv4Address, ...] = ()
-    ap_isolation: bool = False
-    hidden: bool = False
-
-    @property
-    def gateway_ip(self) -> ipaddress.IPv4Address:
-        return self.gateway or next(self.subnet.hosts())
-
-    @property
-    def range(self) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
-        if self.dhcp_range:
-            return self.dhcp_range
-        hosts = list(self.subnet.hosts()) if self.subnet.num_addresses <= 65536 else []
-        gw = self.gateway_ip
-        cands = [h for h in hosts if h != gw] or [gw]
-        return cands[0], cands[-1]
-
-    def to_public(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.type, "ssid": self.ssid, "band": self.band,
-                "auth": self.auth, "vlan": self.vlan, "subnet": str(self.subnet),
-                "gateway": str(self.gateway_ip), "dhcp": self.dhcp,
-                "dhcp_range": [str(a) for a in self.range] if self.dhcp else None,
-                "dns": [str(d) for d in self.dns], "ap_isolation": self.ap_isolation,
-                "hidden": self.hidden, "passphrase": MASK}
+    state: dict[str, str] = client.get_nvram(keys, ascii_keys=[k for k in keys
+                                                                if k in ASCII_KEYS])
+    return state
 
 
 def _usage(msg: str, hint: str | None = None) -> UsageError:
     return UsageError(msg, hint=hint)
-
-
-def validate_static(d: DesiredNetwork, main_lan: ipaddress.IPv4Network | None) -> list[str]:
-    """Every check that needs no request. Raises UsageError; returns warnings."""
-    n = len(d.ssid.encode("utf-8"))
-    if not 1 <= n <= 32:
-        raise _usage(f"the SSID must be 1-32 bytes, got {n}")
-    psk = d.passphrase.reveal()
-    hex64 = len(psk) == 64 and all(c in "0123456789abcdefABCDEF" for c in psk)
-    if not hex64 and not (8 <= len(psk) <= 63 and all(c in WPA_PRINTABLE for c in psk)):
-        raise _usage("the WPA passphrase must be 8-63 printable ASCII characters or 64 hex "
-                     f"digits (got {len(psk)} characters)",
-                     hint="set LABCTL_IOT_PASSPHRASE (or the playbook's passphrase source)")
-    for label, value in (("name", d.name), ("ssid", d.ssid), ("passphrase", psk),
-                         ("type", d.type)):
-        if "<" in value or ">" in value:
-            raise _usage(f"the {label} must not contain < or > (they delimit the router's "
-                         "nvram records)")
-    if not 2 <= d.vlan <= 4094:
-        raise _usage(f"VLAN {d.vlan} is outside 2-4094", hint="VLAN 1 is the default LAN")
-    if d.subnet.prefixlen > 30:
-        raise _usage(f"subnet {d.subnet} is too small for a gateway and DHCP clients")
-    if main_lan is not None and d.subnet.overlaps(main_lan):
-        raise _usage(f"subnet {d.subnet} overlaps the main LAN {main_lan}")
-    if d.gateway is not None and (d.gateway not in d.subnet or d.gateway in
-                                  (d.subnet.network_address, d.subnet.broadcast_address)):
-        raise _usage(f"gateway {d.gateway} is not a host address of {d.subnet}")
-    if d.dhcp and d.dhcp_range is not None:
-        lo, hi = d.dhcp_range
-        for a in (lo, hi):
-            if a not in d.subnet or a in (d.subnet.network_address, d.subnet.broadcast_address):
-                raise _usage(f"the DHCP range address {a} is not inside {d.subnet}")
-        if int(lo) > int(hi):
-            raise _usage(f"the DHCP range {lo}-{hi} runs backwards")
-    if len(d.dns) > 2:
-        raise _usage(f"at most two DNS servers (got {len(d.dns)})")
-    bands = d.band.split("+")
-    for b in bands:
-        if b not in codec.BAND_BITS:
-            raise _usage(f"unknown band {b!r}", hint="use 2.4, 5, 6 or a + combination")
-    if "6" in bands and d.auth != "wpa3-personal":
-        raise _usage("6 GHz needs WPA3 (auth wpa3-personal)")
-    if d.auth not in codec.AUTH_TO_ASUS:
-        raise _usage(f"unknown auth {d.auth!r}")
-    warnings = []
-    if d.ap_isolation:
-        warnings.append("AP isolation is on: wireless clients cannot talk to each other, so "
-                        "the sensor loses sight of device-to-device traffic (the reference lab "
-                        "keeps it off)")
-    return warnings
 
 
 @dataclass
@@ -146,7 +56,7 @@ class Tables:
     access: Table
 
     @classmethod
-    def from_state(cls, state: dict[str, str]) -> "Tables":
+    def from_state(cls, state: dict[str, str]) -> Tables:
         return cls(codec.parse_sdn(state.get("sdn_rl", "")),
                    codec.parse_vlan(state.get("vlan_rl", "")),
                    codec.parse_subnet(state.get("subnet_rl", "")),
@@ -178,7 +88,10 @@ def decode_networks(state: dict[str, str]) -> list[dict[str, Any]]:
             out.append(net)
             continue
         apg = row["apg_idx"]
-        g = (lambda f: state.get(f"apg{apg}_{f}", ""))  # noqa: E731
+
+        def g(f: str, apg: str = apg) -> str:
+            return state.get(f"apg{apg}_{f}", "")
+
         sec = codec.parse_security(g("security"))
         first = sec.rows[0] if sec.rows else None
         dut = codec.parse_dut_list(g("dut_list"))
@@ -267,22 +180,9 @@ def validate_against_router(d: DesiredNetwork, state: dict[str, str],
                              f"{net['name']!r}", hint="pick another --subnet")
 
 
-@dataclass
-class Edit:
-    """The nvram keys to write and the rc_service to run."""
-
-    sdn_idx: str
-    values: dict[str, str] = field(default_factory=dict)
-    rc_service: str = ""
-    action: str = "noop"  # create | update | delete | noop
-
-    @property
-    def empty(self) -> bool:
-        return not self.values
-
-
-def plan_iot_net(state: dict[str, str], d: DesiredNetwork) -> Edit:
-    """Table edits that make the router hold ``d``; only changed keys are returned."""
+def plan_iot_net(state: dict[str, str], d: DesiredNetwork) -> NetworkEdit:
+    """Table edits that make the router hold ``d``; only changed keys are returned, with the
+    field-level diff of the network (the passphrase masked)."""
     t = Tables.from_state(state)
     existing = find_network(state, d.ssid)
     if existing is None:
@@ -351,11 +251,19 @@ def plan_iot_net(state: dict[str, str], d: DesiredNetwork) -> Edit:
         if not state.get(k):
             new[k] = v
     values = {k: v for k, v in new.items() if state.get(k, "") != v}
-    return Edit(sdn_idx, values, f"restart_wireless;restart_sdn {sdn_idx};",
-                action if values else "noop")
+    action = action if values else "noop"
+    after = dict(state)
+    after.update(values)
+    diff = diff_networks(state, after, d.ssid)
+    if action == "update" and passphrase_changed(state, after, d.ssid) \
+            and not any(x["field"] == "passphrase" for x in diff):
+        diff.append({"field": "passphrase", "old": MASK, "new": f"{MASK} (changed)"})
+    return NetworkEdit(target=sdn_idx, values=values,
+                       service=f"restart_wireless;restart_sdn {sdn_idx};", action=action,
+                       basis=dict(state), diff=diff, before=existing)
 
 
-def plan_delete(state: dict[str, str], name: str) -> Edit:
+def plan_delete(state: dict[str, str], name: str) -> NetworkEdit:
     net = find_network(state, name)
     if net is None:
         names = [n["name"] for n in decode_networks(state) if n["idx"] != "0"]
@@ -376,7 +284,8 @@ def plan_delete(state: dict[str, str], name: str) -> Edit:
     for f in codec.APG_FIELDS:
         new[f"apg{net['apg_idx']}_{f}"] = ""
     values = {k: v for k, v in new.items() if state.get(k, "") != v}
-    return Edit(idx, values, "start_sdn_del;restart_wireless;", "delete")
+    return NetworkEdit(target=idx, values=values, service="start_sdn_del;restart_wireless;",
+                       action="delete", basis=dict(state), before=net)
 
 
 def diff_networks(before: dict[str, str], after: dict[str, str],

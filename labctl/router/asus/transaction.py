@@ -24,9 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labctl.core.errors import ApiError, ConvergenceError, LabctlError
+from labctl.core.errors import ApiError, ConfigError, ConvergenceError, Interrupted, LabctlError
 from labctl.router.asus import sdn
-from labctl.router.asus.sdn import Edit
+from labctl.router.base import NetworkEdit, TransactionFailed
+
+__all__ = ["TransactionFailed", "TxReport", "load_backup", "restore_backup", "run",
+           "write_backup"]
+
+BACKUP_KIND = "asus-sdn-nvram"
 
 log = logging.getLogger("labctl.router.tx")
 
@@ -48,18 +53,6 @@ class TxReport:
         return dict(self.__dict__)
 
 
-class TransactionFailed(LabctlError):
-    """The apply failed; the report says whether the backup was restored and verified."""
-
-    def __init__(self, message: str, report: TxReport, cause: LabctlError | None,
-                 hint: str | None = None) -> None:
-        super().__init__(message, hint)
-        self.report = report
-        self.cause = cause
-        if cause is not None:
-            self.exit_code = cause.exit_code
-
-
 def write_backup(values: dict[str, str], directory: Path, label: str = "sdn-backup") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
@@ -70,13 +63,23 @@ def write_backup(values: dict[str, str], directory: Path, label: str = "sdn-back
         path = directory / f"{label}-{stamp}-{n}.json"
     fd, tmp = tempfile.mkstemp(prefix=".backup.", dir=str(directory))
     with os.fdopen(fd, "w") as f:
-        json.dump({"kind": "asus-sdn-nvram", "keys": values}, f, indent=1, sort_keys=True)
+        json.dump({"kind": BACKUP_KIND, "keys": values}, f, indent=1, sort_keys=True)
     os.chmod(tmp, 0o600)  # it holds Wi-Fi passphrases
     os.replace(tmp, path)
     return path
 
 
-def _sdn_only(state: dict[str, str]) -> dict[str, str]:
+def write_backup_to(values: dict[str, str], path: Path) -> Path:
+    """Write a backup to the file the user named (created 0600, replaced if present)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"kind": BACKUP_KIND, "keys": values}, f, indent=1, sort_keys=True)
+    return path
+
+
+def sdn_only(state: dict[str, str]) -> dict[str, str]:
+    """The backed-up part of a read: every SDN key, unset ones as ""."""
     keys = sdn.sdn_keys()
     return {k: state.get(k, "") for k in keys}
 
@@ -95,24 +98,25 @@ def restore_values(client: Any, backup: dict[str, str], rc_service: str,
         todo = {k: v for k, v in backup.items() if current.get(k, "") != v}
     if todo:
         client.apply(todo, rc_service)
-    after = _sdn_only(sdn.read_state(client))
+    after = sdn_only(sdn.read_state(client))
     return _mismatch(backup, after)
 
 
-def run(client: Any, state: dict[str, str], edit: Edit, *, backup_dir: Path) -> TxReport:
+def run(client: Any, state: dict[str, str], edit: NetworkEdit, *, backup_dir: Path
+        ) -> TxReport:
     """Apply ``edit`` computed from ``state`` (a fresh read) as a transaction."""
-    report = TxReport(edit.action, edit.sdn_idx, sorted(edit.values))
+    report = TxReport(edit.action, edit.target, sorted(edit.values))
     if edit.empty:
         report.verified = True
         return report
-    backup = _sdn_only(state)
+    backup = sdn_only(state)
     report.backup_file = str(write_backup(backup, backup_dir))
     expected = dict(backup)
     expected.update({k: v for k, v in edit.values.items() if k in expected})
     try:
-        client.apply(edit.values, edit.rc_service)
+        client.apply(edit.values, edit.service)
         report.applied = True
-        after = _sdn_only(sdn.read_state(client))
+        after = sdn_only(sdn.read_state(client))
         bad = _mismatch(expected, after)
         if bad:
             raise ConvergenceError(f"read-back mismatch after apply in {', '.join(bad[:8])}"
@@ -138,20 +142,19 @@ def run(client: Any, state: dict[str, str], edit: Edit, *, backup_dir: Path) -> 
         # Ctrl-C mid-apply must not leave a half-written router either.
         report.failure = "interrupted"
         _restore(client, backup, edit, report)
-        from labctl.core.errors import Interrupted
-
         raise Interrupted("interrupted during the apply; the backup was "
                           + ("restored and verified" if report.restore_verified else
                              f"NOT verified; run `labctl router restore {report.backup_file}`")
                           ) from None
 
 
-def _restore(client: Any, backup: dict[str, str], edit: Edit, report: TxReport) -> None:
+def _restore(client: Any, backup: dict[str, str], edit: NetworkEdit, report: TxReport
+             ) -> None:
     # Putting a profile back (also after a failed delete) is an edit of that profile.
-    service = f"restart_wireless;restart_sdn {edit.sdn_idx};"
+    service = f"restart_wireless;restart_sdn {edit.target};"
     current: dict[str, str] | None
     try:
-        current = _sdn_only(sdn.read_state(client))
+        current = sdn_only(sdn.read_state(client))
     except LabctlError as e:
         log.warning("cannot read the router before restoring (%s); posting every key", e)
         current = None
@@ -159,7 +162,7 @@ def _restore(client: Any, backup: dict[str, str], edit: Edit, report: TxReport) 
         left = restore_values(client, backup, service, current)
         if left:  # one more attempt, from a fresh read
             left = restore_values(client, backup, service,
-                                  _sdn_only(sdn.read_state(client)))
+                                  sdn_only(sdn.read_state(client)))
         report.restored = True
         report.restore_verified = not left
         report.restore_mismatch = left
@@ -171,7 +174,7 @@ def _restore(client: Any, backup: dict[str, str], edit: Edit, report: TxReport) 
 
 def restore_backup(client: Any, backup: dict[str, str]) -> TxReport:
     """`router restore FILE`: put every backed-up key back, verified."""
-    current = _sdn_only(sdn.read_state(client))
+    current = sdn_only(sdn.read_state(client))
     keys = sorted(k for k, v in backup.items() if current.get(k, "") != v)
     report = TxReport("restore", "", keys)
     if not keys:
@@ -187,15 +190,13 @@ def restore_backup(client: Any, backup: dict[str, str]) -> TxReport:
 
 
 def load_backup(path: Path) -> dict[str, str]:
-    from labctl.core.errors import ConfigError
-
     try:
         doc = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError("no such file", file=str(path)) from None
     except (OSError, ValueError) as e:
         raise ConfigError(f"not a labctl router backup ({e})", file=str(path)) from None
-    if not isinstance(doc, dict) or doc.get("kind") != "asus-sdn-nvram" or \
+    if not isinstance(doc, dict) or doc.get("kind") != BACKUP_KIND or \
             not isinstance(doc.get("keys"), dict):
         raise ConfigError("not a labctl router backup (kind: asus-sdn-nvram expected)",
                           file=str(path))

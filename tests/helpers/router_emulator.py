@@ -1,14 +1,15 @@
-"""Test helpers: a router twin on 127.0.0.1 (HTTP or HTTPS) and a playbook pointing at it."""
+"""Test helpers: the ASUS router emulator on 127.0.0.1 (HTTP or HTTPS) and a playbook
+pointing at it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import yaml
 
-from labctl.router.asus.twin import RouterTwin, TwinServer, ensure_certificate
+from labctl.router.asus.emulator import EmulatorServer, RouterEmulator, ensure_certificate
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUTER_PASSWORD = "Canary-Router-Pw-7731"
@@ -16,9 +17,9 @@ IOT_PASSPHRASE = "Canary-Wifi-Psk-4412"
 APP_UA = "asusrouter-Linux-DUTUtil-test"
 
 
-class TwinLab:
-    def __init__(self, twin: RouterTwin, server: TwinServer, playbook: Path) -> None:
-        self.twin = twin
+class EmulatorLab:
+    def __init__(self, emulator: RouterEmulator, server: EmulatorServer, playbook: Path) -> None:
+        self.emulator = emulator
         self.server = server
         self.playbook = str(playbook)
 
@@ -27,8 +28,8 @@ class TwinLab:
         return self.server.url
 
     def paths(self) -> list[str]:
-        with self.twin.lock:
-            return [e["path"] for e in self.twin.log]
+        with self.emulator.lock:
+            return [e["path"] for e in self.emulator.log]
 
     def count(self, path: str) -> int:
         return self.paths().count(path)
@@ -50,13 +51,13 @@ def write_playbook(tmp: Path, url: str, *, allow_http: bool, **iot: object) -> P
 
 
 @contextmanager
-def twin_lab(tmp: Path, *, https: bool = False, login: str = "both",
-             **iot: object) -> Iterator[TwinLab]:
-    twin = RouterTwin(password=ROUTER_PASSWORD, login_mode=login, slow_seconds=2.0)
+def emulator_lab(tmp: Path, *, https: bool = False, login: str = "both",
+                 **iot: object) -> Iterator[EmulatorLab]:
+    emulator = RouterEmulator(password=ROUTER_PASSWORD, login_mode=login, slow_seconds=2.0)
     cert = key = None
     if https:
-        cert, key = ensure_certificate(tmp / "twin-cert")
-    server = TwinServer(twin, "127.0.0.1", 0, https=https, certfile=cert, keyfile=key)
+        cert, key = ensure_certificate(tmp / "emulator-cert")
+    server = EmulatorServer(emulator, "127.0.0.1", 0, https=https, certfile=cert, keyfile=key)
     with server:
         pb = write_playbook(tmp, server.url, allow_http=not https, **iot)
-        yield TwinLab(twin, server, pb)
+        yield EmulatorLab(emulator, server, pb)

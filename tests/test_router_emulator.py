@@ -1,4 +1,4 @@
-"""The router twin as a program: `labctl twin serve-router`, state file, --iot-interface."""
+"""The ASUS router emulator as a program: `labctl twin serve-router`, its state, --iot-interface."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from labctl.app import router as app
 from labctl.core.errors import TransportError
 from labctl.core.secrets import Secret
-from labctl.router.asus.sdn import DesiredNetwork
+from labctl.router.base import DesiredNetwork
 from labctl.transport.http import make_session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,13 +26,13 @@ def _wait_ready(url: str, netns: str | None, proc: subprocess.Popen, deadline: f
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise AssertionError(f"twin exited: {proc.stderr.read() if proc.stderr else ''}")
+            raise AssertionError(f"emulator exited: {proc.stderr.read() if proc.stderr else ''}")
         try:
             s.get("/Main_Login.asp")
             return
         except TransportError:
             time.sleep(0.1)
-    raise AssertionError("twin did not start")
+    raise AssertionError("emulator did not start")
 
 
 def _stop(proc: subprocess.Popen) -> None:
