@@ -7,7 +7,7 @@ from pathlib import Path
 
 from labctl.core.playbook import load_playbook
 from labctl.core.state import lab_state_dir
-from labctl.netns.secrets import FILE, iot_passphrase, router_password
+from labctl.netns.credentials import FILE, iot_passphrase, router_password
 
 ROOT = Path(__file__).resolve().parent.parent
 TWIN = str(ROOT / "playbooks" / "twin.yaml")
@@ -42,7 +42,7 @@ def test_router_target_of_a_twin_needs_no_environment():
 
 
 def test_twin_secrets_meet_the_sensor_password_policy(tmp_path):
-    from labctl.netns.secrets import twin_secret
+    from labctl.netns.credentials import twin_secret
     from labctl.sensor.store import password_problems
 
     for i in range(200):

@@ -1,80 +1,18 @@
-"""Credentials the twin owns: its router twin's admin password and the IoT passphrase.
+"""Compatibility alias of :mod:`labctl.netns.credentials` (the old name, which collided with
+:mod:`labctl.core.secrets`).
 
-A real router's password comes from the user (environment or prompt). The twin's router is
-built by labctl itself, so when the playbook's variables are unset labctl makes random
-values once per lab, keeps them in the lab's state directory (mode 0600) and uses them on
-both sides: the router twin accepts them and the router stage logs in with them. They are
-:class:`Secret` values: never printed, never in plans or logs.
+Kept only while ``labctl/app/router.py`` and ``labctl/app/sensor.py`` still import the old
+name; delete this file once they import ``labctl.netns.credentials``.
 """
 
-from __future__ import annotations
+from labctl.netns.credentials import (
+    FILE,
+    ROUTER_PASSWORD_ENV,
+    iot_passphrase,
+    router_password,
+    sensor_admin_password,
+    twin_secret,
+)
 
-import json
-import os
-import secrets as _random
-import string
-from pathlib import Path
-from typing import Mapping
-
-from labctl.core.playbook import LoadedPlaybook
-from labctl.core.secrets import Secret
-from labctl.core.state import lab_state_dir
-
-FILE = "twin-secrets.json"
-ROUTER_PASSWORD_ENV = "LABCTL_TWIN_ROUTER_PASSWORD"  # handed to the router twin process
-
-
-def _new_value() -> str:
-    """24 random characters that always meet a sensor's password policy (upper and lower
-    case, digits, symbols), so the same generator serves every twin credential."""
-    alphabet = string.ascii_letters + string.digits + "!#%+-.=@^_~"
-    classes = (string.ascii_uppercase, string.ascii_lowercase, string.digits, "!#%+-.=@^_~")
-    chars = [_random.choice(c) for c in classes]
-    chars += [_random.choice(alphabet) for _ in range(24 - len(chars))]
-    _random.SystemRandom().shuffle(chars)
-    return "".join(chars)
-
-
-def twin_secret(state_dir: Path, name: str) -> Secret:
-    """The lab's secret ``name``, created (random, 0600 file) on first use."""
-    path = state_dir / FILE
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        values = {}
-    if not isinstance(values.get(name), str):
-        values[name] = _new_value()
-        state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(values, fh)
-        tmp.replace(path)
-    return Secret(values[name], source=f"twin state {name}")
-
-
-def _from_env_or_twin(env_name: str | None, loaded: LoadedPlaybook, name: str,
-                      environ: Mapping[str, str] | None) -> Secret:
-    env = os.environ if environ is None else environ
-    if env_name and env.get(env_name):
-        return Secret(env[env_name], source=f"env:{env_name}")
-    return twin_secret(lab_state_dir(loaded.model.lab), name)
-
-
-def router_password(loaded: LoadedPlaybook, environ: Mapping[str, str] | None = None) -> Secret:
-    r = loaded.model.router
-    return _from_env_or_twin(r.password.env if r else None, loaded, "router_password", environ)
-
-
-def iot_passphrase(loaded: LoadedPlaybook, environ: Mapping[str, str] | None = None) -> Secret:
-    r = loaded.model.router
-    iot = r.iot_network if r else None
-    return _from_env_or_twin(iot.passphrase.env if iot else None, loaded, "iot_passphrase",
-                             environ)
-
-
-def sensor_admin_password(loaded: LoadedPlaybook,
-                          environ: Mapping[str, str] | None = None) -> Secret:
-    s = loaded.model.sensor
-    return _from_env_or_twin(s.admin_password.env if s else None, loaded,
-                             "sensor_admin_password", environ)
+__all__ = ["FILE", "ROUTER_PASSWORD_ENV", "iot_passphrase", "router_password",
+           "sensor_admin_password", "twin_secret"]
