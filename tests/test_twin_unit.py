@@ -17,7 +17,8 @@ from labctl.netns import facts as factsmod
 from labctl.netns import plan as planmod
 from labctl.netns import provider as provmod
 from labctl.netns import supervisor
-from labctl.netns.topology import build, ifname
+from labctl.netns.topology import build
+from labctl.netns.topology_model import ifname
 
 ROOT = Path(__file__).resolve().parent.parent
 TWIN = ROOT / "playbooks" / "twin.yaml"

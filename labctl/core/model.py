@@ -11,9 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from labctl.core.secrets import MASK, REDACTOR, Secret
+
+
+@runtime_checkable
+class PlainData(Protocol):
+    """A typed value in step parameters (a netns operation) that serialises itself."""
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 class Action(StrEnum):
@@ -54,6 +61,8 @@ class Ownership(StrEnum):
 def _mask(value: Any) -> Any:
     if isinstance(value, Secret):
         return MASK
+    if isinstance(value, PlainData):
+        return _mask(value.to_dict())
     if isinstance(value, Mapping):
         return {k: _mask(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

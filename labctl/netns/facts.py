@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from labctl.netns import supervisor
-from labctl.netns.topology import ETC_NETNS, Topology
+from labctl.netns.ops import MARKER
+from labctl.netns.topology_model import ETC_NETNS, Topology
 from labctl.transport import proc
 from labctl.transport.netns import netns_context
 
-MARKER = "twin-owner.json"
+__all__ = ["MARKER", "NsFacts", "TwinFacts", "empty", "list_namespaces", "read",
+           "read_marker", "read_sysctls"]
 
 
 @dataclass
@@ -145,9 +147,10 @@ def _read_ns(topo: Topology, name: str) -> NsFacts:
 
 def read_marker(state_dir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((state_dir / MARKER).read_text(encoding="utf-8"))
+        marker = json.loads((state_dir / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return marker if isinstance(marker, dict) else None
 
 
 def read(topo: Topology, state_dir: Path) -> TwinFacts:

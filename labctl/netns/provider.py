@@ -1,33 +1,33 @@
 """The ``netns`` provider: the lab as Linux network namespaces (the "twin").
 
 Same interface as the Hyper-V provider (:class:`labctl.core.model.Provider`): read facts,
-diff to a plan of command steps, pre-flight, apply, status. See :mod:`labctl.netns.topology`
-for what maps to what.
+diff to a plan of command steps (its blockers included), pre-flight, apply, status. See
+:mod:`labctl.netns.topology_model` for what maps to what.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import os
 import shutil
 import socket
 import sys
-import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from labctl.core.errors import CommandError, LabctlError, PreflightError
-from labctl.core.model import Plan, ProgressFn, ResourceStatus
+from labctl.core.errors import CommandError, PreflightError
+from labctl.core.model import Action, Plan, ProgressFn, ResourceStatus
 from labctl.core.playbook import LoadedPlaybook
 from labctl.core.state import lab_state_dir
+from labctl.core.waiting import WaitTimeout, wait_until
 from labctl.netns import facts as factsmod
+from labctl.netns import ops as nops
 from labctl.netns import plan as planmod
 from labctl.netns import supervisor
-from labctl.netns.topology import ETC_NETNS, Topology, build, labctl_env
+from labctl.netns.topology import build, labctl_env
+from labctl.netns.topology_model import Topology
 from labctl.transport import proc
-
 
 READY_TIMEOUT = 20.0  # seconds `up` waits for started processes to listen
 
@@ -39,13 +39,9 @@ class NetnsProvider:
 
     def __init__(self, loaded: LoadedPlaybook, state_dir: Path | None = None) -> None:
         self.loaded = loaded
-        self.lab = loaded.model.lab
+        self.lab: str = loaded.model.lab
         self.state_dir = state_dir or lab_state_dir(self.lab)
         self.topology: Topology = build(loaded, self.state_dir)
-
-    @classmethod
-    def from_context(cls, ctx: Any) -> "NetnsProvider":
-        return cls(ctx.loaded)
 
     # -- facts and plans
     def read_facts(self) -> factsmod.TwinFacts:
@@ -62,22 +58,12 @@ class NetnsProvider:
 
     # -- pre-flight
     def preflight(self, facts: factsmod.TwinFacts, plan: Plan) -> None:
+        """Refuse before any change: the platform first, then the blockers the planner
+        recorded on ``plan`` (the first one)."""
         check_platform()
-        if plan.empty:
-            return
-        present = planmod.lab_namespaces(self.topology, facts)
-        if facts.marker is None and present:
-            raise PreflightError(
-                f"namespaces of lab {self.lab!r} already exist but labctl has no record of "
-                f"creating them: {', '.join(present)}",
-                hint="another tool or an earlier state directory left them; remove them "
-                     "(and the processes inside) with: "
-                     + "; ".join(f"ip netns pids {n} | xargs -r kill; ip netns del {n}"
-                                 for n in present)
-                     + f" (or use another lab: name), then run labctl again")
-        building = any(c.action in ("create", "update", "replace") for c in plan.pending)
-        if building:
-            check_collisions(self.topology, facts.root_routes)
+        if plan.blockers:
+            first = plan.blockers[0]
+            raise PreflightError(first.message, hint=first.hint)
 
     # -- apply
     def apply(self, plan: Plan, progress: ProgressFn | None = None) -> None:
@@ -102,105 +88,52 @@ class NetnsProvider:
         finally:
             os.close(fd)
 
+    def _child_env(self, name: str) -> dict[str, str]:
+        env = labctl_env()
+        if name == "router":
+            from labctl.netns.credentials import ROUTER_PASSWORD_ENV, router_password
+
+            env[ROUTER_PASSWORD_ENV] = router_password(self.loaded).reveal()
+        return env
+
     def _apply(self, plan: Plan, progress: ProgressFn | None) -> None:
         steps = plan.steps
-        self._started: list[dict[str, Any]] = []
+        ctx = nops.OpContext(state_dir=self.state_dir, playbook_path=Path(self.loaded.path),
+                          child_env=self._child_env)
         for i, step in enumerate(steps, 1):
             if progress is not None:
                 progress(step, i, len(steps))
-            for op in step.params.get("ops", []):
+            ops: list[nops.Op] = list(step.params.get("ops", []))
+            for op in ops:
                 try:
-                    self._run_op(op)
+                    op.run(ctx)
                 except CommandError as e:
                     raise CommandError(e.argv, e.returncode, e.stderr,
                                        hint=f"step {i}/{len(steps)} ({step.resource}: "
                                             f"{step.action}) failed; run `labctl up` again to "
                                             "converge, or `labctl down` to remove the lab") \
                         from None
-        self.wait_ready(self._started)
+        self.wait_ready(ctx.started)
 
-    def wait_ready(self, started: list[dict[str, Any]], timeout: float = READY_TIMEOUT) -> list[str]:
+    def wait_ready(self, started: list[nops.Spawn], timeout: float = READY_TIMEOUT) -> list[str]:
         """Wait until the processes just started accept TCP on their ``ready`` address
         (connecting from inside their own namespace). Returns the names still not ready;
         a process that exits stops the wait for it (status and the convergence check
         report it)."""
-        from labctl.transport.netns import netns_context
+        pending = {op.name: op for op in started if op.ready}
 
-        pending = {op["name"]: op for op in started if op.get("ready")}
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
+        def all_ready() -> bool:
             for name, op in list(pending.items()):
                 info = supervisor.read(self.state_dir, name)
-                if info is None or not info.alive:
+                if info is None or not info.alive or _accepts(op):
                     pending.pop(name)
-                    continue
-                host, port = op["ready"]
-                with netns_context(op["netns"]):
-                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                s.settimeout(0.2)
-                try:
-                    s.connect((host, int(port)))
-                    pending.pop(name)
-                except OSError:
-                    pass
-                finally:
-                    s.close()
-            if pending:
-                time.sleep(0.05)
+            return not pending
+
+        try:
+            wait_until(all_ready, timeout=timeout, interval=0.05)
+        except WaitTimeout:
+            pass
         return sorted(pending)
-
-    def _run_op(self, op: dict[str, Any]) -> None:
-        if "op" not in op:
-            proc.run(op["argv"], netns=op.get("netns"), input=op.get("input"))
-            return
-        kind = op["op"]
-        if kind == "sysctl":
-            from labctl.transport.netns import netns_context
-
-            path = "/proc/sys/" + op["key"].replace(".", "/")
-            with netns_context(op["netns"]):
-                if os.path.exists(path):
-                    with open(path, "w", encoding="ascii") as fh:
-                        fh.write(str(op["value"]))
-        elif kind == "spawn":
-            env = labctl_env()
-            if op["name"] == "router":
-                from labctl.netns.secrets import ROUTER_PASSWORD_ENV, router_password
-
-                env[ROUTER_PASSWORD_ENV] = router_password(self.loaded).reveal()
-            supervisor.spawn(self.state_dir, op["name"], op["netns"], op["argv"], env=env)
-            getattr(self, "_started", []).append(op)
-        elif kind == "stop":
-            supervisor.stop(self.state_dir, op["name"])
-        elif kind == "kill-netns":
-            supervisor.kill_netns(op["netns"])
-        elif kind == "resolv":
-            d = Path(ETC_NETNS) / op["netns"]
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "resolv.conf").write_text(op["text"], encoding="utf-8")
-        elif kind == "unresolv":
-            d = Path(ETC_NETNS) / op["netns"]
-            conf = d / "resolv.conf"
-            if conf.is_file() and conf.read_text(encoding="utf-8").startswith("# labctl twin"):
-                conf.unlink()
-                try:
-                    d.rmdir()
-                except OSError:
-                    pass  # someone else put files there; leave them
-        elif kind == "mark":
-            marker = {"lab": op["lab"], "owner": "labctl", "provider": "netns",
-                      "playbook": str(Path(self.loaded.path).resolve()),
-                      "namespaces": op["namespaces"], "updated": time.time()}
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.state_dir / (factsmod.MARKER + ".tmp")
-            tmp.write_text(json.dumps(marker, indent=2), encoding="utf-8")
-            tmp.replace(self.state_dir / factsmod.MARKER)
-        elif kind == "forget":
-            for p in supervisor.read_all(self.state_dir):
-                supervisor.stop(self.state_dir, p)
-            (self.state_dir / factsmod.MARKER).unlink(missing_ok=True)
-        else:  # pragma: no cover
-            raise LabctlError(f"unknown twin operation {kind!r}")
 
     # -- status
     def status(self, facts: factsmod.TwinFacts) -> list[ResourceStatus]:
@@ -235,9 +168,9 @@ class NetnsProvider:
                 continue
             if c.is_noop:
                 state = "ok"
-            elif c.action == "create":
+            elif c.action is Action.CREATE:
                 state = "missing"
-            elif c.action == "delete":
+            elif c.action is Action.DELETE:
                 state = "unmanaged"
             else:
                 state = "drift"
@@ -262,20 +195,25 @@ def check_platform() -> None:
 
 def check_collisions(topo: Topology, root_routes: list[dict[str, Any]]) -> None:
     """Refuse a playbook subnet that overlaps a route of the machine (root namespace)."""
-    for r in root_routes:
-        dst = r.get("dst")
-        if not dst or dst == "default":
-            continue
-        try:
-            net = ipaddress.ip_network(dst, strict=False)
-        except ValueError:
-            continue
-        if net.version != 4 or net.prefixlen == 0:
-            continue
-        for mine in topo.networks:
-            if mine.overlaps(net):
-                raise PreflightError(
-                    f"playbook subnet {mine} collides with the machine's route {dst}"
-                    + (f" (dev {r['dev']})" if r.get("dev") else ""),
-                    hint="choose other subnets in the twin playbook so lab traffic cannot be "
-                         "confused with the machine's real networks")
+    found = planmod.collisions(topo, root_routes)
+    if found:
+        raise PreflightError(found[0].message, hint=found[0].hint)
+
+
+def _accepts(op: nops.Spawn) -> bool:
+    """True when ``op``'s ready address accepts a TCP connection from inside its namespace."""
+    from labctl.transport.netns import netns_context
+
+    if op.ready is None:
+        return False
+    host, port = op.ready
+    with netns_context(op.netns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(0.2)
+    try:
+        s.connect((host, int(port)))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
