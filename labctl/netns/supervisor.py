@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from labctl.core.waiting import WaitTimeout, wait_until
 from labctl.transport import proc
 from labctl.transport.netns import netns_argv
 
 MAX_LOG_BYTES = 2 * 1024 * 1024
 
 # Popen objects of children started by this process, so their exit status is reaped
-_children: dict[int, subprocess.Popen] = {}
+_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 @dataclass(frozen=True)
@@ -148,13 +149,7 @@ def stop(state_dir: Path, name: str, timeout: float = 3.0) -> None:
     info = read(state_dir, name)
     if info is not None and info.alive:
         _signal_group(info.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            _reap(info.pid)
-            if _starttime(info.pid) is None:
-                break
-            time.sleep(0.02)
-        else:
+        if not _wait_gone([info.pid], timeout):
             _signal_group(info.pid, signal.SIGKILL)
             _reap(info.pid)
     (run_dir(state_dir) / f"{name}.json").unlink(missing_ok=True)
@@ -180,17 +175,26 @@ def kill_netns(netns: str, timeout: float = 2.0) -> list[int]:
     pids = [p for p in netns_pids(netns) if p != os.getpid()]
     for p in pids:
         _signal_group(p, signal.SIGTERM) if _is_group_leader(p) else _kill(p, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pids and time.monotonic() < deadline:
-        for p in pids:
-            _reap(p)
-        if all(_starttime(p) is None for p in pids):
-            return pids
-        time.sleep(0.02)
+    if not pids or _wait_gone(pids, timeout):
+        return pids
     for p in pids:
         _kill(p, signal.SIGKILL)
         _reap(p)
     return pids
+
+
+def _wait_gone(pids: list[int], timeout: float) -> bool:
+    """Reap and poll until none of ``pids`` is alive; False if some still are at ``timeout``."""
+
+    def gone() -> bool:
+        for p in pids:
+            _reap(p)
+        return all(_starttime(p) is None for p in pids)
+
+    try:
+        return wait_until(gone, timeout=timeout, interval=0.02)
+    except WaitTimeout:
+        return False
 
 
 def _is_group_leader(pid: int) -> bool:
