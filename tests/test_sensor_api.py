@@ -13,8 +13,16 @@ import requests
 from labctl.core.errors import ApiError, AuthError
 from labctl.core.secrets import Secret
 from labctl.sensor.client import D4IoTClient, PasswordChangeRequired, normalize_keys
-from tests.helpers import sensor_pcaps as P
 from tests.helpers.sensor_api import running_api
+from tests.helpers.sensor_pcaps import (
+    SCANNER_IP,
+    SCANNER_MAC,
+    T0,
+    address_scan,
+    syn_scan,
+    tcp_packet,
+    write,
+)
 
 pytest.importorskip("scapy")
 
@@ -29,11 +37,11 @@ DEVICE_KEYS = {"id", "name", "type", "ipAddresses", "macAddresses", "vendor", "o
 @pytest.fixture(scope="module")
 def pcap(tmp_path_factory):
     d = tmp_path_factory.mktemp("pcap")
-    pk = P.syn_scan(30) + P.address_scan(60, t0=P.T0 + 300) + [
-        P.tcp_packet("172.16.1.20", "172.16.1.30", 6667, flags="PA", t=P.T0 + 600),
-        P.tcp_packet("172.16.1.30", "172.16.1.20", 51000, sport=6667, flags="SA", t=P.T0 + 601,
+    pk = syn_scan(30) + address_scan(60, t0=T0 + 300) + [
+        tcp_packet("172.16.1.20", "172.16.1.30", 6667, flags="PA", t=T0 + 600),
+        tcp_packet("172.16.1.30", "172.16.1.20", 51000, sport=6667, flags="SA", t=T0 + 601,
                      smac="dc:a6:32:00:00:30")]
-    return P.write(d / "api.pcap", pk)
+    return write(d / "api.pcap", pk)
 
 
 @pytest.fixture
@@ -76,15 +84,15 @@ def test_alert_shapes_v1_and_v2(api):
         assert set(a) == V1_KEYS | V2_EXTRA
         assert isinstance(a["remediationSteps"], list)
     port = next(a for a in v2 if a["title"] == "Port Scan Detected")
-    assert port["sourceDeviceAddress"] == P.SCANNER_IP
-    assert port["time"] == int((P.T0 + 24 * 0.01) * 1000)
+    assert port["sourceDeviceAddress"] == SCANNER_IP
+    assert port["time"] == int((T0 + 24 * 0.01) * 1000)
     addr = next(a for a in v2 if a["title"] == "Address Scan Detected")
     assert addr["destinationDeviceAddress"] is None and "Scanned subnet" in addr["message"]
 
 
 def test_alert_time_filters_and_state(api):
     all_ = api.get("/api/v1/alerts").json()
-    cut = int((P.T0 + 100) * 1000)
+    cut = int((T0 + 100) * 1000)
     late = api.get("/api/v1/alerts", fromTime=cut).json()
     early = api.get("/api/v1/alerts", toTime=cut).json()
     assert late and early and len(late) + len(early) == len(all_)
@@ -113,8 +121,8 @@ def test_bad_alert_queries_are_clear_400s(api, params, needle):
 def test_devices_shape_and_authorized_filter(api):
     devs = api.get("/api/v1/devices").json()
     assert devs and all(DEVICE_KEYS <= set(d) for d in devs)
-    scanner = next(d for d in devs if d["ipAddresses"] == [P.SCANNER_IP])
-    assert scanner["macAddresses"] == [P.SCANNER_MAC] and scanner["vendor"] == "Microsoft"
+    scanner = next(d for d in devs if d["ipAddresses"] == [SCANNER_IP])
+    assert scanner["macAddresses"] == [SCANNER_MAC] and scanner["vendor"] == "Microsoft"
     assert scanner["scanner"] is False and scanner["authorized"] is False  # not learning
     assert api.get("/api/v1/devices", authorized="true").json() == []
     assert len(api.get("/api/v1/devices", authorized="false").json()) == len(devs)
@@ -199,9 +207,9 @@ def test_first_sign_in_forced_password_change(api):
 def test_client_against_the_embedded_sensor(api):
     c = D4IoTClient(api.url, Secret(api.token), session=api.session())
     v1 = c.alerts()
-    v2 = c.alerts(version=2, from_time=int((P.T0 + 100) * 1000))
+    v2 = c.alerts(version=2, from_time=int((T0 + 100) * 1000))
     assert v1 and "sourceDeviceAddress" not in v1[0]
-    assert v2 and all(a["time"] >= (P.T0 + 100) * 1000 for a in v2)
+    assert v2 and all(a["time"] >= (T0 + 100) * 1000 for a in v2)
     assert "sourceDeviceAddress" in v2[0]
     assert any(d["vendor"] == "Microsoft" for d in c.devices())
     assert c.connections()[0]["ports"] == [6667]
@@ -236,7 +244,8 @@ def test_client_parses_keys_case_insensitively():
 
 def test_oversized_body_is_refused(api):
     r = api.session().post(api.url + "/api/external/authentication/validation",
-                           data=b"x" * (64 * 1024 + 1), headers={"Content-Type": "application/json"})
+                           data=b"x" * (64 * 1024 + 1),
+                           headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "Content-Length" in r.json()["error"]
     assert api.get("/api/v1/alerts").status_code == 200  # the server is fine afterwards
 

@@ -7,7 +7,7 @@ import pytest
 
 from labctl.core.errors import ConfigError
 from labctl.sensor.config import load_config, load_rules_file
-from tests.helpers import sensor_pcaps as P
+from tests.helpers.sensor_pcaps import engines_file
 
 
 def test_shipped_config_has_reference_defaults():
@@ -66,7 +66,7 @@ def test_rules_file_without_rules_key(tmp_path):
 def test_bad_rule_via_cli_exits_2(tmp_path, cli_run):
     rules = tmp_path / "custom.yaml"
     rules.write_text("rules:\n  - name: irc\n    protocol: TCP\n    action: page-me\n")
-    cfg = P.engines_file(tmp_path, rules=[str(rules)])
+    cfg = engines_file(tmp_path, rules=[str(rules)])
     pcap = tmp_path / "x.pcap"
     pcap.write_bytes(b"")
     r = cli_run("sensor", "replay", "--pcap", str(pcap), "--config", str(cfg))
@@ -75,7 +75,7 @@ def test_bad_rule_via_cli_exits_2(tmp_path, cli_run):
 
 
 def test_bad_engines_file(tmp_path, cli_run):
-    cfg = P.engines_file(tmp_path)
+    cfg = engines_file(tmp_path)
     text = cfg.read_text().replace("threshold: 25", "threshold: -3")
     cfg.write_text(text)
     with pytest.raises(ConfigError) as ei:
@@ -89,7 +89,7 @@ def test_bad_engines_file(tmp_path, cli_run):
 
 
 def test_missing_rule_file_named_in_engines(tmp_path):
-    cfg = P.engines_file(tmp_path, rules=["does-not-exist.yaml"])
+    cfg = engines_file(tmp_path, rules=["does-not-exist.yaml"])
     with pytest.raises(ConfigError, match="not found") as ei:
         load_config(cfg)
     assert ei.value.key == "rules[0]"

@@ -136,9 +136,9 @@ def test_cli_sensor_module_does_not_import_scapy():
 
 def test_replay_human_output(cli_run, tmp_path):
     pytest.importorskip("scapy")
-    from tests.helpers import sensor_pcaps as P
+    from tests.helpers.sensor_pcaps import syn_scan, write
 
-    pcap = P.write(tmp_path / "s.pcap", P.syn_scan(25))
+    pcap = write(tmp_path / "s.pcap", syn_scan(25))
     r = cli_run("sensor", "replay", "--pcap", str(pcap))
     assert r.exit_code == 0
     assert "[Critical] Port Scan Detected (Anomaly) 172.16.1.50 -> 172.16.1.10" in r.stdout

@@ -11,7 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labctl.sensor.parse import K_ARP, K_IPV4, K_IPV6, K_OTHER, ip_str, parse_frame
-from tests.helpers import sensor_pcaps as P
+from tests.helpers.sensor_pcaps import (
+    SCANNER_IP,
+    T0,
+    TARGET_IP,
+    address_scan,
+    arp_scan,
+    icmp_echo,
+    syn_scan,
+    tcp_packet,
+    udp_packet,
+    write,
+)
 
 scapy = pytest.importorskip("scapy.all")
 
@@ -56,7 +67,7 @@ def test_ipv6_with_extension_headers_and_icmpv6():
 
 
 def test_vlan_8021q_and_qinq_and_arp():
-    from scapy.all import ARP, Dot1AD, Dot1Q, Ether, IP, UDP
+    from scapy.all import ARP, IP, UDP, Dot1AD, Dot1Q, Ether
 
     assert parse_frame(raw(Ether() / Dot1Q(vlan=52) / IP() / UDP()))[0] == 52
     assert parse_frame(raw(Ether() / Dot1AD(vlan=7) / Dot1Q(vlan=52) / IP() / UDP()))[0] == 52
@@ -96,19 +107,19 @@ def test_parser_never_raises_on_random_bytes(data):
 
 
 def test_replay_counts_malformed_and_truncated(tmp_path, cli_run):
-    from scapy.all import IP, TCP, Ether
+    from scapy.all import Ether
 
-    good = P.tcp_packet(P.SCANNER_IP, P.TARGET_IP, 80)
+    good = tcp_packet(SCANNER_IP, TARGET_IP, 80)
     short = Ether(raw(good)[:20])
-    short.time = P.T0 + 1
-    pcap = P.write(tmp_path / "m.pcap", [good, short])
+    short.time = T0 + 1
+    pcap = write(tmp_path / "m.pcap", [good, short])
     with open(pcap, "ab") as f:  # a record header promising more bytes than the file has
-        f.write(struct.pack("<IIII", int(P.T0) + 2, 0, 500, 500) + b"\x00" * 10)
+        f.write(struct.pack("<IIII", int(T0) + 2, 0, 500, 500) + b"\x00" * 10)
     r = cli_run("sensor", "replay", "--pcap", str(pcap), "--json")
     assert r.exit_code == 0, r
     doc = r.json()
     assert doc["packets"] == 2 and doc["malformed"] == 1 and doc["truncated"] == 1
-    assert [d["ipAddresses"] for d in doc["devices"]] == [[P.SCANNER_IP]]
+    assert [d["ipAddresses"] for d in doc["devices"]] == [[SCANNER_IP]]
 
 
 @pytest.mark.parametrize("content,needle", [
@@ -129,10 +140,10 @@ def test_missing_pcap(tmp_path, cli_run):
 
 
 def test_pcapng_gives_the_same_result_as_pcap(tmp_path, cli_run):
-    pk = P.syn_scan(30, vlan=52) + P.address_scan(55, t0=P.T0 + 1)
-    a = cli_run("sensor", "replay", "--pcap", str(P.write(tmp_path / "a.pcap", pk)), "--json")
+    pk = syn_scan(30, vlan=52) + address_scan(55, t0=T0 + 1)
+    a = cli_run("sensor", "replay", "--pcap", str(write(tmp_path / "a.pcap", pk)), "--json")
     b = cli_run("sensor", "replay", "--pcap",
-                str(P.write(tmp_path / "a.pcapng", pk, pcapng=True)), "--json")
+                str(write(tmp_path / "a.pcapng", pk, pcapng=True)), "--json")
     da, db = a.json(), b.json()
     assert da["packets"] == db["packets"] == 85
     assert da["alerts"] == db["alerts"]
@@ -181,9 +192,9 @@ def test_engine_survives_mutated_frames(mutations, cut):
     global _TEMPLATES, _CFG
     if "_TEMPLATES" not in globals():
         _TEMPLATES = [bytes(p) for p in
-                      P.syn_scan(2, vlan=52) + P.arp_scan(1) + P.icmp_echo(1) +
-                      [P.udp_packet("172.16.1.9", "8.8.8.8", 53),
-                       P.tcp_packet("172.16.1.9", "172.16.1.10", 6667, flags="PA")]]
+                      syn_scan(2, vlan=52) + arp_scan(1) + icmp_echo(1) +
+                      [udp_packet("172.16.1.9", "8.8.8.8", 53),
+                       tcp_packet("172.16.1.9", "172.16.1.10", 6667, flags="PA")]]
         _CFG = load_config()
     s = Sensor(_CFG)
     frames = []
@@ -192,7 +203,7 @@ def test_engine_survives_mutated_frames(mutations, cut):
         for which, pos, val in mutations:
             if which == i % 4 and pos < len(b):
                 b[pos] = val
-        frames.append((bytes(b[:cut] if cut < 14 else b), P.T0 + i))
+        frames.append((bytes(b[:cut] if cut < 14 else b), T0 + i))
     s.feed_batch(frames)
     for f, ts in frames:
         s.feed(f, 0, len(f), ts)
@@ -216,8 +227,8 @@ def _swap_pcap(data: bytes, *, big: bool, nanos: bool) -> bytes:
 
 @pytest.mark.parametrize("big,nanos", [(True, False), (False, True), (True, True)])
 def test_pcap_byte_orders_and_nanoseconds(tmp_path, cli_run, big, nanos):
-    pk = P.syn_scan(26, vlan=52) + [P.tcp_packet("172.16.1.20", "172.16.1.30", 6667, t=P.T0 + 9)]
-    le = P.write(tmp_path / "le.pcap", pk)
+    pk = syn_scan(26, vlan=52) + [tcp_packet("172.16.1.20", "172.16.1.30", 6667, t=T0 + 9)]
+    le = write(tmp_path / "le.pcap", pk)
     other = tmp_path / "other.pcap"
     other.write_bytes(_swap_pcap(le.read_bytes(), big=big, nanos=nanos))
     a = cli_run("sensor", "replay", "--pcap", str(le), "--json").json()
@@ -231,8 +242,8 @@ def test_large_captures_are_memory_mapped_with_the_same_result(tmp_path, cli_run
 
     import labctl.sensor.pcap as pcap_mod
 
-    pk = P.syn_scan(30, vlan=52) + P.address_scan(50, t0=P.T0 + 1)
-    path = P.write(tmp_path / "m.pcap", pk)
+    pk = syn_scan(30, vlan=52) + address_scan(50, t0=T0 + 1)
+    path = write(tmp_path / "m.pcap", pk)
     small = cli_run("sensor", "replay", "--pcap", str(path), "--json").json()
     monkeypatch.setattr(pcap_mod, "MMAP_THRESHOLD", 0)
     assert isinstance(pcap_mod.CaptureFile(path).data, mmap.mmap)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 T0 = 1_700_000_000.0
 SCANNER_MAC = "00:15:5d:00:00:32"  # Microsoft (Hyper-V) OUI
@@ -148,7 +148,7 @@ def vary_source(template: bytes, ips: Iterable[str], sports: Iterable[int]) -> l
     import ipaddress
 
     out = []
-    for ip, sp in zip(ips, sports):
+    for ip, sp in zip(ips, sports, strict=False):
         b = bytearray(template)
         b[26:30] = ipaddress.IPv4Address(ip).packed
         b[34:36] = sp.to_bytes(2, "big")
