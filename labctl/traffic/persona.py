@@ -100,7 +100,7 @@ def _serve_udp(sock: socket.socket, lst: Listener, stop: threading.Event) -> Non
     while not stop.is_set():
         try:
             _, peer = sock.recvfrom(4096)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             continue
         except OSError:
             return

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 Handler = Callable[[socket.socket, str], None]
 
@@ -33,7 +33,7 @@ def accept_loop(sock: socket.socket, handler: Handler, stop: threading.Event, *,
     while not stop.is_set():
         try:
             conn, addr = sock.accept()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             continue
         except OSError:
             return

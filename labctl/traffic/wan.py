@@ -15,7 +15,7 @@ import logging
 import socket
 import threading
 
-from labctl.traffic.tcpserve import accept_loop
+from labctl.traffic.tcpserve import Handler, accept_loop
 
 log = logging.getLogger("labctl.traffic")
 
@@ -73,7 +73,8 @@ def echo_session(conn: socket.socket, peer: str) -> None:
         conn.sendall(data)
 
 
-def serve(port: int, handler, stop: threading.Event, bind: str = "0.0.0.0") -> threading.Thread:
+def serve(port: int, handler: Handler, stop: threading.Event,
+          bind: str = "0.0.0.0") -> threading.Thread:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((bind, port))

@@ -155,7 +155,7 @@ def fetch_peer_certificate(host: str, port: int, timeout: float,
                     if not der:
                         raise TransportError(f"{host}:{port} sent no certificate")
                     return der, False
-        except socket.timeout:
+        except TimeoutError:
             raise ConnectTimeout(f"{host}:{port} did not answer within {timeout:g}s",
                                  hint="check the URL and that the device is up") from None
         except ssl.SSLError as e:
@@ -221,7 +221,8 @@ class _DeviceAdapter(HTTPAdapter):
         return mode
 
     def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
-        super().cert_verify(conn, url, verify if not self.ca_bundle else self.ca_bundle, cert)
+        base: Any = super()  # the requests stubs leave cert_verify untyped
+        base.cert_verify(conn, url, verify if not self.ca_bundle else self.ca_bundle, cert)
         if not url.lower().startswith("https"):
             return
         host, port = host_port(url)

@@ -53,7 +53,7 @@ def powershell_program() -> str:
 class LocalRunner:
     """Runs rendered scripts with a local PowerShell process per script."""
 
-    def __init__(self, cfg: "HyperVHost | None" = None, timeout: float | None = None) -> None:
+    def __init__(self, cfg: HyperVHost | None = None, timeout: float | None = None) -> None:
         self.cfg = cfg
         self.host = cfg.host if cfg is not None else "localhost"
         self.timeout = float(timeout if timeout is not None else (cfg.timeout if cfg else 120))
@@ -80,7 +80,7 @@ class LocalRunner:
     def close(self) -> None:
         """Nothing to release: each script is its own process."""
 
-    def __enter__(self) -> "LocalRunner":
+    def __enter__(self) -> LocalRunner:
         return self
 
     def __exit__(self, *exc: object) -> None:

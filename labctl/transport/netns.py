@@ -14,10 +14,14 @@ import ctypes
 import ctypes.util
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING
 
 from labctl.core.errors import PreflightError
+
+if TYPE_CHECKING:
+    from labctl.core.playbook import Playbook
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/run/netns"
@@ -50,11 +54,13 @@ def netns_context(name: str | None) -> Iterator[None]:
         target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise PreflightError(f"network namespace {name!r} does not exist",
-                             hint="is the twin lab up? run `labctl up -f <twin playbook>`") from None
+                             hint="is the twin lab up? run `labctl up -f <twin playbook>`") \
+            from None
     except PermissionError:
         raise PreflightError(f"cannot open network namespace {name!r}",
                              hint="run labctl as root") from None
-    home = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    home = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net",
+                   os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
             _setns(target)
@@ -74,6 +80,6 @@ def netns_argv(name: str | None, argv: list[str]) -> list[str]:
     return ["ip", "netns", "exec", name, *argv] if name else list(argv)
 
 
-def lab_host_netns(playbook) -> str | None:  # playbook: labctl.core.playbook.Playbook
+def lab_host_netns(playbook: Playbook) -> str | None:
     """The namespace that plays the Hyper-V host for a twin lab; None for real labs."""
     return f"{playbook.lab}-host" if playbook.provider == "netns" else None

@@ -7,8 +7,9 @@ one JSON document, which the runner parses and returns. Only ``name`` is ever lo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 from labctl.core.secrets import Secret
 

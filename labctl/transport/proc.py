@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from typing import Sequence
+from collections.abc import Sequence
 
 from labctl.core.errors import CommandError, ConnectTimeout, ToolMissingError
 from labctl.transport.netns import netns_argv

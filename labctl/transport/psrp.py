@@ -38,7 +38,12 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from labctl.core.errors import (
-    AuthError, ConnectTimeout, HostUnreachable, LabctlError, ToolMissingError, TransportError,
+    AuthError,
+    ConnectTimeout,
+    HostUnreachable,
+    LabctlError,
+    ToolMissingError,
+    TransportError,
     UsageError,
 )
 from labctl.core.secrets import REDACTOR, PromptFn, RedactingFilter
@@ -111,7 +116,7 @@ def error_record_text(rec: Any) -> str:
 class PsrpRunner:
     """Runs rendered scripts over WinRM (PSRP) with one reusable RunspacePool."""
 
-    def __init__(self, cfg: "HyperVHost", prompt_fn: PromptFn | None = None) -> None:
+    def __init__(self, cfg: HyperVHost, prompt_fn: PromptFn | None = None) -> None:
         self.cfg = cfg
         self.host = cfg.host
         self.prompt_fn = prompt_fn
@@ -154,7 +159,9 @@ class PsrpRunner:
             self._wsman = WSMan(
                 cfg.host, port=cfg.effective_port, username=cfg.user,
                 password=password.reveal() if password is not None else None,
-                ssl=cfg.ssl, auth=cfg.auth, cert_validation=cert,
+                ssl=cfg.ssl, auth=cfg.auth,
+                # pypsrp takes True/False or the path of a CA bundle; its hint says bool only
+                cert_validation=cert,  # type: ignore[arg-type]
                 connection_timeout=min(int(cfg.timeout), CONNECT_TIMEOUT),
                 read_timeout=read_timeout, operation_timeout=operation_timeout,
             )
@@ -234,7 +241,7 @@ class PsrpRunner:
                 log.debug("closing the runspace pool on %s failed: %s", self.host,
                           REDACTOR.scrub(type(e).__name__))
 
-    def __enter__(self) -> "PsrpRunner":
+    def __enter__(self) -> PsrpRunner:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -20,9 +20,10 @@ The fixed :data:`WRAPPER` (Windows PowerShell 5.1 compatible: no ``ConvertFrom-J
 -AsHashtable``) decodes the body (UTF-8) and the parameters (a UTF-8 JSON object), converts
 the JSON object to a hashtable with a small recursive helper, and splats it into
 ``[scriptblock]::Create(body)`` -- the same named-parameter binding that pypsrp's
-``add_parameters`` gives over WinRM. Top-level ``None`` values are not sent (:func:`bound_params`), as over WinRM. The body's own
-prelude decides ``$ErrorActionPreference``;
-the wrapper runs it with the session default (Continue), as PSRP does.
+``add_parameters`` gives over WinRM. Top-level ``None`` values are not sent
+(:func:`bound_params`), as over WinRM. The body's own prelude decides
+``$ErrorActionPreference``; the wrapper runs it with the session default (Continue), as PSRP
+does.
 
 **Error reporting: a JSON envelope on stdout** (the one choice made for both runners).
 Output objects and error records of the body are collected (``2>&1``); terminating errors
@@ -32,9 +33,10 @@ the UTF-8 JSON ``{"v": 1, "ok": bool, "output": [str...], "errors": [str...]}`` 
 else on stdout (``Write-Host``, warnings) is ignored. When no envelope arrives (PowerShell
 missing, a parse error, the process killed) the exit code and stderr (CLIXML cleaned up) are
 reported instead. When an envelope arrives it is authoritative and the exit code is only
-informational (how ``exit`` inside a script block sets the code of ``powershell.exe -Command -``
-is not something to rely on). Either way the caller gets :class:`RemoteCommandError` naming the script
-and the host and quoting the remote message, scrubbed by ``REDACTOR``.
+informational (how ``exit`` inside a script block sets the code of
+``powershell.exe -Command -`` is not something to rely on). Either way the caller gets
+:class:`RemoteCommandError` naming the script and the host and quoting the remote message,
+scrubbed by ``REDACTOR``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ import binascii
 import html
 import json
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from labctl.core.errors import LabctlError, RemoteCommandError
 from labctl.core.secrets import REDACTOR
@@ -203,7 +206,8 @@ def single_json(script_name: str, host: str, outputs: Iterable[Any]) -> Any:
         raise remote_error(script_name, host, [
             f"the output is not a JSON document ({e.msg} at char {e.pos}; output starts "
             f"{_snippet(text)})"], hint="a script must print exactly one JSON document "
-                                       "(ConvertTo-Json -Depth 10 -Compress) and nothing else")
+                                       "(ConvertTo-Json -Depth 10 -Compress) and nothing else") \
+            from None
     if text[end:].strip():
         raise remote_error(script_name, host, [
             f"the output holds more than one JSON document or trailing text (after char {end}: "

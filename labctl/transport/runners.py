@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from labctl.transport.powershell import PowerShellRunner
 
 
-def make_runner(cfg: "HyperVHost", prompt_fn: PromptFn | None = None) -> "PowerShellRunner":
+def make_runner(cfg: HyperVHost, prompt_fn: PromptFn | None = None) -> PowerShellRunner:
     """Return the runner for ``cfg.transport``: winrm -> PsrpRunner, ssh -> SshRunner,
     local -> LocalRunner. Nothing is contacted until the first ``run()``."""
     if cfg.transport == "winrm":

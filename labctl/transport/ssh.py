@@ -36,7 +36,7 @@ WINDOWS_KEYS_HINT = ("; on Windows OpenSSH, keys of administrators are read from
 class SshRunner:
     """Runs rendered scripts on a Windows host through OpenSSH."""
 
-    def __init__(self, cfg: "HyperVHost", prompt_fn: PromptFn | None = None) -> None:
+    def __init__(self, cfg: HyperVHost, prompt_fn: PromptFn | None = None) -> None:
         self.cfg = cfg
         self.host = cfg.host
         self.prompt_fn = prompt_fn
@@ -74,7 +74,7 @@ class SshRunner:
             self._conn.close()
             self._conn = None
 
-    def __enter__(self) -> "SshRunner":
+    def __enter__(self) -> SshRunner:
         return self
 
     def __exit__(self, *exc: object) -> None:

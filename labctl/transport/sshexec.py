@@ -42,9 +42,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from labctl.core.errors import (
-    AuthError, ConnectTimeout, HostUnreachable, TransportError, UsageError,
+    AuthError,
+    ConnectTimeout,
+    HostUnreachable,
+    TransportError,
+    UsageError,
 )
 from labctl.core.secrets import REDACTOR, Secret
+from labctl.core.waiting import WaitTimeout, wait_until
 
 if TYPE_CHECKING:  # pragma: no cover
     import paramiko
@@ -76,7 +81,7 @@ class SshTarget:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.user}@{host}:{self.port}"
 
-    def with_(self, **changes: Any) -> "SshTarget":
+    def with_(self, **changes: Any) -> SshTarget:
         return replace(self, **changes)
 
 
@@ -171,7 +176,7 @@ def _known_hosts_name(target: SshTarget) -> str:
     return target.host if target.port == 22 else f"[{target.host}]:{target.port}"
 
 
-def _load_host_keys(client: "paramiko.SSHClient", target: SshTarget) -> None:
+def _load_host_keys(client: paramiko.SSHClient, target: SshTarget) -> None:
     if target.known_hosts:
         path = os.path.expanduser(target.known_hosts)
         if not os.path.isfile(path):
@@ -204,7 +209,7 @@ def _quiet_paramiko() -> None:
         lg.addHandler(logging.NullHandler())
 
 
-def connect_client(target: SshTarget) -> "paramiko.SSHClient":
+def connect_client(target: SshTarget) -> paramiko.SSHClient:
     """Open an authenticated paramiko ``SSHClient`` with host-key checking on."""
     import paramiko
 
@@ -254,7 +259,7 @@ class SshConnection:
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
 
-    def _ensure(self) -> "paramiko.SSHClient":
+    def _ensure(self) -> paramiko.SSHClient:
         if self._client is not None:
             tr = self._client.get_transport()
             if tr is not None and tr.is_active():
@@ -296,14 +301,14 @@ class SshConnection:
             self._client.close()
             self._client = None
 
-    def __enter__(self) -> "SshConnection":
+    def __enter__(self) -> SshConnection:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def _run_channel(chan: "paramiko.Channel", command: str, stdin: bytes | None, limit: float,
+def _run_channel(chan: paramiko.Channel, command: str, stdin: bytes | None, limit: float,
                  target: SshTarget) -> tuple[int, bytes, bytes]:
     import paramiko
 
@@ -350,10 +355,11 @@ def _run_channel(chan: "paramiko.Channel", command: str, stdin: bytes | None, li
     while chan.recv_stderr_ready():
         err.append(chan.recv_stderr(65536))
     # exit status arrives with or just after EOF
-    while not chan.exit_status_ready():
-        if time.monotonic() > deadline or chan.closed:
-            break
-        time.sleep(0.005)
+    try:
+        wait_until(lambda: chan.exit_status_ready() or chan.closed,
+                   timeout=deadline - time.monotonic(), interval=0.005)
+    except WaitTimeout:
+        pass
     rc = chan.recv_exit_status() if chan.exit_status_ready() else -1
     writer.join(timeout=1.0)
     return rc, b"".join(out), b"".join(err)
