@@ -1,4 +1,9 @@
-"""D4IoT OT sensor hardware profiles (sensor/profiles/*.yaml)."""
+"""D4IoT OT sensor appliance sizes (``sensor/appliance-sizes.yaml``).
+
+Microsoft calls them hardware profiles (C5600 ... L100) and a playbook VM names one as
+``vms[].profile``; the file is called "appliance sizes" because "profiles" in labctl means
+scan profiles.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,12 @@ from labctl.core.assets import asset_path
 from labctl.core.playbook.common import Model
 from labctl.core.yamlfile import load_yaml, validate
 
+SIZES_FILE = "appliance-sizes.yaml"
+
 
 class HardwareProfile(Model):
+    """One appliance size: the least CPU, memory and disk a sensor VM of that size needs."""
+
     name: str
     cpu: int = Field(ge=1)
     memory_mb: int = Field(ge=1024)
@@ -23,16 +32,12 @@ class HardwareProfile(Model):
     source: str = ""
 
 
-class ProfileFile(Model):
-    profiles: list[HardwareProfile]
+class ApplianceSizesFile(Model):
+    sizes: list[HardwareProfile]
 
 
 @lru_cache(maxsize=1)
 def hardware_profiles() -> dict[str, HardwareProfile]:
-    out: dict[str, HardwareProfile] = {}
-    folder = asset_path("sensor", "profiles")
-    for p in sorted(folder.glob("*.yaml")):
-        doc = load_yaml(p)
-        for prof in validate(ProfileFile, doc).profiles:
-            out[prof.name] = prof
-    return out
+    """Appliance sizes by name, from the shipped ``sensor/appliance-sizes.yaml``."""
+    doc = load_yaml(asset_path("sensor", SIZES_FILE))
+    return {size.name: size for size in validate(ApplianceSizesFile, doc).sizes}
