@@ -147,3 +147,81 @@ def test_iot_interface_gets_the_gateway_inside_the_router_namespace(tmp_path):
         if proc is not None:
             _stop(proc)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_emulator_process_is_the_twin_serve_router_command_line(tmp_path):
+    from labctl.core.emulator import EmulatorRequest
+    from labctl.router.registry import get_router_driver
+
+    state = tmp_path / "router-nvram.json"
+    req = EmulatorRequest(listen_ip="192.168.50.1", port=8443, https=True, state_path=state,
+                          interfaces={"52": "iot0"}, password_env="LABCTL_TWIN_ROUTER_PASSWORD")
+    proc = get_router_driver("asus").emulator_process(req)
+    assert proc.args == ("twin", "serve-router", "--listen", "192.168.50.1:8443", "--https",
+                         "--state", str(state), "--iot-interface", "52=iot0",
+                         "--password-env", "LABCTL_TWIN_ROUTER_PASSWORD")
+    assert proc.ready == ("192.168.50.1", 8443)
+    plain = get_router_driver("asus").emulator_process(
+        EmulatorRequest(listen_ip="127.0.0.1", port=8080, https=False, state_path=state))
+    assert plain.args == ("twin", "serve-router", "--listen", "127.0.0.1:8080",
+                          "--state", str(state))
+    # the command it names parses
+    from click.testing import CliRunner
+
+    from labctl.cli.twin_router import serve_router
+
+    r = CliRunner().invoke(serve_router, [*proc.args[2:], "--help"])
+    assert r.exit_code == 0, r.output
+
+
+def test_gateway_addresses_move_through_the_injected_callback():
+    from labctl.router.asus.emulator import EmulatorServer, RouterEmulator
+
+    moves: list[tuple[str, str | None, str | None]] = []
+    emulator = RouterEmulator(password="pw-123456", iot_interfaces={52: "iot0"},
+                              address_sync=lambda i, o, n: moves.append((i, o, n)))
+    with EmulatorServer(emulator) as srv:
+        target = app.RouterTarget(url=srv.url, user="admin", password=Secret("pw-123456"),
+                                  allow_http=True)
+        assert app.iot_net(target, _desired(), confirm=lambda r: True).verified
+        assert moves == [("iot0", None, "172.16.1.1/24")]
+        app.delete_net(target, "Azkaban", confirm=lambda n: True)
+        assert moves[-1] == ("iot0", "172.16.1.1/24", None)
+
+
+def test_a_silent_https_client_does_not_block_the_next_one(tmp_path):
+    import socket
+
+    from labctl.router.asus.emulator import EmulatorServer, RouterEmulator, ensure_certificate
+
+    cert, key = ensure_certificate(tmp_path / "cert")
+    assert (key.stat().st_mode & 0o777) == 0o600
+    with EmulatorServer(RouterEmulator(), https=True, certfile=cert, keyfile=key) as srv:
+        silent = socket.create_connection(("127.0.0.1", srv.port))  # connects, sends nothing
+        try:
+            s = make_session(srv.url, pin_store=tmp_path / "pins.json", retries=0, timeout=2.0)
+            t0 = time.monotonic()
+            assert s.get("/Main_Login.asp").status_code == 200
+            assert time.monotonic() - t0 < 2.0
+        finally:
+            silent.close()
+
+
+def test_an_oversized_body_is_refused_and_the_emulator_keeps_serving():
+    import http.client
+
+    from labctl.router.asus.emulator import EmulatorServer, RouterEmulator
+    from labctl.router.asus.emulator.httpd import MAX_BODY
+
+    emulator = RouterEmulator()
+    with EmulatorServer(emulator) as srv:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+        conn.putrequest("POST", "/applyapp.cgi")
+        conn.putheader("Content-Length", str(MAX_BODY + 1))
+        conn.endheaders()
+        conn.send(b"x" * (MAX_BODY + 1))
+        assert conn.getresponse().status == 400
+        conn.close()
+        assert emulator.nvram == RouterEmulator().nvram  # nothing was written
+        s = make_session(srv.url, allow_http=True, retries=0, timeout=2.0)
+        assert s.get("/Main_Login.asp").status_code == 200

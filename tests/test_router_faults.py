@@ -72,6 +72,7 @@ def test_ctrl_c_mid_apply_restores_the_backup(tmp_path):
     from labctl.core.errors import Interrupted
     from labctl.core.playbook import load_playbook
     from labctl.router.asus.client import AsusClient
+    from labctl.router.registry import get_router_driver
 
     with emulator_lab(tmp_path) as lab:
         before = lab.emulator.sdn_snapshot()
@@ -80,7 +81,7 @@ def test_ctrl_c_mid_apply_restores_the_backup(tmp_path):
         target = app.resolve_target(loaded, environ=env)
         desired = app.desired_network(loaded, {}, environ=env)
         calls = []
-        client = target.client()
+        client = get_router_driver(target.kind).connect(target)
         assert isinstance(client, AsusClient)
         orig_apply = client.apply
 

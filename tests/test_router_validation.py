@@ -1,4 +1,4 @@
-"""Every validation error exits 2 before the router is contacted (asserted on the emulator's log)."""
+"""Every validation error exits 2 before the router is contacted (the emulator logs no request)."""
 
 from __future__ import annotations
 

@@ -186,16 +186,8 @@ class RouterTarget:
     lab: str | None = None
     timeout: float = 10.0
     pin_store: Path | None = None
-    #: builds the driver's API client (tests wrap one); default: the driver's own
+    #: builds the driver's API client (tests wrap one); default: the driver's ``connect``
     client_factory: ClientFactory | None = None
-
-    def client(self) -> Any:
-        """The API client the driver talks through (not logged in yet)."""
-        if self.client_factory is not None:
-            return self.client_factory(self)
-        from labctl.router.registry import get_router_driver
-
-        return get_router_driver(self.kind).connect(self)
 
     @property
     def state_dir(self) -> Path:
@@ -235,7 +227,8 @@ class RouterDriver(Protocol):
 
     @staticmethod
     def connect(target: RouterTarget) -> Any:
-        """The vendor's API client for ``target`` (what ``RouterTarget.client()`` builds)."""
+        """The vendor's API client for ``target``, not logged in yet (used unless
+        ``target.client_factory`` is set)."""
         ...
 
     @staticmethod

@@ -278,9 +278,10 @@ class AsusClient:
         else:
             data, headers = payload, {}
         obj = self._authed("POST", "applyapp.cgi", data=data, headers=headers)
-        echoed = obj.get("run_service") if isinstance(obj, dict) else None
+        reply: dict[str, Any] = obj if isinstance(obj, dict) else {}
+        echoed = reply.get("run_service")
         if echoed != rc_service:
             raise ApiError(f"applyapp.cgi: the router echoed run_service={echoed!r}, "
                            f"expected {rc_service!r}", endpoint="applyapp.cgi",
                            hint="the change may not have been applied")
-        return obj
+        return reply
