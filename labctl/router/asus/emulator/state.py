@@ -61,7 +61,7 @@ class EmulatorNvram(Model):
 
 
 def initial_nvram() -> dict[str, str]:
-    doc = load_yaml(asset_path("router", "asus", "twin-nvram.yaml"))
+    doc = load_yaml(asset_path("router", "asus", "emulator-nvram.yaml"))
     return dict(validate(EmulatorNvram, doc).nvram)
 
 
