@@ -118,7 +118,7 @@ class LiveCapture:
         return out
 
     @staticmethod
-    def _retag(data: bytes, anc: list) -> bytes:
+    def _retag(data: bytes, anc: list[tuple[int, int, bytes]]) -> bytes:
         for level, kind, cdata in anc:
             if level == SOL_PACKET and kind == PACKET_AUXDATA and len(cdata) >= _AUX.size:
                 status, _len, _snap, _mac, _net, tci, tpid = _AUX.unpack_from(cdata)
@@ -223,7 +223,7 @@ class RingCapture(LiveCapture):
                 ring.close()
             except (BufferError, ValueError):
                 pass
-            self.ring = None
+            del self.ring  # closed: getattr(self, "ring", None) is None from now on
         super().close()
 
 

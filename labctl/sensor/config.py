@@ -15,7 +15,6 @@ from __future__ import annotations
 import glob
 import ipaddress
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -205,7 +204,6 @@ class LoadedRule:
     dstport_eq: int | None  # index key when the rule pins the destination port
     src_nets: list[Any] = field(default_factory=list)
     dst_nets: list[Any] = field(default_factory=list)
-    check: Callable[[tuple], bool] | None = None
 
 
 @dataclass

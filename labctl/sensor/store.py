@@ -26,6 +26,8 @@ from typing import Any
 
 from labctl.core.errors import LabctlError, UsageError
 
+Row = dict[str, Any]
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (id INTEGER PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS connections (key TEXT PRIMARY KEY, data TEXT NOT NULL);
@@ -100,8 +102,8 @@ class SensorStore:
 
     # ---- sensor state ------------------------------------------------------------------
 
-    def write_batch(self, devices: list[dict], connections: list[dict], alerts: list[dict],
-                    events: list[dict]) -> None:
+    def write_batch(self, devices: list[Row], connections: list[Row], alerts: list[Row],
+                    events: list[Row]) -> None:
         if not (devices or connections or alerts or events):
             return
         with self._lock:
@@ -126,7 +128,7 @@ class SensorStore:
                 self.db.execute("ROLLBACK")
                 raise
 
-    def load_all(self) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    def load_all(self) -> tuple[list[Row], list[Row], list[Row], list[Row]]:
         with self._lock:
             devs = [json.loads(r[0]) for r in self.db.execute("SELECT data FROM devices")]
             conns = [json.loads(r[0]) for r in self.db.execute("SELECT data FROM connections")]
