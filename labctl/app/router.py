@@ -102,10 +102,9 @@ def resolve_target(loaded: LoadedPlaybook | None, *, environ: Mapping[str, str],
 
         netns = lab_host_netns(loaded.model)
     return RouterTarget(url=the_url, user=user or (r.user if r else "admin"), password=password,
-                        kind=kind, allow_http=allow_http,
-                        login=str(getattr(r, "login", "auto")), netns=netns,
+                        kind=kind, allow_http=allow_http, netns=netns,
                         lan=r.lan if r else None, lab=loaded.model.lab if loaded else None,
-                        timeout=timeout)
+                        timeout=timeout, section=r)
 
 
 def _validation_message(e: ValidationError) -> str:

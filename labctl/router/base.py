@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 from labctl.core.emulator import EmulatorProcess, EmulatorRequest
 from labctl.core.errors import LabctlError, UsageError
-from labctl.core.playbook.router import IotNetwork
+from labctl.core.playbook.router import IotNetwork, RouterSection
 from labctl.core.secrets import MASK, Secret
 from labctl.core.state import lab_state_dir, state_home
 
@@ -180,6 +180,7 @@ class RouterTarget:
     password: Secret
     kind: str = "asus"
     allow_http: bool = False
+    #: the ASUS login scheme when there is no playbook section (auto | v1 | v2)
     login: str = "auto"
     netns: str | None = None
     lan: ipaddress.IPv4Network | None = None
@@ -188,6 +189,8 @@ class RouterTarget:
     pin_store: Path | None = None
     #: builds the driver's API client (tests wrap one); default: the driver's ``connect``
     client_factory: ClientFactory | None = None
+    #: the playbook's router section, if any: a driver reads its kind's own settings here
+    section: RouterSection | None = None
 
     @property
     def state_dir(self) -> Path:

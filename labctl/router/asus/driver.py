@@ -78,8 +78,9 @@ class AsusDriver:
         session = make_session(target.url, pin_store=target.pin_store,
                                user_agent=APP_USER_AGENT, timeout=target.timeout,
                                netns=target.netns, allow_http=target.allow_http)
+        login = target.section.login if isinstance(target.section, AsusRouter) else target.login
         return AsusClient(target.url, target.user, target.password, session=session,
-                          login=target.login)
+                          login=login)
 
     # -- validation that needs no request ------------------------------------------------
     @staticmethod
