@@ -1,10 +1,10 @@
 """Benchmark: build a 1M-packet pcap and replay it with `labctl sensor replay`, printing packets/s.
 
 Goal: >= 500k packets/s (the engines must keep up with a busy mirror port). The pcap is
-written directly with struct (scapy would need minutes for 1M packets). The traffic mix imitates a busy IoT segment: mostly established TCP
-data between a few dozen devices, UDP (DNS/NTP/mDNS), new TCP sessions with SYN/SYN-ACK,
-ARP, ICMP echo, 10% of frames 802.1Q-tagged (VLAN 52), and one nmap-like SYN port scan, so
-every engine runs. Usage::
+written directly with struct (scapy would need minutes for 1M packets). The traffic mix
+imitates a busy IoT segment: mostly established TCP data between a few dozen devices, UDP
+(DNS/NTP/mDNS), new TCP sessions with SYN/SYN-ACK, ARP, ICMP echo, 10% of frames
+802.1Q-tagged (VLAN 52), and one nmap-like SYN port scan, so every engine runs. Usage::
 
     python bench/sensor_replay.py [--packets N] [--keep FILE] [--profile]
 
