@@ -29,14 +29,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from helpers.sshd import sshd_server  # noqa: E402
 
 from labctl.core.playbook.hyperv import HyperVHost  # noqa: E402
 from labctl.transport.powershell import RenderedScript  # noqa: E402
 from labctl.transport.ssh import SshRunner  # noqa: E402
 from labctl.transport.sshexec import SshConnection, ssh_exec  # noqa: E402
+from tests.helpers.sshd import sshd_server  # noqa: E402
 
 
 def timed(fn, n: int) -> float:
@@ -116,8 +114,8 @@ def _converged_plan_over_ssh(tmp: Path, srv_factory, standin: Path, n: int):
 
     import yaml
 
-    from helpers.fake_hyperv import FakeHyperVHost
     from labctl.cli import run
+    from tests.helpers.fake_hyperv import FakeHyperVHost
 
     state = tmp / "host.pkl"
     state.write_bytes(pickle.dumps(FakeHyperVHost.reference()))

@@ -42,11 +42,12 @@ def main() -> int:
                        .replace("netns:twin-kali", f"netns:{LAB}-kali"))
 
     from labctl.app import lab
+    from labctl.core.context import LabContext
     from labctl.core.playbook import load_playbook
     from labctl.netns.provider import NetnsProvider
 
-    def ctx() -> lab.LabContext:
-        return lab.LabContext(load_playbook(str(pb_path)))
+    def ctx() -> LabContext:
+        return LabContext(load_playbook(str(pb_path)))
 
     ups, downs, raw_ups, raw_downs, steps = [], [], [], [], 0
     try:

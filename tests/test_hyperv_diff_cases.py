@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers.hyperv_lab import loaded, reference_data
 from labctl.hyperv.diff import plan_up
 from labctl.hyperv.facts import parse_facts
+from tests.helpers.hyperv_lab import loaded, reference_data
 
 CASES = Path(__file__).parent / "cases" / "hyperv"
 

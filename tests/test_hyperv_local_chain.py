@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers.hyperv_lab import reference_data, write_playbook
 from labctl.core.errors import ExitCode
+from tests.helpers.hyperv_lab import reference_data, write_playbook
 
 HELPERS = Path(__file__).resolve().parent / "helpers"
 

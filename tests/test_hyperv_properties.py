@@ -7,12 +7,13 @@ from __future__ import annotations
 import copy
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from helpers.fake_hyperv import FakeHyperVHost
-from helpers.hyperv_lab import fake_factory, loaded
 from labctl.app import lab as app
 from labctl.core.errors import LabctlError, PreflightError
+from tests.helpers.fake_hyperv import FakeHyperVHost
+from tests.helpers.hyperv_lab import fake_factory, loaded
 
 _CONVERGED: FakeHyperVHost | None = None
 

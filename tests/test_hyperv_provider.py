@@ -7,13 +7,17 @@ import copy
 
 import pytest
 
-from helpers.fake_hyperv import SENSOR_ISO, FakeHyperVHost
-from helpers.hyperv_lab import loaded, reference_data
 from labctl.app import lab as app
 from labctl.core.errors import (
-    AuthError, ConnectTimeout, ConvergenceError, PreflightError, RemoteCommandError,
+    AuthError,
+    ConnectTimeout,
+    ConvergenceError,
+    PreflightError,
+    RemoteCommandError,
 )
 from labctl.hyperv.provider import HyperVProvider
+from tests.helpers.fake_hyperv import SENSOR_ISO, FakeHyperVHost
+from tests.helpers.hyperv_lab import loaded, reference_data
 
 
 def _provider(host: FakeHyperVHost, data=None) -> HyperVProvider:

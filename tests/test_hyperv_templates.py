@@ -8,15 +8,16 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from helpers.fake_hyperv import FakeHyperVHost
-from helpers.hyperv_lab import loaded
 from labctl.core.errors import TemplateError
 from labctl.core.render import render
 from labctl.hyperv.diff import facts_params, plan_down, plan_up
 from labctl.hyperv.facts import empty_facts, parse_facts
 from labctl.hyperv.scripts import SCRIPT_NAMES, declared_params, script_body
+from tests.helpers.fake_hyperv import FakeHyperVHost
+from tests.helpers.hyperv_lab import loaded
 
 HOSTILE = [
     "it's \"quoted\"",

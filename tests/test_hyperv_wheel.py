@@ -39,7 +39,7 @@ def test_wheel_contains_templates_profiles_and_playbooks(wheel):
     assert "labctl/_assets/hyperv/templates/_lib/prelude.ps1" in names
     for p in (ROOT / "hyperv" / "bootstrap").glob("*.ps1"):
         assert f"labctl/_assets/hyperv/bootstrap/{p.name}" in names
-    assert "labctl/_assets/sensor/profiles/ot-sensor.yaml" in names
+    assert "labctl/_assets/sensor/appliance-sizes.yaml" in names
     assert "labctl/_assets/playbooks/home-lab.yaml" in names
     assert "labctl/cli/lab.py" in names and "labctl/hyperv/provider.py" in names
     assert not any(n.startswith("tests/") for n in names)

@@ -26,7 +26,12 @@ from pypsrp import exceptions as px
 from pypsrp.complex_objects import PSInvocationState
 
 from labctl.core.errors import (
-    AuthError, ConnectTimeout, HostUnreachable, RemoteCommandError, TransportError, UsageError,
+    AuthError,
+    ConnectTimeout,
+    HostUnreachable,
+    RemoteCommandError,
+    TransportError,
+    UsageError,
 )
 from labctl.core.playbook.hyperv import HyperVHost
 from labctl.core.secrets import MASK, Secret
@@ -344,7 +349,7 @@ def _self_signed(tmp: Path, cn: str = "127.0.0.1") -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))

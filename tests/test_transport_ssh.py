@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from helpers.sshd import free_port, keygen, sshd_server
 from labctl.core.errors import AuthError, ConnectTimeout, HostUnreachable, RemoteCommandError
 from labctl.core.playbook.hyperv import HyperVHost
 from labctl.core.secrets import MASK, Secret
@@ -21,6 +20,7 @@ from labctl.transport.powershell import RenderedScript
 from labctl.transport.runners import make_runner
 from labctl.transport.ssh import SshRunner
 from labctl.transport.sshexec import HostKeyError
+from tests.helpers.sshd import free_port, keygen, sshd_server
 
 STANDIN = Path(__file__).parent / "helpers" / "fake_powershell.py"
 
@@ -102,7 +102,8 @@ def test_error_record_becomes_remote_command_error_quoting_the_message(srv):
 
 
 def test_missing_mandatory_parameter_is_a_remote_error(srv):
-    body = "param(\n  [Parameter(Mandatory = $true)][string]$Name,\n  [int]$Size = 1\n)\n#fake: echo"
+    body = ("param(\n  [Parameter(Mandatory = $true)][string]$Name,\n  [int]$Size = 1\n)\n"
+            "#fake: echo")
     with make_runner(cfg_for(srv)) as runner:
         with pytest.raises(RemoteCommandError, match="missing mandatory parameters: Name"):
             runner.run(script(body, Size=2))

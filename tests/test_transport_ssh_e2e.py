@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers.sshd import sshd_server
+from tests.helpers.sshd import sshd_server
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN = ROOT / "tests" / "helpers" / "fake_powershell.py"
@@ -23,7 +23,7 @@ STANDIN = ROOT / "tests" / "helpers" / "fake_powershell.py"
 
 @pytest.fixture
 def ssh_lab(tmp_path):
-    fake_hyperv = pytest.importorskip("helpers.fake_hyperv")
+    fake_hyperv = pytest.importorskip("tests.helpers.fake_hyperv")
     state = tmp_path / "host.pkl"
     state.write_bytes(pickle.dumps(fake_hyperv.FakeHyperVHost.reference()))
     with sshd_server(tmp_path / "sshd", powershell_standin=STANDIN,
@@ -74,7 +74,7 @@ def test_up_converges_then_plan_is_one_round_trip_and_down_cleans(ssh_lab, cli_r
 
 
 def test_wrong_key_over_the_cli_is_exit_5_and_names_the_script(ssh_lab, cli_run, tmp_path):
-    from helpers.sshd import keygen
+    from tests.helpers.sshd import keygen
 
     srv, pb, _ = ssh_lab
     doc = yaml.safe_load(pb.read_text())

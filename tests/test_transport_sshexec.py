@@ -10,12 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from helpers.sshd import free_port, keygen, sshd_server
-from labctl.core.errors import AuthError, ConnectTimeout, HostUnreachable, TransportError, UsageError
+from labctl.core.errors import (
+    AuthError,
+    ConnectTimeout,
+    HostUnreachable,
+    TransportError,
+    UsageError,
+)
 from labctl.core.secrets import Secret
 from labctl.transport.sshexec import (
-    HostKeyError, SshConnection, SshTarget, parse_ssh_spec, ssh_exec,
+    HostKeyError,
+    SshConnection,
+    SshTarget,
+    parse_ssh_spec,
+    ssh_exec,
 )
+from tests.helpers.sshd import free_port, keygen, sshd_server
 
 HOSTILE = "a b; $(touch /tmp/pwned) `id` 'q' \"d\" \\ \n line2 ü ✓ *"
 
@@ -206,7 +216,8 @@ def test_handshake_failure_prints_no_paramiko_traceback(tmp_path):
         "from labctl.transport.sshexec import ssh_exec, SshTarget\n"
         "l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(1)\n"
         "def serve():\n"
-        "    c, _ = l.accept(); c.sendall(b'HTTP/1.1 400 Bad\\r\\n\\r\\n'); time.sleep(0.3); c.close()\n"
+        "    c, _ = l.accept(); c.sendall(b'HTTP/1.1 400 Bad\\r\\n\\r\\n')\n"
+        "    time.sleep(0.3); c.close()\n"
         "threading.Thread(target=serve, daemon=True).start()\n"
         "try:\n"
         "    ssh_exec(SshTarget('u', '127.0.0.1', l.getsockname()[1], timeout=3.0), ['true'])\n"

@@ -72,7 +72,7 @@ class FakeHyperVHost:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def reference(cls) -> "FakeHyperVHost":
+    def reference(cls) -> FakeHyperVHost:
         """The reference lab's host before `labctl up`: two physical NICs (Ethernet carries
         the default route, Ethernet 2 is cabled to the router's IoT port), the built-in
         'Default Switch', an unrelated VM 'kali', the sensor ISO on D:."""
@@ -293,7 +293,8 @@ class FakeHyperVHost:
     def _do_vmswitch_span(self, p: dict[str, Any]) -> dict[str, Any]:
         found = self._switch(p["Name"])
         if not found:
-            raise _PsError(f"Hyper-V was unable to find a virtual switch with name \"{p['Name']}\".")
+            raise _PsError("Hyper-V was unable to find a virtual switch with name "
+                           f"\"{p['Name']}\".")
         for sw in found:
             if sw["type"] != "External":
                 raise _PsError("the -ExternalPort parameter needs an External virtual switch")
@@ -525,7 +526,7 @@ class FakeHyperVHost:
                 a["vlan"] = {"mode": "Untagged", "access_id": 0, "allowed": "", "native": 0}
         return {"changed": True}
 
-    # -- inspection helpers for tests ---------------------------------------------------------------
+    # -- inspection helpers for tests ----------------------------------------------------------
     def names(self) -> dict[str, list[str]]:
         return {"switches": sorted(s["name"] for s in self.switches),
                 "vms": sorted(v["name"] for v in self.vms),

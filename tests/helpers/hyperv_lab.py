@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
-from helpers.fake_hyperv import FakeHyperVHost
 from labctl.core.playbook import LoadedPlaybook, parse_playbook
 from labctl.core.yamlfile import parse_yaml
+from tests.helpers.fake_hyperv import FakeHyperVHost
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "playbooks" / "home-lab.yaml"

@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE.parent.parent)]
+sys.path.insert(0, str(HERE.parent.parent))  # the checkout: tests.helpers and labctl
 
-from helpers.fake_hyperv import FakeHyperVHost  # noqa: E402
-from helpers.fake_powershell import EXPECTED_ARGS, LINE_RE, declared_params, envelope  # noqa: E402
+from tests.helpers.fake_hyperv import FakeHyperVHost  # noqa: E402
+from tests.helpers.fake_powershell import EXPECTED_ARGS, LINE_RE, declared_params, envelope  # noqa: E402
 
 _FIELDS = ("hyperv_module", "default_route_alias", "net_adapters", "switches", "vnics", "nats",
            "vms", "files", "free_gb", "_ids")

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from helpers.sshd import sshd_server          # or the `sshd` fixture below
+    from tests.helpers.sshd import sshd_server          # or the `sshd` fixture below
 
     with sshd_server(tmp_path / "sshd") as srv:
         target = srv.target()                     # labctl.transport.sshexec.SshTarget
@@ -40,10 +40,11 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

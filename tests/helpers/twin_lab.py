@@ -14,9 +14,9 @@ import struct
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from labctl.app import lab
 from labctl.core.playbook import load_playbook
@@ -195,7 +195,7 @@ def capture(ns: str, ifname: str) -> Iterator[list[bytes]]:
         while not stop.is_set():
             try:
                 data, addr = s.recvfrom(65535)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -230,7 +230,7 @@ def udp_server(ns: str, port: int, reply: bytes | None = None,
         while time.monotonic() < deadline:
             try:
                 data, peer = s.recvfrom(2048)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -250,7 +250,7 @@ def udp_ask(ns: str, dst: str, port: int, payload: bytes, timeout: float = 2.0) 
         s.sendto(payload, (dst, port))
         try:
             return s.recvfrom(2048)[0]
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return None
     finally:
         s.close()
