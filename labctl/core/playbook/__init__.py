@@ -20,13 +20,14 @@ from labctl.core.playbook.hyperv import VM, HyperVHost, Nic, Switch
 from labctl.core.playbook.router import IotNetwork, Router
 from labctl.core.playbook.scanner import ScannerSection
 from labctl.core.playbook.sensor import SensorSection
+from labctl.core.playbook.sentinel import SentinelSection
 from labctl.core.playbook.twin import TwinSection
 from labctl.core.yamlfile import YamlDoc, load_yaml, validate
 
 __all__ = [
     "Playbook", "LoadedPlaybook", "load_playbook", "parse_playbook", "find_playbook",
     "Switch", "VM", "Nic", "Router", "IotNetwork", "SensorSection", "ScannerSection",
-    "TwinSection", "HyperVHost",
+    "TwinSection", "HyperVHost", "SentinelSection",
 ]
 
 
@@ -51,6 +52,7 @@ class Playbook(Model):
     sensor: SensorSection | None = None
     scanner: ScannerSection | None = None
     twin: TwinSection | None = None
+    sentinel: SentinelSection | None = None
 
     def switch(self, name: str) -> Switch | None:
         for s in self.switches:
