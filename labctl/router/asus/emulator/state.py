@@ -12,8 +12,8 @@ requests or that no login was attempted after a lockout.
 
 With ``iot_interfaces={vid: ifname}`` and an ``address_sync`` callback, applying an enabled
 SDN network on that VLAN moves its gateway address onto ``ifname`` and deleting it removes
-the address. The emulator never runs a command itself: the netns twin passes
-``labctl.netns.ifaddr.move_address`` when it runs the emulator in its router namespace.
+the address. The emulator never runs a command itself: ``labctl twin serve-router`` passes
+``labctl.netns.ifaddr.move_address`` (the netns twin runs it in its router namespace).
 """
 
 from __future__ import annotations
