@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from labctl.core.waiting import WaitTimeout, wait_until
 from tests.helpers.sensor_netns import (
     SCANNER_IP,
     TARGET_IP,
@@ -47,14 +48,11 @@ def _udp(pair, ip: str) -> None:
 
 
 def _wait_for(fn, timeout=20.0, every=0.3):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(every)
-    return last
+    """What ``fn`` returned once truthy, else its last value after ``timeout``."""
+    try:
+        return wait_until(fn, timeout=timeout, interval=every)
+    except WaitTimeout as e:
+        return e.last
 
 
 @pytest.mark.skipif(not shutil.which("nmap"), reason="nmap not installed")

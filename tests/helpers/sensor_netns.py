@@ -18,10 +18,11 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from labctl.core.waiting import WaitTimeout, wait_until
 
 SCANNER_IP = "172.31.250.1"
 TARGET_IP = "172.31.250.2"
@@ -98,14 +99,17 @@ class LiveSensor:
              "--state", str(self.state), *extra],
             stdout=fh, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
         fh.close()
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sensor exited {self.proc.returncode}: {self.log.read_text()}")
-            if status.exists():
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"sensor did not start: {self.log.read_text()}")
+        proc = self.proc
+
+        def started() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"sensor exited {proc.returncode}: {self.log.read_text()}")
+            return status.exists()
+
+        try:
+            wait_until(started, timeout=timeout, interval=0.1)
+        except WaitTimeout:
+            raise RuntimeError(f"sensor did not start: {self.log.read_text()}") from None
 
     def status(self) -> dict[str, Any]:
         return json.loads((self.state / "status.json").read_text())
