@@ -5,6 +5,7 @@ Click only: parse, call one function in :mod:`labctl.sensor`, render.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -115,7 +116,8 @@ def token_create(state: str | None, description: str, as_json: bool) -> None:
     finally:
         store.close()
     if as_json:
-        click.echo(__import__("json").dumps({"token": value, "description": description}))
+        # compact, unscrubbed: the one place the token is shown
+        click.echo(json.dumps({"token": value, "description": description}))
     else:
         click.echo(value)
         echo("Store it now: it is not shown again (send it as `Authorization: <token>`).",
