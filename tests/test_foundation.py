@@ -121,3 +121,47 @@ def test_help_imports_no_heavy_modules():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def test_plan_model_enums_serialise_to_the_same_strings_and_carry_verdicts():
+    import json
+
+    from labctl.core.model import Action, Change, Ownership, Plan, Step, StepKind
+
+    step = Step("x:y", "create", "echo", {"P": 1}, kind="command", name="x/create")
+    assert step.action is Action.CREATE and step.kind is StepKind.COMMAND
+    assert step.to_dict()["action"] == "create" and step.to_dict()["kind"] == "command"
+    assert Change("x:y", "create", "missing", steps=(step,)).state is Ownership.ABSENT
+    assert Change("x:y", "noop", "in shape").state is Ownership.OWNED
+    assert Change("x:y", "update", "differs", steps=(step,)).state is Ownership.DRIFTED
+    foreign = Change("x:y", "noop", "left alone", state=Ownership.FOREIGN)
+    assert foreign.foreign and foreign.is_noop
+    plan = Plan("p", "lab", [Change("x:y", Action.CREATE, "missing", steps=(step,))])
+    assert "blockers" not in plan.to_dict()
+    plan.block("a switch of that name is not ours", "rename it")
+    doc = json.loads(json.dumps(plan.to_dict()))
+    assert doc["summary"] == {"create": 1} and doc["changes"][0]["state"] == "absent"
+    assert doc["blockers"] == [{"message": "a switch of that name is not ours",
+                                "hint": "rename it"}]
+
+
+def test_netns_operations_render_run_and_serialise_as_plain_data(tmp_path):
+    from labctl.core.model import Step
+    from labctl.netns import ops
+
+    run = ops.Run(("nft", "-f", "-"), netns="lab-host", input="table ip t\n")
+    assert run.render() == "ip netns exec lab-host nft -f - <<'EOF'\ntable ip t\nEOF"
+    assert ops.ip("lab-host", "link", "set", "lo", "up").render() == \
+        "ip -n lab-host link set lo up"
+    step = Step("netns.x:y", "create", ops.render([run, ops.Stop("wan")]),
+                {"ops": [run, ops.Stop("wan")]}, kind="command")
+    assert step.to_dict()["params"] == {"ops": [
+        {"argv": ["nft", "-f", "-"], "netns": "lab-host", "input": "table ip t\n"},
+        {"op": "stop", "name": "wan"}]}
+    ctx = ops.OpContext(state_dir=tmp_path, playbook_path=tmp_path / "lab.yaml",
+                        child_env=lambda name: {})
+    ops.Mark("lab", ("lab-host",)).run(ctx)
+    marker = (tmp_path / ops.MARKER).read_text()
+    assert '"namespaces": [\n    "lab-host"\n  ]' in marker
+    ops.Forget("lab").run(ctx)
+    assert not (tmp_path / ops.MARKER).exists()
