@@ -18,8 +18,9 @@ sensor's alerts, in the style of suricata-verify's ``filter: {count, match}``:
 
 ``expect_none: true`` turns the case around: none of the ``expect`` matchers may match
 (with an empty ``expect``, no alert from the scanner at all). Targets and addresses may use
-the placeholders ``{scanner}``, ``{gateway}``, ``{iot_subnet}``, ``{device:NAME}`` and
-``{wan:N}``, resolved from the playbook when the case runs.
+the placeholders ``{scanner}``, ``{gateway}``, ``{iot_subnet}``, ``{device:NAME}`` (or
+``{device:N}``, the lab's Nth device) and ``{wan:N}``, resolved from the playbook when the
+case runs.
 
 Why a model in core: ranges, types and placeholder rules are checked when the file is
 loaded, so a bad file fails with file, key and line (exit 2) before anything is sent.

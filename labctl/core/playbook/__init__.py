@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field
 
 from labctl.core.errors import ConfigError, UsageError
-from labctl.core.playbook.common import Model
+from labctl.core.playbook.common import Address, Model, Name
 from labctl.core.playbook.hyperv import VM, HyperVHost, Nic, Switch
 from labctl.core.playbook.router import IotNetwork, Router
 from labctl.core.playbook.scanner import ScannerSection
@@ -39,6 +39,13 @@ class _KeyError(ValueError):
         self.loc = loc
 
 
+class LabDevice(Model):
+    name: Name
+    ip: Address
+    mac: str | None = Field(default=None, pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
+    description: str = Field(default="", max_length=200)
+
+
 class Playbook(Model):
     version: Literal[1] = 1
     lab: str = Field(pattern=r"^[a-z][a-z0-9]{0,7}$",
@@ -53,6 +60,9 @@ class Playbook(Model):
     scanner: ScannerSection | None = None
     twin: TwinSection | None = None
     sentinel: SentinelSection | None = None
+    #: the lab's known devices (a real lab's pet feeders, vacuums ...), by name: verify-alerts
+    #: resolves {device:NAME} from here and twin.devices, traffic reports name them
+    devices: list[LabDevice] = Field(default_factory=list, max_length=4096)
 
     def switch(self, name: str) -> Switch | None:
         for s in self.switches:
@@ -100,6 +110,12 @@ def _cross_check(pb: Playbook) -> None:
     dup("VM", [v.name for v in pb.vms], "vms")
     if pb.twin:
         dup("device", [d.name for d in pb.twin.devices], "twin.devices")
+    dup("device", [d.name for d in pb.devices], "devices")
+    twin_names = {d.name.lower() for d in pb.twin.devices} if pb.twin else set()
+    for i, lab_dev in enumerate(pb.devices):
+        if lab_dev.name.lower() in twin_names:
+            raise _KeyError(("devices", i, "name"),
+                            f"device {lab_dev.name!r} is also in twin.devices (name it once)")
     for i, s in enumerate(pb.switches):
         if s.nat is not None:
             for j, t in enumerate(pb.switches[:i]):
@@ -140,8 +156,8 @@ def _cross_check(pb: Playbook) -> None:
             mgmt = sensor_vm.management_nic
             if mgmt is not None and mgmt.ip is not None and mgmt.ip.ip != pb.sensor.management_ip:
                 raise _KeyError(("sensor", "management_ip"),
-                                f"{pb.sensor.management_ip} differs from VM {vm.name}'s management "
-                                f"NIC address {mgmt.ip.ip}")
+                                f"{pb.sensor.management_ip} differs from VM {sensor_vm.name}'s "
+                                f"management NIC address {mgmt.ip.ip}")
         for k, m in enumerate(pb.sensor.monitored_subnets):
             if pb.router and pb.router.iot_network and m.subnet == pb.router.iot_network.subnet \
                     and m.vlan is not None and m.vlan != pb.router.iot_network.vlan:
