@@ -65,16 +65,7 @@ def router_emulator(kind: str, req: EmulatorRequest) -> EmulatorProcess:
 
 
 def sensor_emulator(kind: str, req: EmulatorRequest) -> EmulatorProcess:
-    try:
-        driver = get_sensor_driver(kind)
-    except (ImportError, AttributeError):
-        # FALLBACK, temporary: while the sensor registry's driver class is being written,
-        # the embedded sensor's command line as that driver names it.
-        return EmulatorProcess(
-            args=("sensor", "serve", "--interface", req.capture_interface or "",
-                  "--listen", f"{req.listen_ip}:{req.port}", "--state", str(req.state_path)),
-            ready=(req.listen_ip, req.port))
-    return driver.emulator_process(req)
+    return get_sensor_driver(kind).emulator_process(req)
 
 
 class _Builder:
