@@ -117,8 +117,8 @@ class Sensor:
         self._dedup: dict[DedupKey, Alert] = {}
 
         # per-packet touch maps, folded into the records at flush time
-        self._dev_seen: dict[bytes, float] = {}
-        self._udp_flows: dict[tuple[bytes, bytes, int], float] = {}
+        self.dev_seen: dict[bytes, float] = {}
+        self.udp_flows: dict[tuple[bytes, bytes, int], float] = {}
         self._global: dict[bytes, bool] = {}
 
         # dirty sets for persistence
@@ -169,7 +169,7 @@ class Sensor:
             if dev is None:
                 dev = self._new_device(sip, p[F_SMAC], p[F_VLAN], ts)
             if dev is not False:
-                self._dev_seen[sip] = ts
+                self.dev_seen[sip] = ts
             proto = p[6]
             if proto == 6:
                 flags = p[9]
@@ -181,8 +181,8 @@ class Sensor:
                     self._rules(p, ts, 6)
             elif proto == 17:
                 key = (sip, p[5], p[8])
-                if key not in self._udp_flows:
-                    self._udp_flows[key] = ts
+                if key not in self.udp_flows:
+                    self.udp_flows[key] = ts
                     self._attempt(p, ts, 17)
                 if self._has_rules and (self._rules_any or p[8] in self._rules_port[17]):
                     self._rules(p, ts, 17)
@@ -332,7 +332,7 @@ class Sensor:
             if dev is None:
                 dev = self._new_device(spa, p[F_SMAC], p[F_VLAN], ts)
             if isinstance(dev, Device):
-                self._dev_seen[spa] = ts
+                self.dev_seen[spa] = ts
                 if "ARP" not in dev.protocols:
                     dev.protocols.add("ARP")
                     self.dirty_devices.add(dev.id)
@@ -499,17 +499,17 @@ class Sensor:
 
     def fold(self, now: float) -> None:
         """Fold per-packet last-seen stamps into the device records; prune old windows."""
-        for ip, ts in self._dev_seen.items():
+        for ip, ts in self.dev_seen.items():
             dev = self.by_ip.get(ip)
             if isinstance(dev, Device) and ts > dev.last_seen:
                 dev.last_seen = ts
                 self.dirty_devices.add(dev.id)
-        self._dev_seen.clear()
+        self.dev_seen.clear()
         # bound the caches a long-running sensor keeps (an internet-wide scan would
         # otherwise grow them without limit)
-        if len(self._udp_flows) > 200_000:
+        if len(self.udp_flows) > 200_000:
             cutoff = now - 600
-            self._udp_flows = {k: t for k, t in self._udp_flows.items() if t >= cutoff}
+            self.udp_flows = {k: t for k, t in self.udp_flows.items() if t >= cutoff}
         if len(self._global) > 500_000:
             self._global.clear()
         if len(self.by_ip) - len(self.devices) > 500_000:

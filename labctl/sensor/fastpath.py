@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from labctl.sensor.parse import K_IPV4, parse_frame
+from labctl.sensor.parse import K_IPV4, Parsed, parse_frame
 from labctl.sensor.pcap import (
     FRAME_HEAD,
     FRAME_HEAD_TAGGED,
@@ -27,11 +27,27 @@ from labctl.sensor.pcap import (
     PCAP_RECORD_LEN,
     CaptureFile,
 )
+from labctl.sensor.records import Device
+from labctl.sensor.rules import RuleIndex
 
 if TYPE_CHECKING:
     import mmap
 
-    from labctl.sensor.engine import Sensor
+
+class Sensor(Protocol):
+    """What the fast paths use of :class:`labctl.sensor.engine.Sensor` (which calls them)."""
+
+    by_ip: dict[bytes, Device | bool]
+    dev_seen: dict[bytes, float]
+    udp_flows: dict[tuple[bytes, bytes, int], float]
+    rules: RuleIndex
+    packets: int
+    malformed: int
+    last_ts: float
+
+    def process(self, p: Parsed, ts: float) -> None: ...
+
+    def fold(self, now: float) -> None: ...
 
 # network byte order, for frames from a live capture (no pcap record header in front)
 _LIVE_HEAD = struct.Struct("!" + FRAME_HEAD)
@@ -45,8 +61,8 @@ def feed_batch(sensor: Sensor, batch: Sequence[tuple[bytes, float]]) -> None:
     """
     head = _LIVE_HEAD.unpack_from
     by_ip = sensor.by_ip
-    seen = sensor._dev_seen
-    udp_flows = sensor._udp_flows
+    seen = sensor.dev_seen
+    udp_flows = sensor.udp_flows
     rules = sensor.rules
     tcp_rules = rules.by_port[6] if rules.has_rules else {}
     udp_rules = rules.by_port[17] if rules.has_rules else {}
@@ -132,8 +148,8 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
     parse = parse_frame
     process = sensor.process
     by_ip = sensor.by_ip
-    seen = sensor._dev_seen
-    udp_flows = sensor._udp_flows
+    seen = sensor.dev_seen
+    udp_flows = sensor.udp_flows
     if rules.has_rules:
         tcp_rules = {((p & 0xFF) << 8) | (p >> 8) for p in rules.by_port[6]}
         udp_rules = {((p & 0xFF) << 8) | (p >> 8) for p in rules.by_port[17]}
