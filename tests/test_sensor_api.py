@@ -263,3 +263,67 @@ def test_client_errors_are_labctl_errors(tmp_path):
         D4IoTClient("https://127.0.0.1:9", Secret("t"), session=plain).devices()
     with pytest.raises(AuthError, match="no access token"):
         D4IoTClient("https://127.0.0.1:9", None, session=plain).devices()
+
+
+def test_driver_records_from_v1_and_v2_shapes_in_any_letter_case():
+    from labctl.sensor.client import alert_from_api, connection_from_api, device_from_api
+
+    v1 = normalize_keys({"ID": 7, "Time": 1700000000000, "TITLE": "Port Scan Detected",
+                         "message": "m", "severity": "Critical", "engine": "Anomaly",
+                         "additionalinformation": None, "Handled": True})
+    a = alert_from_api(v1)
+    assert (a.id, a.time, a.title, a.engine, a.handled) == (
+        7, 1700000000000, "Port Scan Detected", "Anomaly", True)
+    assert a.source_address is None and a.destination_address is None  # v1 has none
+    v2 = alert_from_api(normalize_keys({**v1, "SourceDeviceAddress": "10.0.0.5",
+                                        "destinationdeviceaddress": "10.0.0.9"}))
+    assert (v2.source_address, v2.destination_address) == ("10.0.0.5", "10.0.0.9")
+    d = device_from_api(normalize_keys({"id": 3, "name": "feeder", "IPADDRESSES": ["10.0.0.9"],
+                                        "macAddresses": [], "vendor": None,
+                                        "protocols": [{"id": 1, "name": "IRC"}]}))
+    assert (d.ip_addresses, d.mac_addresses, d.protocols) == (("10.0.0.9",), (), ("IRC",))
+    c = connection_from_api(normalize_keys({"firstDeviceId": 3, "seconddeviceid": None,
+                                            "lastSeen": 5, "discovered": 4, "ports": [6667],
+                                            "protocols": [{"name": "IRC", "commands": []}]}))
+    assert (c.first_device_id, c.second_device_id, c.ports, c.protocols) == (
+        3, None, (6667,), ("IRC",))
+
+
+def test_driver_reads_v1_alerts_from_a_sensor_without_v2():
+    import json as _json
+
+    from labctl.sensor.base import SensorTarget
+    from labctl.sensor.client import D4IoTDriver
+    from labctl.transport.httpserver import BaseHandler, LabHTTPServer
+
+    seen: list[str] = []
+
+    class OldSensor(BaseHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(self.path.split("?")[0])
+            if self.path.startswith("/api/v1/alerts"):
+                status, body = 200, [{"id": 1, "time": 5, "title": "T", "message": "",
+                                      "severity": "Minor", "engine": "Anomaly"}]
+            else:
+                status, body = 404, {"error": "not found"}
+            data = _json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = LabHTTPServer(("127.0.0.1", 0), OldSensor)
+    server.start()
+    try:
+        s = requests.Session()
+        s.trust_env = False
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        driver = D4IoTDriver(SensorTarget(url, token=Secret("t")), session=s)
+        alerts = driver.alerts(since=0)
+        assert [(a.id, a.title, a.source_address) for a in alerts] == [(1, "T", None)]
+        assert seen == ["/api/v2/alerts", "/api/v1/alerts"]
+        st = driver.status()  # no labctl status endpoint on a real sensor: reachable only
+        assert st.reachable and st.packets is None
+    finally:
+        server.stop()
