@@ -48,8 +48,16 @@ def test_bad_arguments(args, msg):
 
 @pytest.mark.parametrize("args", [
     ["-sV", "-sC"], ["-p", "1-65535"], ["-p-"], ["-T4", "-n", "--max-retries", "2"],
-    ["--script=default,safe"], ["--top-ports", "100", "-sT"], ["-PS22,80", "-sn"],
+    ["--script=default,version"], ["--top-ports", "100", "-sT"], ["-PS22,80", "-sn"],
     ["--exclude-ports", "9100"], ["-6", "-sV"],
+    # the forms nmap accepts for the values an option needs
+    ["-p80,443"], ["-pT:22,U:53", "-sU"], ["-p", "1024-"], ["-T", "aggressive"], ["-T0"],
+    ["--max-rate", "10"], ["--max-rate=10.5"], ["--top-ports=100"], ["-sSV"], ["-sCV"],
+    ["--script", "banner,http-title", "--script-args", "http.useragent=labctl"],
+    ["--script=modbus-discover", "--script-args=modbus-discover.aggressive=true"],
+    ["-g", "53"], ["--source-port=53"], ["-f", "--mtu", "16"], ["-PU", "-PS", "-PO1,6"],
+    ["--exclude", "10.0.0.5,10.0.0.0/30,10.0.1.1-9"], ["--scan-delay", "50ms"],
+    ["--nsock-engine=epoll"], ["--version-intensity", "0"],
 ])
 def test_good_arguments(args):
     assert check_nmap_args(args) == args

@@ -1,11 +1,11 @@
 """Scan profiles: an nmap argument list plus limits, loaded from ``scans/profiles/*.yaml``.
 
-A profile is data, so it is validated like data: every nmap argument is checked against an
-allow-list of options before it can reach a command line. Output options (``-o*``), input
-lists (``-iL``/``-iR``), files that nmap would read (``--script-args-file``, ``--datadir``
-...), targets hidden in the profile, shell metacharacters and values containing spaces are
-refused with the file, key path and line, because labctl owns the output (``-oX -``), the
-targets (after the scope guard) and the progress option (``--stats-every``).
+A profile is data, so it is validated like data: every nmap argument (``args``, and both
+passes of a smart profile, ``discovery_args`` and ``service_args``) is checked against the
+allow-list in :mod:`labctl.scans.nmapargs`, scripts against nmap's script database
+(:mod:`labctl.scans.scriptdb`). A bad profile is refused with the file, key path and line.
+The same check runs for bundled profiles, profiles given by path, ScanProfile objects
+built in code (:func:`revalidate`), and once more on the argv a scanner is about to run.
 """
 
 from __future__ import annotations
@@ -14,141 +14,19 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from labctl.core.errors import ConfigError, UsageError
 from labctl.core.playbook.common import Model
 from labctl.core.yamlfile import load_yaml, validate
+from labctl.scans.nmapargs import check_nmap_args, scan_letters
 
-# Options that take the next argv item as their value (``--opt VALUE``); ``--opt=VALUE``
-# is accepted for the long ones too.
-VALUE_OPTIONS = frozenset({
-    "-p", "--exclude-ports", "--top-ports", "--port-ratio", "-e", "-S", "-g", "--source-port",
-    "-D", "--min-rate", "--max-rate", "--max-retries", "--host-timeout", "--scan-delay",
-    "--max-scan-delay", "--min-rtt-timeout", "--max-rtt-timeout", "--initial-rtt-timeout",
-    "--min-hostgroup", "--max-hostgroup", "--min-parallelism", "--max-parallelism",
-    "--script", "--script-args", "--script-timeout", "--version-intensity", "--data-length",
-    "--ttl", "--mtu", "--spoof-mac", "--dns-servers", "--max-os-tries", "-T", "--scanflags",
-    "--data-string", "--data", "--ip-options", "--exclude", "-sI", "-b", "--proxies",
-})
-# Options that stand alone.
-FLAG_OPTIONS = frozenset({
-    "-sS", "-sT", "-sA", "-sW", "-sM", "-sU", "-sN", "-sF", "-sX", "-sY", "-sZ", "-sO",
-    "-sn", "-sL", "-sV", "-sC", "-sR", "-Pn", "-PE", "-PP", "-PM", "-PR", "-PO", "-n", "-R",
-    "-F", "-r", "-O", "-A", "-6", "-v", "-vv", "-d", "-f", "--open", "--reason",
-    "--traceroute", "--version-light", "--version-all", "--version-trace", "--osscan-limit",
-    "--osscan-guess", "--system-dns", "--send-eth", "--send-ip", "--privileged",
-    "--unprivileged", "--disable-arp-ping", "--badsum", "--allports", "--packet-trace",
-    "--defeat-rst-ratelimit", "--defeat-icmp-ratelimit", "--nsock-engine=epoll",
-    "--nsock-engine=poll", "--nsock-engine=select", "--discovery-ignore-rst", "-sCV", "-sVC",
-    "--noninteractive",
-})
-# Short options whose value may be glued on: -T4, -p80,443, -PS22, -PA80, -PU53, -PY, -sV...
-GLUED_PREFIXES = ("-T", "-p", "-PS", "-PA", "-PU", "-PY", "-PO", "-e", "-g", "-D", "-S", "-b")
-# Refused outright, with the reason shown to the user.
-FORBIDDEN = {
-    "-o": "output options are managed by labctl (XML goes to the state directory; use "
-          "--xml-out for a copy)",
-    "--append-output": "output options are managed by labctl",
-    "--stylesheet": "output options are managed by labctl",
-    "--webxml": "output options are managed by labctl",
-    "--no-stylesheet": "output options are managed by labctl",
-    "-iL": "targets come from the command line so the scope guard can check them",
-    "-iR": "random targets would bypass the scope guard",
-    "--excludefile": "exclusions come from the playbook and --exclude",
-    "--script-args-file": "nmap would read an arbitrary local file",
-    "--datadir": "nmap would load data files from an arbitrary directory",
-    "--servicedb": "nmap would read an arbitrary local file",
-    "--versiondb": "nmap would read an arbitrary local file",
-    "--resume": "a resumed scan bypasses the scope guard",
-    "--stats-every": "progress reporting is managed by labctl",
-    "--iflist": "not a scan",
-    "--interactive": "not a scan",
-}
-_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.,:/=+*\-\[\]@%()]+$")
-_SHELL_META = set(";|&$`<>\\\"'!{}~#\n\r\t\0 ")
-SCRIPT_OPTIONS = ("-sC", "-A", "--script", "-sCV", "-sVC")
-UDP_OPTIONS = ("-sU", "-PU", "-sY", "-sZ")
-
-
-def _forbidden_reason(arg: str) -> str | None:
-    for key, why in FORBIDDEN.items():
-        if key == "-o":
-            if arg.startswith("-o") and not arg.startswith("--"):
-                return why
-            continue
-        if arg == key or arg.startswith(key + "="):
-            return why
-    return None
-
-
-def check_nmap_args(args: list[str], *, allow_scripts: bool = True,
-                    allow_udp: bool = True) -> list[str]:
-    """Validate a profile's nmap argument list; raise ValueError naming the bad item.
-
-    The check is an allow-list, so an option labctl does not know is refused too: nmap's
-    command line is where a hostile profile would try to write files or add targets.
-    """
-    out: list[str] = []
-    expect_value_for: str | None = None
-    for i, arg in enumerate(args):
-        if not isinstance(arg, str):
-            raise ValueError(f"item {i} ({arg!r}) must be a string")
-        if arg == "" or any(c.isspace() for c in arg):
-            raise ValueError(f"item {i} ({arg!r}) contains spaces: give each option and "
-                             "value as its own list item, and no value may contain a space")
-        bad = sorted(set(arg) & _SHELL_META)
-        if bad:
-            raise ValueError(f"item {i} ({arg!r}) contains {''.join(bad)!r}: shell "
-                             "metacharacters are not allowed in nmap arguments")
-        if expect_value_for is not None:
-            if arg.startswith("-") and not re.match(r"^-\d", arg):
-                raise ValueError(f"item {i}: option {expect_value_for} needs a value, got {arg!r}")
-            if not _SAFE_VALUE.match(arg):
-                raise ValueError(f"item {i}: value {arg!r} for {expect_value_for} has "
-                                 "characters that are not allowed")
-            out.append(arg)
-            expect_value_for = None
-            continue
-        if not arg.startswith("-"):
-            raise ValueError(f"item {i} ({arg!r}) is not an option: targets are given on the "
-                             "command line, never in a profile")
-        why = _forbidden_reason(arg)
-        if why:
-            raise ValueError(f"item {i}: {arg} is not allowed: {why}")
-        name, eq, value = arg.partition("=")
-        if arg in FLAG_OPTIONS:
-            pass
-        elif name in VALUE_OPTIONS and name.startswith("--") and eq:
-            if not value or not _SAFE_VALUE.match(value):
-                raise ValueError(f"item {i}: value {value!r} for {name} is not allowed")
-        elif arg in VALUE_OPTIONS:
-            expect_value_for = arg
-        elif any(arg.startswith(p) and len(arg) > len(p) for p in GLUED_PREFIXES):
-            if not _SAFE_VALUE.match(arg):
-                raise ValueError(f"item {i}: {arg!r} has characters that are not allowed")
-        else:
-            raise ValueError(f"item {i}: {arg!r} is not an nmap option labctl knows "
-                             "(see labctl/scans/profiles.py for the allowed list)")
-        if not allow_scripts and (arg in SCRIPT_OPTIONS or name == "--script"):
-            raise ValueError(f"item {i}: {arg} runs NSE scripts, which this profile forbids "
-                             "(allow_scripts: false)")
-        if not allow_udp and (arg in UDP_OPTIONS or any(arg.startswith(u) for u in UDP_OPTIONS)
-                              or (arg.startswith("-p") and "U:" in arg)):
-            raise ValueError(f"item {i}: {arg} scans UDP, which this profile forbids "
-                             "(allow_udp: false)")
-        out.append(arg)
-    if expect_value_for is not None:
-        raise ValueError(f"option {expect_value_for} at the end needs a value")
-    if not allow_udp:
-        for j, a in enumerate(out[:-1]):
-            if a == "-p" and "U:" in out[j + 1]:
-                raise ValueError(f"item {j + 1}: UDP ports are forbidden in this profile")
-    return out
+__all__ = ["ScanProfile", "check_nmap_args", "revalidate", "load_profile",
+           "load_profile_file", "list_profiles", "profiles_dir"]
 
 
 class ScanProfile(Model):
-    """One scan profile. ``strategy: smart`` runs two passes (see labctl.scans.smart)."""
+    """One scan profile. ``strategy: smart`` runs two passes (see labctl.scans.passes)."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")
     description: str = ""
@@ -179,7 +57,7 @@ class ScanProfile(Model):
         if self.strategy == "smart":
             if self.args:
                 raise ValueError("a smart profile uses discovery_args and service_args, not args")
-            if "-sn" in self.discovery_args:
+            if "n" in scan_letters(self.discovery_args):
                 raise ValueError("discovery_args of a smart profile must find open ports; "
                                  "remove -sn")
         elif self.discovery_args or self.service_args:
@@ -188,6 +66,22 @@ class ScanProfile(Model):
 
     def all_args(self) -> list[str]:
         return [*self.args, *self.discovery_args, *self.service_args]
+
+
+def revalidate(profile: ScanProfile) -> ScanProfile:
+    """Validate a ScanProfile object again from its data.
+
+    pydantic's ``model_copy(update=...)`` and ``model_construct`` skip validation, so a
+    profile built in code is checked like a file before it is used.
+    """
+    try:
+        return ScanProfile.model_validate(profile.model_dump())
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        loc = ".".join(str(p) for p in first["loc"])
+        raise UsageError(f"scan profile {profile.name!r}: {loc + ': ' if loc else ''}{msg}",
+                         hint="see docs/scan.md for the options a profile may use") from None
 
 
 def profiles_dir() -> Path:

@@ -6,6 +6,12 @@ Every scanner runs nmap with an argv list (never a shell string), writes XML to 
 
 The nmap program is ``$LABCTL_NMAP`` if set, else ``nmap`` on PATH. Tests point
 ``LABCTL_NMAP`` at a recording stand-in to prove the scope guard refuses before nmap starts.
+
+Every scanner checks the argument list against the profile allow-list
+(:func:`labctl.scans.nmapargs.check_nmap_args`) once more just before it runs nmap, so
+options reach nmap through one gate whether it runs here, in a namespace or over SSH. A
+local nmap runs without ``$NMAPDIR`` in its environment, so it loads scripts and data
+files only from its own installation.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from labctl.core.errors import (
     ToolMissingError,
     UsageError,
 )
+from labctl.scans.nmapargs import check_nmap_args, scan_letters
 from labctl.scans.result import NmapRun
 
 if TYPE_CHECKING:
@@ -93,6 +100,27 @@ def _nmap_tail(args: list[str], targets: list[str], stats_every: str) -> list[st
     return [*args, "--stats-every", stats_every, "-oX", "-", *targets]
 
 
+def gate_args(args: list[str], targets: list[str], where: str) -> None:
+    """The last check before nmap starts: allowed options, and targets that are addresses.
+
+    Raises UsageError (exit 2); nothing has been started or contacted yet.
+    """
+    from labctl.scans.scope import parse_target
+
+    try:
+        check_nmap_args(list(args))
+    except ValueError as e:
+        raise UsageError(f"refusing to start nmap on {where}: {e}",
+                         hint="see docs/scan.md for the options a profile may use") from None
+    for t in targets:
+        parse_target(t)  # UsageError unless an ASCII address, CIDR or a.b.c.x-y range
+
+
+def nmap_environ() -> dict[str, str]:
+    """This process's environment without ``NMAPDIR`` (nmap would load scripts from it)."""
+    return {k: v for k, v in os.environ.items() if k != "NMAPDIR"}
+
+
 class LocalScanner:
     """nmap on this machine (``local``) or inside a network namespace (``netns:NAME``)."""
 
@@ -132,6 +160,7 @@ class LocalScanner:
 
     def run(self, args: list[str], targets: list[str], *, timeout: float,
             progress: ProgressFn | None = None, phase: str = "scan") -> NmapRun:
+        gate_args(args, targets, self.spec)
         self.preflight()
         argv = self.argv(args, targets)
         return run_streaming(argv, timeout=timeout, progress=progress, phase=phase,
@@ -144,7 +173,8 @@ def run_streaming(argv: list[str], *, timeout: float, progress: ProgressFn | Non
     started = time.time()
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, text=True, bufsize=1)
+                                stdin=subprocess.DEVNULL, text=True, bufsize=1,
+                                env=nmap_environ())
     except FileNotFoundError:
         raise ToolMissingError(f"cannot run {argv[0]}: not found",
                                hint="install nmap (apt-get install nmap)") from None
@@ -194,19 +224,19 @@ def run_streaming(argv: list[str], *, timeout: float, progress: ProgressFn | Non
                    stderr=stderr, returncode=proc.returncode)
 
 
-_PRIVILEGED = ("-sS", "-sU", "-sA", "-sW", "-sM", "-sN", "-sF", "-sX", "-sO", "-sY", "-sZ",
-               "-O", "-A", "-PE", "-PP", "-PM", "-PR", "--send-eth", "--privileged")
+_PRIVILEGED = ("-O", "-A", "-PE", "-PP", "-PM", "-PR", "--privileged")
+_RAW_SCAN_LETTERS = frozenset("SUAWMNFXOYZ")  # -sS -sU ... (also glued: -sSV)
 
 
 def needs_root(args: list[str]) -> bool:
     """True if the arguments ask for raw sockets explicitly (-sS, -sU, -O ...)."""
-    return any(a in _PRIVILEGED for a in args)
+    return any(a in _PRIVILEGED for a in args) or bool(scan_letters(args) & _RAW_SCAN_LETTERS)
 
 
 def prefers_root(args: list[str]) -> bool:
-    """True if nmap would pick a raw scan when root (no -sT/-sn/-sL given): use sudo if it
+    """True if nmap would pick a raw scan when root (no -sT/-sL given): use sudo if it
     is available, else nmap falls back to a connect scan by itself."""
-    return not any(a in ("-sT", "-sL") for a in args)
+    return not scan_letters(args) & {"T", "L"}
 
 
 class SshScanner:
@@ -271,6 +301,7 @@ class SshScanner:
 
     def run(self, args: list[str], targets: list[str], *, timeout: float,
             progress: ProgressFn | None = None, phase: str = "scan") -> NmapRun:
+        gate_args(args, targets, self.spec)  # before any SSH connection
         prefix = self.preflight(args)
         argv = [*prefix, *_nmap_tail(args, targets, self.stats_every)]
         started = time.time()
