@@ -62,9 +62,11 @@ def scan() -> None:
     labctl scan history                       saved scans
     labctl scan diff                          last two scans of the same targets
     \b
-    Targets must lie inside a network the playbook declares or --scope CIDR, and (for
-    local/netns scanners) be routed through a lab interface; otherwise the scan is refused
-    with exit 2 before nmap starts. `diff` and `--baseline` exit 4 when something changed.
+    Targets are ASCII addresses, CIDRs or a.b.c.x-y ranges inside a network the playbook
+    declares or --scope CIDR (private, link-local or documentation space; a public range
+    only with --i-own-this-public-range CIDR), and (for local/netns scanners) routed into
+    that network; otherwise the scan is refused with exit 2 before nmap starts. `diff` and
+    `--baseline` exit 4 when something changed.
     """
 
 
@@ -164,7 +166,14 @@ def _render_changes(changes: list[dict[str, Any]], title: str) -> None:
 @click.option("--exclude", "excludes", multiple=True, metavar="ADDR",
               help="Never scan this address/CIDR (repeatable); added to scanner.exclude.")
 @click.option("--scope", "scope", multiple=True, metavar="CIDR",
-              help="Also allow targets inside this network (repeatable).")
+              help="Also allow targets inside this private, link-local or documentation "
+                   "network (repeatable).")
+@click.option("--i-own-this-public-range", "public_ranges", multiple=True, metavar="CIDR",
+              help="Also allow this global range, which you own (repeat per range; at most "
+                   "a /16, never 0.0.0.0/0).")
+@click.option("--timeout", "timeout", type=click.IntRange(5, 86400), default=None,
+              metavar="SECONDS", help="Stop the scan after SECONDS (5-86400; default: the "
+                                      "profile's timeout).")
 @click.option("--baseline", metavar="NAME",
               help="Compare with scans/baselines/NAME.yaml; exit 4 on deviations.")
 @json_option
@@ -175,8 +184,9 @@ def _render_changes(changes: list[dict[str, Any]], title: str) -> None:
 @click.pass_context
 def run_cmd(ctx: click.Context, targets: tuple[str, ...], playbook: str | None,
             profile: str | None, scanner: str | None, excludes: tuple[str, ...],
-            scope: tuple[str, ...], baseline: str | None, as_json: bool, xml_out: str | None,
-            no_save: bool, force: bool) -> int:
+            scope: tuple[str, ...], public_ranges: tuple[str, ...], timeout: int | None,
+            baseline: str | None, as_json: bool, xml_out: str | None, no_save: bool,
+            force: bool) -> int:
     """Scan TARGET... (addresses, CIDRs, a.b.c.x-y ranges) inside the lab."""
     from labctl.app.scan import run_scan
 
@@ -187,7 +197,8 @@ def run_cmd(ctx: click.Context, targets: tuple[str, ...], playbook: str | None,
     try:
         result = run_scan(loaded, list(targets), profile=profile, scanner=scanner,
                           excludes=excludes, save=not no_save, progress=cb, scope=scope,
-                          force=force, baseline=baseline, xml_out=xml_out)
+                          force=force, baseline=baseline, xml_out=xml_out,
+                          public_ranges=public_ranges, timeout=timeout)
     finally:
         stop()
     if as_json:
@@ -231,8 +242,8 @@ def history_cmd(lab: str | None, limit: int, as_json: bool) -> None:
 
 
 @scan.command("diff", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("old", required=False, type=int)
-@click.argument("new", required=False, type=int)
+@click.argument("old", required=False, type=click.IntRange(min=1))
+@click.argument("new", required=False, type=click.IntRange(min=1))
 @click.option("--lab", metavar="NAME", help="Default pair: the last two scans of this lab.")
 @json_option
 def diff_cmd(old: int | None, new: int | None, lab: str | None, as_json: bool) -> int:
