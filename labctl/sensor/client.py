@@ -397,6 +397,9 @@ class D4IoTDriver:
     @classmethod
     def emulator_process(cls, req: EmulatorRequest) -> EmulatorProcess:
         """``labctl sensor serve``: the embedded sensor speaks the D4IoT API for both kinds."""
+        if not req.https:
+            raise UsageError("the embedded sensor serves its API over HTTPS only",
+                             hint="the D4IoT API is HTTPS; request https for the sensor")
         if not req.capture_interface:
             raise UsageError("the embedded sensor needs an interface to capture on",
                              hint="give the sensor VM a monitor NIC that receives the mirror")
