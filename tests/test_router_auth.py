@@ -131,7 +131,9 @@ def test_browser_user_agent_needs_referer_and_gets_html(tmp_path):
         r = requests.get(f"{srv.url}/appGet.cgi?hook=nvram_get(lan_ipaddr)",
                          headers={"User-Agent": APP_UA}, timeout=5)
         assert r.json()["error_status"] == "1"
-        assert r.headers["Model_Name"] == "ZenWiFi Pro ET12"
+        # Model_Name is get_productid(): the emulator nvram's odmpid, else its productid
+        assert r.headers["Model_Name"] == emulator.nvram["odmpid"] == "ZenWiFi_Pro_ET12"
+        assert r.headers["AiHOMEAPILevel"] == "21" and r.headers["Httpd_AiHome_Ver"] == "0"
 
 
 def test_apply_ignores_unknown_keys_and_echoes_run_service(tmp_path):

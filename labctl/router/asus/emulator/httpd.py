@@ -1,7 +1,9 @@
 """The ASUS router emulator's httpd: ASUSWRT 3.0.0.6 web endpoints over HTTP(S).
 
-Why it is built like the device (asus-router-api.md): failures are HTTP 200 with an
-``error_status`` JSON body; login v1 (``login.cgi``, base64) and v2 (``get_Nonce.cgi`` +
+Why it is built like the device (asuswrt-merlin.ng ``release/src/router/httpd``: httpd.c,
+cgi.c, web.c): failures are HTTP 200 with an ``error_status`` JSON body (``send_login_page``);
+every query string and form body is read by the firmware's one parser (:mod:`.cgi`,
+``init_cgi``), the query's fields and the body's together; login v1 (``login.cgi``, base64) and v2 (``get_Nonce.cgi`` +
 ``login_v2.cgi``, sha256); app vs browser User-Agents (Referer checks for browsers);
 ``appGet.cgi`` hooks; ``applyapp.cgi``/``apply.cgi`` echoing ``run_service``;
 ``Logout.asp``. Faults can be injected (connection dropped mid-apply, 5xx, slow replies, a
@@ -23,10 +25,24 @@ import secrets as pysecrets
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import urlsplit
 
 from labctl.core.errors import LabctlError
-from labctl.router.asus.emulator.state import RouterEmulator, char_to_ascii, is_app_user_agent
+from labctl.router.asus.emulator.cgi import (
+    JsonError,
+    form_fields,
+    lenient_json,
+    merged_fields,
+    unescape,
+)
+from labctl.router.asus.emulator.state import (
+    AIHOME_API_LEVEL,
+    HTTPD_AIHOME_VER,
+    RouterEmulator,
+    char_to_ascii,
+    is_app_user_agent,
+    is_dututil,
+)
 from labctl.transport.certs import ensure_self_signed, server_context
 from labctl.transport.httpserver import BaseHandler, BodyTooLarge, LabHTTPServer
 
@@ -34,6 +50,16 @@ log = logging.getLogger("labctl.router.emulator")
 
 #: the request bodies the emulator reads (an SDN apply is a few kB)
 MAX_BODY = 256 * 1024
+
+#: httpd.c send_error(404, "Not Found", 0, "File not found."), byte for byte
+NOT_FOUND = (b'<HTML><HEAD><TITLE>404 Not Found</TITLE></HEAD>\n<BODY BGCOLOR="#cc9999">'
+             b"<H4>404 Not Found</H4>\nFile not found.\n</BODY></HTML>\n")
+
+#: Pages that the device serves and this emulator does not (docs/router.md lists them):
+#: they are refused like a file the firmware does not have (404).
+UNSUPPORTED_PAGES = ("ajax_status.xml", "state.js", "detect_firmware.asp", "update_clients.asp")
+
+Fields = dict[str, str]
 
 
 class _Handler(BaseHandler):
@@ -48,10 +74,11 @@ class _Handler(BaseHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-cache")
-        if self._is_app() and "DUTUtil" in self.headers.get("User-Agent", ""):
-            self.send_header("AiHOMEAPILevel", "2")
-            self.send_header("Httpd_AiHome_Ver", "3006")
-            self.send_header("Model_Name", self.emulator.model)
+        if is_dututil(self.headers.get("User-Agent", "")):
+            # send_headers(), httpd.c: only for fromapp == FROM_DUTUtil
+            self.send_header("AiHOMEAPILevel", str(AIHOME_API_LEVEL))
+            self.send_header("Httpd_AiHome_Ver", str(HTTPD_AIHOME_VER))
+            self.send_header("Model_Name", self.emulator.product_id)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
@@ -126,7 +153,12 @@ class _Handler(BaseHandler):
         entry = self.emulator.record(method=method, path=path,
                                      ua=self.headers.get("User-Agent", ""),
                                      ip=self.client_address[0])
-        handlers = {
+        if not self._is_app() and path != "Main_Login.asp" and not path.endswith(".png"):
+            # handle_request(), httpd.c: while logins are locked, a browser gets LOGINLOCK
+            # on every page but the login page (apps meet the lock at login only)
+            if self._locked(entry):
+                return
+        handlers: dict[str, Any] = {
             "login.cgi": self._login_v1,
             "get_Nonce.cgi": self._nonce,
             "login_v2.cgi": self._login_v2,
@@ -139,13 +171,16 @@ class _Handler(BaseHandler):
         }
         h = handlers.get(path)
         if h is None:
-            entry["outcome"] = "404"
-            self._send(404, b"Not Found", "text/plain")
+            entry["outcome"] = "404" + (" (unsupported)" if path in UNSUPPORTED_PAGES else "")
+            self._send(404, NOT_FOUND, "text/html")
             return
-        h(entry, parts.query, body)
+        if path in ("applyapp.cgi", "apply.cgi"):
+            self._apply(entry, parts.query, body)
+            return
+        h(entry, merged_fields(parts.query, body), body)
 
     # -- endpoints -----------------------------------------------------------------------
-    def _main_login(self, entry: dict[str, Any], query: str, body: bytes) -> None:
+    def _main_login(self, entry: dict[str, Any], fields: Fields, body: bytes) -> None:
         action = "login_v2.cgi" if self.emulator.login_mode == "v2" else "login.cgi"
         page = (f'<html><form name="form" method="post" action="{action}">'
                 '<input type="hidden" name="login_authorization" value=""></form></html>')
@@ -179,18 +214,17 @@ class _Handler(BaseHandler):
             self._send(200, b'<meta http-equiv="refresh" content="0; url=index.asp">',
                        "text/html", headers=cookie)
 
-    def _login_v1(self, entry: dict[str, Any], query: str, body: bytes) -> None:
+    def _login_v1(self, entry: dict[str, Any], fields: Fields, body: bytes) -> None:
         entry["kind"] = "login"
         if self._locked(entry):
             return
         if self.emulator.login_mode == "v2":
             # This build only takes the challenge login; the old form no longer exists.
             entry["outcome"] = "v1 unsupported"
-            self._main_login(entry, query, body)
+            self._main_login(entry, fields, body)
             entry["outcome"] = "v1 unsupported"
             return
-        form = parse_qs(body.decode("utf-8", "replace"))
-        raw = (form.get("login_authorization") or [""])[0]
+        raw = fields.get("login_authorization", "")
         user: str | None
         try:
             user, _, pw = base64.b64decode(raw, validate=True).decode("utf-8").partition(":")
@@ -198,33 +232,33 @@ class _Handler(BaseHandler):
             user, pw = None, ""
         self._finish_login(entry, user == self.emulator.user and pw == self.emulator.password)
 
-    def _nonce(self, entry: dict[str, Any], query: str, body: bytes) -> None:
+    def _nonce(self, entry: dict[str, Any], fields: Fields, body: bytes) -> None:
         if self.emulator.login_mode == "v1":
             entry["outcome"] = "404"
-            self._send(404, b"Not Found", "text/plain")
+            self._send(404, NOT_FOUND, "text/html")
             return
         try:
-            cid = str(json.loads(body or b"{}").get("id", ""))
-        except (ValueError, AttributeError):
+            obj = lenient_json(body.decode("utf-8", "replace"))
+            cid = str(obj.get("id", "")) if isinstance(obj, dict) else ""
+        except JsonError:
             cid = ""
         if not cid:
-            cid = (parse_qs(body.decode("utf-8", "replace")).get("id") or [""])[0]
+            cid = fields.get("id", "")
         nonce = pysecrets.token_hex(16)
         with self.emulator.lock:
             self.emulator.nonces[cid] = nonce
         entry["outcome"] = "nonce"
         self._json({"nonce": nonce})
 
-    def _login_v2(self, entry: dict[str, Any], query: str, body: bytes) -> None:
+    def _login_v2(self, entry: dict[str, Any], fields: Fields, body: bytes) -> None:
         entry["kind"] = "login"
         if self.emulator.login_mode == "v1":
             entry["outcome"] = "404"
-            self._send(404, b"Not Found", "text/plain")
+            self._send(404, NOT_FOUND, "text/html")
             return
         if self._locked(entry):
             return
-        form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"),
-                                               keep_blank_values=True).items()}
+        form = fields
         with self.emulator.lock:
             nonce = self.emulator.nonces.pop(form.get("id", ""), None)
         ok = False
@@ -235,7 +269,7 @@ class _Handler(BaseHandler):
             ok = pysecrets.compare_digest(want, form.get("login_authorization", ""))
         self._finish_login(entry, ok)
 
-    def _logout(self, entry: dict[str, Any], query: str, body: bytes) -> None:
+    def _logout(self, entry: dict[str, Any], fields: Fields, body: bytes) -> None:
         tok = self._token()
         with self.emulator.lock:
             if tok:
@@ -243,14 +277,15 @@ class _Handler(BaseHandler):
         entry["outcome"] = "logout"
         self._login_page(8)
 
-    def _check_auth(self, entry: dict[str, Any], query: str, body: bytes) -> None:
+    def _check_auth(self, entry: dict[str, Any], fields: Fields, body: bytes) -> None:
         if self._authorised(entry):
             entry["outcome"] = "ok"
             self._json({"asus_auth": "OK"})
 
-    def _app_get(self, entry: dict[str, Any], query: str, body: bytes) -> None:
-        q = parse_qs(query, keep_blank_values=True)
-        hooks = [h for h in (q.get("hook") or [""])[0].split(";") if h]
+    def _app_get(self, entry: dict[str, Any], fields: Fields, body: bytes) -> None:
+        # the hook list is one field: a raw ";" in the query already split it into other
+        # (nameless, dropped) assignments, which is why the UI sends ";" as %3B
+        hooks = [h for h in fields.get("hook", "").split(";") if h]
         entry["hooks"] = hooks
         if not self._authorised(entry):
             return
@@ -280,24 +315,32 @@ class _Handler(BaseHandler):
                 elif name == "get_ui_support":
                     out[name] = {"sdn": 1, "mtlan": 1, "MaxRule_SDN": 6,
                                  "SMART_HOME_MASTER_UI": 1}
+                elif name == "cpu_usage" and arg == "appobj":
+                    out[name] = self.emulator.cpu_usage()
+                elif name == "memory_usage" and arg == "appobj":
+                    out[name] = self.emulator.memory_usage()
                 else:
                     out[name] = {}
         entry["outcome"] = "ok"
         self._json(out)
 
-    def _decode_apply(self, body: bytes) -> dict[str, str]:
-        """The 3006 UI posts encodeURIComponent(JSON); older pages post k=v forms."""
-        text = body.decode("utf-8", "replace")
+    @staticmethod
+    def _decode_apply(query: str, body: bytes) -> dict[str, str]:
+        """The 3006 UI posts encodeURIComponent(JSON), parsed by json-c after the body is
+        unescaped (single-quoted strings accepted); anything else takes the form path
+        (init_cgi). Query-string fields are read too, the body's win."""
+        fields = form_fields(query)
         try:
-            obj = json.loads(unquote(text))
-            if isinstance(obj, dict):
-                return {str(k): "" if v is None else str(v) for k, v in obj.items()}
-        except ValueError:
-            pass
-        return {k: v[0] for k, v in parse_qs(text, keep_blank_values=True).items()}
+            obj = lenient_json(form_unescaped(body))
+        except JsonError:
+            obj = None
+        if isinstance(obj, dict):
+            fields.update({str(k): _json_str(v) for k, v in obj.items()})
+            return fields
+        return form_fields(body, fields)
 
     def _apply(self, entry: dict[str, Any], query: str, body: bytes) -> None:
-        values = self._decode_apply(body)
+        values = self._decode_apply(query, body)
         entry["keys"] = sorted(values)
         if not self._authorised(entry):
             return
@@ -336,6 +379,20 @@ class _Handler(BaseHandler):
         entry["outcome"] = "ok"
         self._json({"modify": "1" if changed else "0", "run_service": service,
                     "restart_needed_time": "20"})
+
+
+def form_unescaped(body: bytes) -> str:
+    """The whole body through cgi.c's unescape, as applyapp.cgi hands it to json-c."""
+    return unescape(body)
+
+
+def _json_str(v: Any) -> str:
+    """json_object_get_string(): strings as they are, null as "", others as JSON text."""
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    return json.dumps(v)
 
 
 class EmulatorServer:

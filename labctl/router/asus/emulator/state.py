@@ -4,8 +4,12 @@ Why apart from the HTTP side (:mod:`.httpd`): everything a test asserts on (the 
 request log, the injected faults) lives here, with no socket in sight, so it can be driven
 and inspected directly; the httpd emulation only translates requests into calls on it.
 
-It behaves like ASUSWRT 3.0.0.6 (asus-router-api.md): lockout after 5 failed logins for
-300 s, token expiry, ``applyapp.cgi`` writing only changed, known keys (unknown ones are
+It behaves like ASUSWRT 3.0.0.6 (asuswrt-merlin.ng ``release/src/router/httpd``): lockout
+after 5 failed logins (``DEFAULT_LOGIN_MAX_NUM``, httpd.h) for 300 s, counted like the
+firmware in two counters, one for LAN clients and one for everyone else
+(``send_login_page`` increments ``HTTPD_LOGIN_FAIL_LAN`` or ``HTTPD_LOGIN_FAIL_WAN`` by
+``check_current_ip_is_lan_or_wan()``, httpd.c), not per client address: five failures from
+one LAN client lock every LAN client out; token expiry, ``applyapp.cgi`` writing only changed, known keys (unknown ones are
 silently ignored). Every request is recorded in :attr:`RouterEmulator.log` (method, path,
 hooks, posted keys, outcome) so tests can assert, e.g., that validation errors made zero
 requests or that no login was attempted after a lockout.
@@ -45,6 +49,10 @@ log = logging.getLogger("labctl.router.emulator")
 
 LOGIN_MAX_FAIL = 5  # DEFAULT_LOGIN_MAX_NUM
 LOCK_SECONDS = 300  # MAX_LOGIN_BLOCK_TIME
+#: send_headers' values for FROM_DUTUtil: EXTEND_AIHOME_API_LEVEL and EXTEND_HTTPD_AIHOME_VER
+#: as asuswrt-merlin.ng ``release/src/router/shared/shared.h`` defines them for 3004/3006
+AIHOME_API_LEVEL = 21
+HTTPD_AIHOME_VER = 0
 APG_MAXINUM = 16
 APP_FRAMEWORKS = ("DUTUtil", "ASSIA", "IFTTT", "Alexa", "WebView")
 FAULT_KINDS = ("drop", "5xx", "slow", "mangle", "badecho")
@@ -69,6 +77,15 @@ def is_app_user_agent(ua: str) -> bool:
     """httpd's check_user_agent: ``asusrouter-<platform>-<framework>-<ver>`` is an app."""
     parts = ua.split("-")
     return len(parts) >= 3 and parts[0] == "asusrouter"
+
+
+def is_dututil(ua: str) -> bool:
+    """The app framework ``FROM_DUTUtil``: the third ``-``-separated token of an app
+    User-Agent is exactly ``DUTUtil`` (``asusrouter--DUTUtil-`` counts, ``DUTUtilX`` not);
+    only then does ``send_headers`` (httpd.c) add ``AiHOMEAPILevel``, ``Httpd_AiHome_Ver``
+    and ``Model_Name``."""
+    parts = ua.split("-")
+    return is_app_user_agent(ua) and parts[2] == "DUTUtil"
 
 
 def char_to_ascii(value: str) -> str:
@@ -113,9 +130,11 @@ class RouterEmulator:
         self.lock = threading.RLock()
         self.sessions: dict[str, Session] = {}
         self.nonces: dict[str, str] = {}
+        # the firmware's two counters, "lan" and "wan" (see lock_scope)
         self.fail_count: dict[str, int] = {}
         self.locked_until: dict[str, float] = {}
         self.applied_addrs: dict[int, str] = {}
+        self._started = time.monotonic()
         if not self.nvram:
             if self.state_file and Path(self.state_file).exists():
                 try:
@@ -177,22 +196,56 @@ class RouterEmulator:
         with self.lock:
             return [e for e in self.log if e.get("path") == path]
 
+    # -- app-mode hooks ------------------------------------------------------------------
+    def cpu_usage(self) -> dict[str, str]:
+        """``cpu_usage(appobj)`` (web.c ej_cpu_usage, app object form): per core
+        ``cpu<N>_total`` and ``cpu<N>_usage`` jiffy counters, as strings, rising over time."""
+        ticks = int((time.monotonic() - self._started) * 100)
+        out: dict[str, str] = {}
+        for core in range(1, 5):
+            total = 100000 + ticks * 4 + core
+            out[f"cpu{core}_total"] = str(total)
+            out[f"cpu{core}_usage"] = str(total // 10)
+        return out
+
+    def memory_usage(self) -> dict[str, str]:
+        """``memory_usage(appobj)`` (web.c ej_memory_usage): kB as strings."""
+        total = 1048576
+        free = 524288
+        return {"mem_total": str(total), "mem_free": str(free), "mem_used": str(total - free)}
+
     # -- auth ----------------------------------------------------------------------------
+    @property
+    def product_id(self) -> str:
+        """get_productid(): ``odmpid`` if set, else ``productid`` (Model_Name header)."""
+        return self.get("odmpid") or self.get("productid") or self.model
+
+    def lock_scope(self, ip: str) -> str:
+        """check_current_ip_is_lan_or_wan() (httpd.c): "lan" when the client is in
+        ``lan_ipaddr``/``lan_netmask``, else "wan" (loopback included)."""
+        try:
+            lan = ipaddress.IPv4Network(f"{self.get('lan_ipaddr')}/{self.get('lan_netmask')}",
+                                        strict=False)
+            return "lan" if ipaddress.ip_address(ip) in lan else "wan"
+        except ValueError:
+            return "wan"
+
     def lock_remaining(self, ip: str) -> int:
-        until = self.locked_until.get(ip, 0.0)
+        until = self.locked_until.get(self.lock_scope(ip), 0.0)
         return max(0, int(until - time.time() + 0.999))
 
     def login_failed(self, ip: str) -> None:
-        n = self.fail_count.get(ip, 0) + 1
-        self.fail_count[ip] = n
+        scope = self.lock_scope(ip)
+        n = self.fail_count.get(scope, 0) + 1
+        self.fail_count[scope] = n
         if n >= LOGIN_MAX_FAIL:
-            self.locked_until[ip] = time.time() + LOCK_SECONDS
-            self.fail_count[ip] = 0
+            self.locked_until[scope] = time.time() + LOCK_SECONDS
+            self.fail_count[scope] = 0
 
     def new_session(self, ua: str, ip: str) -> str:
         token = pysecrets.token_hex(16)  # 32 characters, like httpd's token[33]
         self.sessions[token] = Session(token, ua, ip, time.time())
-        self.fail_count[ip] = 0
+        self.fail_count[self.lock_scope(ip)] = 0
         return token
 
     def check_token(self, token: str | None) -> int:
