@@ -1,13 +1,14 @@
 """The ASUS router emulator's httpd: ASUSWRT 3.0.0.6 web endpoints over HTTP(S).
 
 Why it is built like the device (asuswrt-merlin.ng ``release/src/router/httpd``: httpd.c,
-cgi.c, web.c): failures are HTTP 200 with an ``error_status`` JSON body (``send_login_page``);
-every query string and form body is read by the firmware's one parser (:mod:`.cgi`,
-``init_cgi``), the query's fields and the body's together; login v1 (``login.cgi``, base64) and v2 (``get_Nonce.cgi`` +
-``login_v2.cgi``, sha256); app vs browser User-Agents (Referer checks for browsers);
-``appGet.cgi`` hooks; ``applyapp.cgi``/``apply.cgi`` echoing ``run_service``;
-``Logout.asp``. Faults can be injected (connection dropped mid-apply, 5xx, slow replies, a
-mangled write, a wrong echo) so the driver's automatic restore can be proven.
+cgi.c, web.c): failures are HTTP 200 with an ``error_status`` JSON body
+(``send_login_page``); every query string and form body is read by the firmware's one parser
+(:mod:`.cgi`, ``init_cgi``), the query's fields and the body's together; login v1
+(``login.cgi``, base64) and v2 (``get_Nonce.cgi`` + ``login_v2.cgi``, sha256); app vs
+browser User-Agents (Referer checks for browsers); ``appGet.cgi`` hooks;
+``applyapp.cgi``/``apply.cgi`` echoing ``run_service``; ``Logout.asp``. Faults can be
+injected (connection dropped mid-apply, 5xx, slow replies, a mangled write, a wrong echo) so
+the driver's automatic restore can be proven.
 
 The server is :class:`labctl.transport.httpserver.LabHTTPServer`: the TLS handshake runs in
 each connection's worker thread (a client that connects and sends nothing delays nobody

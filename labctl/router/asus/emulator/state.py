@@ -6,13 +6,14 @@ and inspected directly; the httpd emulation only translates requests into calls 
 
 It behaves like ASUSWRT 3.0.0.6 (asuswrt-merlin.ng ``release/src/router/httpd``): lockout
 after 5 failed logins (``DEFAULT_LOGIN_MAX_NUM``, httpd.h) for 300 s, counted like the
-firmware in two counters, one for LAN clients and one for everyone else
-(``send_login_page`` increments ``HTTPD_LOGIN_FAIL_LAN`` or ``HTTPD_LOGIN_FAIL_WAN`` by
+firmware in two counters, one for LAN clients and one for everyone else (``send_login_page``
+increments ``HTTPD_LOGIN_FAIL_LAN`` or ``HTTPD_LOGIN_FAIL_WAN`` by
 ``check_current_ip_is_lan_or_wan()``, httpd.c), not per client address: five failures from
-one LAN client lock every LAN client out; token expiry, ``applyapp.cgi`` writing only changed, known keys (unknown ones are
-silently ignored). Every request is recorded in :attr:`RouterEmulator.log` (method, path,
-hooks, posted keys, outcome) so tests can assert, e.g., that validation errors made zero
-requests or that no login was attempted after a lockout.
+one LAN client lock every LAN client out; token expiry, ``applyapp.cgi`` writing only
+changed, known keys (unknown ones are silently ignored). Every request is recorded in
+:attr:`RouterEmulator.log` (method, path, hooks, posted keys, outcome) so tests can assert,
+e.g., that validation errors made zero requests or that no login was attempted after a
+lockout.
 
 With ``iot_interfaces={vid: ifname}`` and an ``address_sync`` callback, applying an enabled
 SDN network on that VLAN moves its gateway address onto ``ifname`` and deleting it removes
