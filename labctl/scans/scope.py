@@ -254,7 +254,8 @@ def route_verdict(addr: IPAddress, route: Route, ifaces: dict[str, list[IPInterf
     ``ifaces`` are every interface's addresses in the scanner's namespace. The route is
     accepted when:
 
-    * ``addr`` is an address of this namespace (a ``local`` route);
+    * ``addr`` is an address of this namespace, or (a ``local`` route on a loopback device)
+      inside the own network of a lab address on that device;
     * it leaves through an interface holding a lab address (one inside ``allowed``) whose
       own network (address and prefix length) contains ``addr``, without a gateway;
     * or through a gateway that lies inside ``allowed`` and inside the own network of a lab
@@ -264,11 +265,15 @@ def route_verdict(addr: IPAddress, route: Route, ifaces: dict[str, list[IPInterf
     lab_nets = [i.network for i in ifaces.get(route.dev, []) if _inside(i.ip, allowed)]
     own = {i.ip for lst in ifaces.values() for i in lst}
     if route.kind == "local":
-        return None if addr in own else f"a local route, but {addr} is not an address here"
+        # this namespace itself: one of its addresses, or a prefix on a loopback device
+        if addr in own or any(addr.version == n.version and addr in n for n in lab_nets):
+            return None
+        return f"is a local route on {route.dev}, outside its lab networks"
     if route.gateway is None:
         if any(addr.version == n.version and addr in n for n in lab_nets):
             return None
-        held = ", ".join(str(i) for i in ifaces.get(route.dev, [])) or "no address"
+        held = ", ".join(str(i) for i in ifaces.get(route.dev, [])
+                         if i.version == addr.version) or "no address"
         return (f"leaves through {route.dev} ({held}), whose lab networks do not contain "
                 f"{addr}")
     try:
