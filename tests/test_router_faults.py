@@ -50,7 +50,8 @@ def test_fault_during_vlan_change_restores_previous_network(tmp_path, cli_run, f
 
 def test_restore_that_cannot_be_verified_says_so_and_names_the_backup(tmp_path, cli_run):
     with emulator_lab(tmp_path) as lab:
-        lab.emulator.add_fault("apply", "drop", count=3)  # the apply and both restore attempts
+        # the apply and all three restore attempts fail
+        lab.emulator.add_fault("apply", "drop", count=4)
         r = cli_run("router", "iot-net", "-f", lab.playbook, "-y", env=lab.env())
         assert r.exit_code == 5
         assert "could not be verified" in r.stderr
@@ -111,3 +112,70 @@ def test_fault_during_delete_puts_the_network_back(tmp_path, cli_run):
         assert lab.emulator.sdn_snapshot() == before
         posts = lab.emulator.requests_to("applyapp.cgi")
         assert posts[-1]["changed"]  # the restore undid the half-applied delete
+
+
+@pytest.mark.parametrize("fault", ["5xx", "drop"])
+def test_a_failed_restore_post_is_retried_from_a_fresh_read(tmp_path, cli_run, fault):
+    """apply:<fault>:2 fails the apply and the first restore POST; the second restore,
+    planned from a fresh read, puts the router back (no half-applied AP group remains)."""
+    with emulator_lab(tmp_path) as lab:
+        before = lab.emulator.sdn_snapshot()
+        lab.emulator.add_fault("apply", fault, count=2)
+        r = cli_run("router", "iot-net", "-f", lab.playbook, "-y", env=lab.env())
+        assert r.exit_code != 0
+        assert "restored and verified" in r.stderr
+        assert lab.emulator.sdn_snapshot() == before
+        applies = lab.emulator.requests_to("applyapp.cgi")
+        assert [a.get("fault") for a in applies] == [fault, fault, None]
+        # every restore attempt began with a fresh read of the tables
+        paths = lab.paths()
+        first = paths.index("applyapp.cgi")
+        between = paths[first + 1:]
+        assert between.count("applyapp.cgi") == 2
+        for i, p in enumerate(between):
+            if p == "applyapp.cgi":
+                assert "appGet.cgi" in between[:i]
+
+
+def test_mangled_writes_never_leave_an_unrelated_record_corrupted(tmp_path, cli_run):
+    """apply:mangle:3 corrupts the apply and two restores (the Guest network's subnet_rl
+    record included); the third restore repairs every record, and a clean re-run then
+    finds the Guest network as it was."""
+    with emulator_lab(tmp_path) as lab:
+        before = lab.emulator.sdn_snapshot()
+        guest_subnets = before["subnet_rl"]
+        lab.emulator.add_fault("apply", "mangle", count=3)
+        r = cli_run("router", "iot-net", "-f", lab.playbook, "-y", env=lab.env())
+        assert r.exit_code == 4, r
+        assert "subnet_rl record" in r.stderr  # the mismatch names the records
+        assert "restored and verified" in r.stderr
+        assert lab.emulator.sdn_snapshot() == before
+        r = cli_run("router", "iot-net", "-f", lab.playbook, "-y", env=lab.env())
+        assert r.exit_code == 0, r
+        after = lab.emulator.nvram["subnet_rl"]
+        assert after.startswith(guest_subnets), "the Guest record is unchanged"
+
+
+def test_a_change_made_between_read_and_write_is_not_overwritten(tmp_path):
+    """Compare-and-swap: another client changes the tables after labctl's read; labctl
+    writes nothing and says so (StaleRead), and never restores over that change."""
+    from labctl.app import router as app
+    from labctl.core.secrets import Secret
+    from labctl.router.asus.driver import AsusDriver
+    from labctl.router.base import RouterTarget, StaleRead
+
+    with emulator_lab(tmp_path) as lab:
+        target = RouterTarget(url=lab.url, user="admin", password=Secret(ROUTER_PASSWORD),
+                              allow_http=True, lab="cas")
+        from labctl.core.playbook import load_playbook
+
+        desired = app.desired_network(load_playbook(lab.playbook), {},
+                                      environ=lab.env())
+        with AsusDriver(target) as driver:
+            state = driver.read()
+            edit = driver.plan_network(state, desired)
+            lab.emulator.write({"apg5_ssid": "Someone-else"})  # e.g. the router's web page
+            with pytest.raises(StaleRead):
+                driver.apply(edit)
+        assert lab.emulator.nvram["apg5_ssid"] == "Someone-else"
+        assert lab.count("applyapp.cgi") == 0

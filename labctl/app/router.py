@@ -6,6 +6,12 @@ nothing), then open the router driver (log in), take one fresh read, plan the ed
 ask, and apply it as a transaction (backup, apply, read back, automatic restore). The
 driver always logs out, also on errors.
 
+Concurrent runs: every write happens under the router's lock (:mod:`labctl.router.lock`,
+one labctl run at a time per router), and the transaction compares the tables with the
+read the edit was planned from just before writing. A run that finds the router changed
+(:class:`~labctl.router.base.StaleRead`, nothing written) plans again from a fresh read,
+up to :data:`PLAN_ATTEMPTS` times, asking again only if the change it would make differs.
+
 Vendor-neutral: the driver comes from the registry by the playbook's ``router.kind``
 (:func:`labctl.router.registry.get_router_driver`), or from ``LabContext
 .router_driver_factory`` / the ``driver_factory`` argument when a caller injects one.
@@ -34,10 +40,14 @@ from labctl.core.playbook.router import (
 from labctl.core.secrets import PromptFn, Secret, resolve_secret
 from labctl.router.base import (
     DesiredNetwork,
+    NetworkEdit,
     RouterDriver,
     RouterTarget,
+    StaleRead,
+    TransactionReport,
     check_passphrase,
 )
+from labctl.router.lock import router_lock
 from labctl.router.registry import get_router_driver
 
 __all__ = ["DesiredNetwork", "IotNetReport", "RouterTarget", "backup", "delete_net",
@@ -48,6 +58,9 @@ log = logging.getLogger("labctl.app.router")
 
 PASSWORD_ENV = "LABCTL_ROUTER_PASSWORD"
 PASSPHRASE_ENV = "LABCTL_IOT_PASSPHRASE"
+
+#: plans from a fresh read after a compare-and-swap failure, the first one included
+PLAN_ATTEMPTS = 3
 
 #: ``factory(target) -> RouterDriver``; None: the registry's driver for ``target.kind``
 DriverFactory = Callable[[RouterTarget], RouterDriver]
@@ -238,11 +251,47 @@ def iot_net(target: RouterTarget, desired: DesiredNetwork, *, confirm: ConfirmFn
             return report
         if not confirm(report):
             raise Interrupted("nothing was changed (not confirmed)")
-        tx = driver.apply(edit)
+
+        def replan(state: dict[str, str]) -> NetworkEdit:
+            return driver.plan_network(state, desired)
+
+        def reconfirm(new: NetworkEdit) -> bool:
+            report.diff, report.changed_keys = list(new.diff), new.changed_keys
+            report.action = new.action
+            return confirm(report)
+
+        tx = _apply_locked(target, driver, edit, replan, reconfirm)
+        if tx is None:  # somebody else made the router hold it meanwhile
+            report.verified = True
+            return report
         report.transaction = tx.to_dict()
         report.applied = tx.applied
         report.verified = tx.verified
         return report
+
+
+def _apply_locked(target: RouterTarget, driver: RouterDriver, edit: NetworkEdit,
+                  replan: Callable[[dict[str, str]], NetworkEdit],
+                  reconfirm: Callable[[NetworkEdit], bool]) -> TransactionReport | None:
+    """Apply under the router's lock; on StaleRead plan again from a fresh read (asking
+    again when the new edit's diff differs). None: the fresh plan was empty."""
+    for attempt in range(1, PLAN_ATTEMPTS + 1):
+        try:
+            with router_lock(target.url):
+                return driver.apply(edit)
+        except StaleRead as e:
+            if attempt == PLAN_ATTEMPTS:
+                raise
+            log.info("%s; planning again from a fresh read (%d of %d)", e.message,
+                     attempt + 1, PLAN_ATTEMPTS)
+            with router_lock(target.url):
+                new = replan(driver.read())
+            if new.empty:
+                return None
+            if new.diff != edit.diff and not reconfirm(new):
+                raise Interrupted("nothing was changed (not confirmed)") from None
+            edit = new
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def show(target: RouterTarget, *, driver_factory: DriverFactory | None = None
@@ -267,7 +316,8 @@ def restore(target: RouterTarget, path: Path, *, confirm: Callable[[list[str]], 
         differing = sorted(k for k, v in values.items() if current.get(k, "") != v)
         if differing and not confirm(differing):
             raise Interrupted("nothing was changed (not confirmed)")
-        report = driver.restore(Path(path))
+        with router_lock(target.url):
+            report = driver.restore(Path(path))
     return report.to_dict()
 
 
@@ -284,7 +334,10 @@ def delete_net(target: RouterTarget, name: str, *, confirm: Callable[[dict[str, 
         edit = driver.plan_delete(state, name)
         if not confirm(edit.before or {}):
             raise Interrupted("nothing was changed (not confirmed)")
-        tx = driver.apply(edit)
+        tx = _apply_locked(target, driver, edit, lambda st: driver.plan_delete(st, name),
+                           lambda new: confirm(new.before or {}))
+    if tx is None:
+        return {"deleted": name, "transaction": None}
     return {"deleted": name, "transaction": tx.to_dict()}
 
 

@@ -159,6 +159,11 @@ class TransactionFailed(LabctlError):
             self.exit_code = cause.exit_code
 
 
+class StaleRead(LabctlError):
+    """The router's settings changed between the read an edit was planned from and the
+    write (compare-and-swap failed): nothing was written; plan again from a fresh read."""
+
+
 @dataclass(frozen=True)
 class BackupFile:
     """A backup written by :meth:`RouterDriver.backup`."""

@@ -5,10 +5,23 @@ The router has no transaction of its own, so labctl makes one:
 
 1. back up every SDN key (from the same fresh read the edit was computed from) and write
    the backup to a file in the lab's state directory before touching anything;
-2. apply the edit in one ``applyapp.cgi`` POST (never retried);
-3. read every SDN key back and compare with the expected state (backup + edit);
-4. on any failure (dropped connection, 5xx, unexpected reply, read-back mismatch) post the
-   backup values of every key that differs, read back again and verify the restore.
+2. compare-and-swap: read the SDN keys again just before writing; if anything differs from
+   the read the edit was planned from, write nothing and raise :class:`StaleRead` (the
+   caller plans again from a fresh read);
+3. apply the edit in one ``applyapp.cgi`` POST (never retried);
+4. read every SDN key back and compare every one of them, so every record of every SDN
+   table, ours or not, with the expected state (backup + edit);
+5. on any failure (dropped connection, 5xx, unexpected reply, read-back mismatch) restore:
+   from a fresh read, post the backup value of each key this edit wrote that differs, read
+   back and verify; a restore whose own POST fails is tried again from a fresh read, up to
+   :data:`RESTORE_ATTEMPTS` times, and only then reported, naming the backup file. Keys this
+   edit did not write are never posted, so a restore cannot undo somebody else's change.
+
+What "restored" means: every SDN key reads back as it read before. The web API cannot
+unset an nvram key (``applyapp.cgi`` only ever sets values, like the firmware's apply
+handlers in web.c), so a key the failed apply created stays present with an empty value;
+an unset key and an empty one read the same through ``appGet.cgi`` (``nvram_get`` returns
+""), and that read is what is compared.
 
 The outcome is a :class:`TxReport`; failures raise with the report attached (``.report``).
 """
@@ -25,13 +38,15 @@ from pathlib import Path
 from typing import Any
 
 from labctl.core.errors import ApiError, ConfigError, ConvergenceError, Interrupted, LabctlError
-from labctl.router.asus import sdn
-from labctl.router.base import NetworkEdit, TransactionFailed
+from labctl.router.asus import codec, sdn
+from labctl.router.base import NetworkEdit, StaleRead, TransactionFailed
 
 __all__ = ["TransactionFailed", "TxReport", "load_backup", "restore_backup", "run",
            "write_backup"]
 
 BACKUP_KIND = "asus-sdn-nvram"
+#: restore attempts after a failed apply, each from a fresh read
+RESTORE_ATTEMPTS = 3
 
 log = logging.getLogger("labctl.router.tx")
 
@@ -47,35 +62,57 @@ class TxReport:
     restored: bool | None = None  # None: no restore needed
     restore_verified: bool | None = None
     restore_mismatch: list[str] = field(default_factory=list)
+    restore_attempts: int = 0
     backup_file: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
+def _write_secret_json(doc: dict[str, Any], path: Path) -> Path:
+    """Write ``doc`` to ``path`` as a new 0600 file: a temporary file created with O_EXCL
+    (``mkstemp``) in the target folder, then renamed over ``path``. An existing file keeps
+    neither its mode nor its inode, and a symlink at ``path`` is replaced, not followed.
+    Backups hold Wi-Fi passphrases."""
+    if path.is_dir():
+        raise ConfigError("is a directory, not a file", file=str(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
 def write_backup(values: dict[str, str], directory: Path, label: str = "sdn-backup") -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     path = directory / f"{label}-{stamp}.json"
     n = 1
     while path.exists():  # several transactions in one second keep every backup
         n += 1
         path = directory / f"{label}-{stamp}-{n}.json"
-    fd, tmp = tempfile.mkstemp(prefix=".backup.", dir=str(directory))
-    with os.fdopen(fd, "w") as f:
-        json.dump({"kind": BACKUP_KIND, "keys": values}, f, indent=1, sort_keys=True)
-    os.chmod(tmp, 0o600)  # it holds Wi-Fi passphrases
-    os.replace(tmp, path)
-    return path
+    return _write_secret_json({"kind": BACKUP_KIND, "keys": values}, path)
 
 
 def write_backup_to(values: dict[str, str], path: Path) -> Path:
-    """Write a backup to the file the user named (created 0600, replaced if present)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"kind": BACKUP_KIND, "keys": values}, f, indent=1, sort_keys=True)
-    return path
+    """Write a backup to the file the user named: always a new 0600 file, also over an
+    existing (e.g. 0644) one."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _write_secret_json({"kind": BACKUP_KIND, "keys": values}, path)
+    except OSError as e:
+        raise ConfigError(f"cannot write the backup: {e.strerror or e}",
+                          file=str(path)) from None
 
 
 def sdn_only(state: dict[str, str]) -> dict[str, str]:
@@ -88,18 +125,37 @@ def _mismatch(expected: dict[str, str], actual: dict[str, str]) -> list[str]:
     return sorted(k for k in expected if actual.get(k, "") != expected[k])
 
 
+def describe_mismatch(keys: list[str], expected: dict[str, str], actual: dict[str, str]
+                      ) -> list[str]:
+    """The differing keys, and for an SDN table the records that differ (1-based), so a
+    corrupted unrelated row (say the Guest network's ``subnet_rl`` record) is named."""
+    out = []
+    for k in keys:
+        if k in codec.SDN_TABLE_KEYS:
+            want = codec.parse(expected.get(k, "")).rows
+            got = codec.parse(actual.get(k, "")).rows
+            bad = [str(i + 1) for i in range(max(len(want), len(got)))
+                   if i >= len(want) or i >= len(got) or want[i].fields != got[i].fields]
+            out.append(f"{k} record {','.join(bad)}" if bad else k)
+        else:
+            out.append(k)
+    return out
+
+
 def restore_values(client: Any, backup: dict[str, str], rc_service: str,
-                   current: dict[str, str] | None) -> list[str]:
-    """Post the backup value of every key that differs (all keys if current is unknown);
-    return the keys still differing after a read-back."""
+                   current: dict[str, str] | None, only: set[str] | None = None) -> list[str]:
+    """Post the backup value of every key that differs (all keys if current is unknown),
+    limited to ``only`` when given; return the keys (of ``only``) still differing after a
+    read-back."""
+    keys = [k for k in backup if only is None or k in only]
     if current is None:
-        todo = dict(backup)
+        todo = {k: backup[k] for k in keys}
     else:
-        todo = {k: v for k, v in backup.items() if current.get(k, "") != v}
+        todo = {k: backup[k] for k in keys if current.get(k, "") != backup[k]}
     if todo:
         client.apply(todo, rc_service)
     after = sdn_only(sdn.read_state(client))
-    return _mismatch(backup, after)
+    return _mismatch({k: backup[k] for k in keys}, after)
 
 
 def run(client: Any, state: dict[str, str], edit: NetworkEdit, *, backup_dir: Path
@@ -113,13 +169,23 @@ def run(client: Any, state: dict[str, str], edit: NetworkEdit, *, backup_dir: Pa
     report.backup_file = str(write_backup(backup, backup_dir))
     expected = dict(backup)
     expected.update({k: v for k, v in edit.values.items() if k in expected})
+    # compare-and-swap: the tables must still be what the edit was planned from
+    now = sdn_only(sdn.read_state(client))
+    moved = _mismatch(backup, now)
+    if moved:
+        raise StaleRead("the router's SDN settings changed since they were read ("
+                        + ", ".join(describe_mismatch(moved, backup, now)[:4])
+                        + "); nothing was written",
+                        hint="another client changed the router; run again to plan from a "
+                             "fresh read")
     try:
         client.apply(edit.values, edit.service)
         report.applied = True
         after = sdn_only(sdn.read_state(client))
         bad = _mismatch(expected, after)
         if bad:
-            raise ConvergenceError(f"read-back mismatch after apply in {', '.join(bad[:8])}"
+            named = describe_mismatch(bad, expected, after)
+            raise ConvergenceError(f"read-back mismatch after apply in {', '.join(named[:8])}"
                                    + (" ..." if len(bad) > 8 else ""))
         report.verified = True
         return report
@@ -150,26 +216,43 @@ def run(client: Any, state: dict[str, str], edit: NetworkEdit, *, backup_dir: Pa
 
 def _restore(client: Any, backup: dict[str, str], edit: NetworkEdit, report: TxReport
              ) -> None:
+    """Put back the keys this edit wrote, each attempt from a fresh read; a failed restore
+    POST (dropped, 5xx) or a restore that does not read back is tried again, up to
+    RESTORE_ATTEMPTS times."""
     # Putting a profile back (also after a failed delete) is an edit of that profile.
     service = f"restart_wireless;restart_sdn {edit.target};"
-    current: dict[str, str] | None
-    try:
-        current = sdn_only(sdn.read_state(client))
-    except LabctlError as e:
-        log.warning("cannot read the router before restoring (%s); posting every key", e)
-        current = None
-    try:
-        left = restore_values(client, backup, service, current)
-        if left:  # one more attempt, from a fresh read
-            left = restore_values(client, backup, service,
-                                  sdn_only(sdn.read_state(client)))
-        report.restored = True
-        report.restore_verified = not left
-        report.restore_mismatch = left
-    except LabctlError as e:
+    ours = set(edit.values) & set(backup)
+    left: list[str] = []
+    last_error: str | None = None
+    for attempt in range(1, RESTORE_ATTEMPTS + 1):
+        report.restore_attempts = attempt
+        current: dict[str, str] | None
+        try:
+            current = sdn_only(sdn.read_state(client))
+        except LabctlError as e:
+            log.warning("cannot read the router before restoring (%s); posting every key "
+                        "this edit wrote", e.message)
+            current = None
+        try:
+            left = restore_values(client, backup, service, current, only=ours)
+        except LabctlError as e:
+            last_error = e.message
+            log.warning("restore attempt %d of %d failed: %s", attempt, RESTORE_ATTEMPTS,
+                        e.message)
+            continue
+        last_error = None
+        if not left:
+            break
+        log.warning("restore attempt %d of %d did not read back (%s)", attempt,
+                    RESTORE_ATTEMPTS, ", ".join(left[:8]))
+    if last_error is not None:
         report.restored = False
         report.restore_verified = False
-        report.restore_mismatch = [f"restore failed: {e.message}"]
+        report.restore_mismatch = [f"restore failed: {last_error}"]
+        return
+    report.restored = True
+    report.restore_verified = not left
+    report.restore_mismatch = left
 
 
 def restore_backup(client: Any, backup: dict[str, str]) -> TxReport:
