@@ -279,3 +279,26 @@ def test_local_nmap_runs_without_nmapdir(tmp_path, monkeypatch):
     LocalScanner().run(["-sT", "-p", "1"], ["10.0.0.5"], timeout=10)
     env = json.loads(out.read_text())
     assert "NMAPDIR" not in env and env["LABCTL_NMAP"] == str(prog)
+
+
+@pytest.mark.parametrize("text,key", [
+    ("name: n\nargs: [-sT]\ntimeout: '٦٠'\n", "timeout"),
+    ("name: n\nargs: [-sT]\ntimeout: '60'\n", "timeout"),
+    ("name: n\nargs: [-sT]\ntimeout: 0\n", "timeout"),
+    ("name: n\nargs: [-sT]\nmax_addresses: '1_0'\n", "max_addresses"),
+    ("name: n\nargs: [-sT]\nallow_udp: 'no'\n", "allow_udp"),
+    ("name: n\nargs: [-sT]\nstats_every: '٢s'\n", "stats_every"),
+])
+def test_profile_values_are_strict(tmp_path, text, key):
+    with pytest.raises(ConfigError) as ei:
+        load_profile(write(tmp_path, text))
+    assert ei.value.key == key and ei.value.line == 3 and ei.value.exit_code == 2
+
+
+@pytest.mark.parametrize("port", ["٦٦٦٨/tcp", "６６６８", "70000/tcp", "22/icmp"])
+def test_baseline_ports_are_ascii_and_in_range(tmp_path, port):
+    from labctl.scans.diff import load_baseline
+
+    path = write(tmp_path, f"name: b\nhosts:\n  10.0.0.5: {{open: ['{port}']}}\n", "b.yaml")
+    with pytest.raises(ConfigError):
+        load_baseline(path)

@@ -68,7 +68,7 @@ def diff_scans(old: ScanResult, new: ScanResult) -> list[dict[str, Any]]:
     return sorted(out, key=_sort_key)
 
 
-_PORT_RE = re.compile(r"^(\d{1,5})(?:/(tcp|udp|sctp))?$")
+_PORT_RE = re.compile(r"^([0-9]{1,5})(?:/(tcp|udp|sctp))?$", re.ASCII)  # no Unicode digits
 
 
 class BaselineHost(Model):
@@ -96,7 +96,8 @@ class Baseline(Model):
     name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")
     description: str = ""
     hosts: dict[str, BaselineHost]
-    unexpected_hosts: bool = True  # report live hosts the baseline does not list as "new"
+    # report live hosts the baseline does not list as "new"
+    unexpected_hosts: bool = Field(default=True, strict=True)
 
     @field_validator("hosts", mode="before")
     @classmethod

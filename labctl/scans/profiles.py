@@ -34,12 +34,16 @@ class ScanProfile(Model):
     args: list[str] = Field(default_factory=list)  # oneshot
     discovery_args: list[str] = Field(default_factory=list)  # smart, pass 1
     service_args: list[str] = Field(default_factory=list)  # smart, pass 2
-    allow_scripts: bool = True
-    allow_udp: bool = True
-    playbook_excludes: bool = True  # add the playbook's scanner.exclude to --exclude
-    timeout: int = Field(default=1800, ge=5, le=86400)  # seconds for the whole scan
-    max_addresses: int = Field(default=4096, ge=1, le=1 << 20)  # after expanding targets
-    stats_every: str = Field(default="2s", pattern=r"^\d+(ms|s|m)?$")
+    # strict: a YAML number or boolean, never a string that looks like one ("٦٠", "1_0")
+    allow_scripts: bool = Field(default=True, strict=True)
+    allow_udp: bool = Field(default=True, strict=True)
+    # add the playbook's scanner.exclude to --exclude
+    playbook_excludes: bool = Field(default=True, strict=True)
+    # seconds for the whole scan
+    timeout: int = Field(default=1800, ge=5, le=86400, strict=True)
+    # after expanding targets
+    max_addresses: int = Field(default=4096, ge=1, le=1 << 20, strict=True)
+    stats_every: str = Field(default="2s", pattern=r"^[0-9]{1,6}(ms|s|m)?$")
 
     @field_validator("args", "discovery_args", "service_args")
     @classmethod
