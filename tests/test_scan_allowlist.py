@@ -302,3 +302,27 @@ def test_baseline_ports_are_ascii_and_in_range(tmp_path, port):
     path = write(tmp_path, f"name: b\nhosts:\n  10.0.0.5: {{open: ['{port}']}}\n", "b.yaml")
     with pytest.raises(ConfigError):
         load_baseline(path)
+
+
+@pytest.mark.parametrize("spec", ["local\n", "netns:kali\n", "netns:ka li", "netns:kаli"])
+def test_scanner_specs_are_whole_ascii_words(spec):
+    from pydantic import ValidationError
+
+    from labctl.core.playbook.scanner import ScannerSection
+    from labctl.scans.scanners import make_scanner
+
+    with pytest.raises(UsageError):
+        make_scanner(spec)
+    with pytest.raises(ValidationError):
+        ScannerSection(spec=spec)
+
+
+@pytest.mark.parametrize("scope", ["0.0.0.0/0", "8.8.8.0/24", "100.64.0.0/10"])
+def test_playbook_scanner_scope_must_be_a_lab_range(scope):
+    from pydantic import ValidationError
+
+    from labctl.core.playbook.scanner import ScannerSection
+
+    with pytest.raises(ValidationError, match="not a private, link-local or documentation"):
+        ScannerSection(scope=[scope])
+    assert ScannerSection(scope=["10.9.0.0/16", "192.0.2.0/24"]).scope

@@ -329,7 +329,7 @@ def make_scanner(spec: str, *, ssh_key: str | None = None,
         return LocalScanner(None, stats_every)
     if spec.startswith("netns:"):
         name = spec[len("netns:"):]
-        if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", name):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
             raise UsageError(f"{spec!r}: bad namespace name")
         return LocalScanner(name, stats_every)
     if spec.startswith("ssh://"):

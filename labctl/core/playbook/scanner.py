@@ -47,7 +47,7 @@ class ScannerSection(Model):
     @field_validator("spec")
     @classmethod
     def _spec(cls, v: str) -> str:
-        if not SPEC_RE.match(v):
+        if not SPEC_RE.fullmatch(v):
             raise ValueError(f"{v!r} is not a scanner spec: use local, ssh://user@host[:port] "
                              "or netns:NAME")
         return v
