@@ -212,3 +212,33 @@ def test_each_transaction_keeps_its_own_backup_file(tmp_path, cli_run):
         assert len(set(files)) == 3
         vlans = [json.loads(open(f).read())["keys"]["vlan_rl"] for f in files]
         assert "52" not in vlans[0] and "<2>52>0>" in vlans[1] and "<2>60>0>" in vlans[2]
+
+
+def test_backup_over_an_existing_0644_file_or_a_symlink_is_a_new_0600_file(tmp_path, cli_run):
+    import os
+    import stat
+
+    with emulator_lab(tmp_path) as lab:
+        out = tmp_path / "b.json"
+        out.write_text("old")
+        os.chmod(out, 0o644)
+        old_inode = out.stat().st_ino
+        r = cli_run("router", "backup", "-f", lab.playbook, "-o", str(out), env=lab.env())
+        assert r.exit_code == 0, r
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+        assert out.stat().st_ino != old_inode  # a new file, renamed over the old one
+        assert json.loads(out.read_text())["kind"] == "asus-sdn-nvram"
+        # a planted symlink is replaced, its target is not written
+        victim = tmp_path / "victim.txt"
+        victim.write_text("keep")
+        link = tmp_path / "link.json"
+        link.symlink_to(victim)
+        r = cli_run("router", "backup", "-f", lab.playbook, "-o", str(link), env=lab.env())
+        assert r.exit_code == 0, r
+        assert victim.read_text() == "keep"
+        assert not link.is_symlink() and stat.S_IMODE(link.stat().st_mode) == 0o600
+        # no temporary files are left behind
+        assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        # a directory is refused (exit 2, file named)
+        r = cli_run("router", "backup", "-f", lab.playbook, "-o", str(tmp_path), env=lab.env())
+        assert r.exit_code == 2 and str(tmp_path) in r.stderr

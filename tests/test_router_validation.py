@@ -98,3 +98,74 @@ def test_secret_canaries_never_printed(tmp_path, cli_run):
         assert "GuestPass2026" not in text
         # and the password never travels in clear on the wire log either
         assert all(ROUTER_PASSWORD not in str(e) for e in lab.emulator.log)
+
+
+@pytest.mark.parametrize("args", [
+    ["--ssid", "Az\nkaban"], ["--ssid", "Az\x00kaban"], ["--ssid", "Az\x1bkaban"],
+    ["--ssid", "Az\x85kaban"], ["--name", "Az\u2028kaban"], ["--name", "Az\x7fkaban"],
+], ids=["ssid-newline", "ssid-nul", "ssid-esc", "ssid-c1", "name-line-separator", "name-del"])
+def test_control_characters_never_reach_the_router(tmp_path, cli_run, args):
+    with emulator_lab(tmp_path) as lab:
+        r = cli_run("router", "iot-net", "-f", lab.playbook, "-y", *args, env=lab.env())
+        assert r.exit_code == 2, r
+        assert "control characters" in r.stderr
+        assert lab.emulator.log == []
+
+
+@pytest.mark.parametrize("psk", ["pass\nword123", "pass\tword123", "pass\x85word123"])
+def test_control_characters_in_the_passphrase_are_refused(tmp_path, cli_run, psk):
+    with emulator_lab(tmp_path) as lab:
+        r = cli_run("router", "iot-net", "-f", lab.playbook, "-y",
+                    env=lab.env(LABCTL_IOT_PASSPHRASE=psk))
+        assert r.exit_code == 2 and "printable" in r.stderr
+        assert lab.emulator.log == []
+
+
+def test_control_characters_in_a_playbook_ssid_name_the_file_and_key(tmp_path, cli_run):
+    with emulator_lab(tmp_path, ssid="Az\tkaban") as lab:
+        r = cli_run("router", "iot-net", "-f", lab.playbook, "-y", env=lab.env())
+        assert r.exit_code == 2
+        assert "lab.yaml" in r.stderr and "ssid" in r.stderr and "control" in r.stderr
+        assert lab.emulator.log == []
+
+
+def test_delete_net_refuses_a_name_with_control_characters(tmp_path, cli_run):
+    with emulator_lab(tmp_path) as lab:
+        r = cli_run("router", "delete-net", "Guest\n", "-f", lab.playbook, "-y", env=lab.env())
+        assert r.exit_code == 2 and "control characters" in r.stderr
+        assert lab.emulator.log == []
+
+
+URLS = [
+    ("port-too-big", "https://127.0.0.1:99999", "outside 1-65535"),
+    ("port-zero", "https://127.0.0.1:0", "outside 1-65535"),
+    ("credentials", "https://admin:Url-Secret-991@127.0.0.1:8443", "must not carry credentials"),
+    ("user-only", "https://admin@127.0.0.1:8443", "must not carry credentials"),
+    ("bad-ipv6", "https://[::1", "not a valid URL"),
+    ("bad-ipv6-with-pw", "https://admin:Url-Secret-991@[::1", "not a valid URL"),
+    ("no-host", "https://:8443", "no host"),
+    ("query", "https://127.0.0.1:8443/?x=1", "query or fragment"),
+]
+
+
+@pytest.mark.parametrize("url,says", [u[1:] for u in URLS], ids=[u[0] for u in URLS])
+def test_bad_router_urls_exit_2_naming_the_key_and_never_the_password(tmp_path, cli_run, url,
+                                                                      says):
+    import yaml
+
+    with emulator_lab(tmp_path) as lab:
+        doc = yaml.safe_load(open(lab.playbook))
+        doc["router"]["url"] = url
+        with open(lab.playbook, "w") as f:
+            yaml.safe_dump(doc, f)
+        r = cli_run("router", "show", "-f", lab.playbook, env=lab.env())
+        assert r.exit_code == 2, r
+        assert says in r.stderr and "router.url" in r.stderr and "lab.yaml" in r.stderr
+        assert "Url-Secret-991" not in r.stderr + r.stdout
+        assert "unexpected" not in r.stderr
+        # the same rules for --url
+        r = cli_run("router", "show", "--url", url, env=lab.env())
+        assert r.exit_code == 2, r
+        assert says in r.stderr and "--url" in r.stderr
+        assert "Url-Secret-991" not in r.stderr + r.stdout
+        assert lab.emulator.log == []

@@ -36,6 +36,8 @@ from labctl.core.playbook.router import (
     ROUTER_SECTIONS,
     IotNetwork,
     RouterSection,
+    check_no_control,
+    check_router_url,
 )
 from labctl.core.secrets import PromptFn, Secret, resolve_secret
 from labctl.router.base import (
@@ -88,8 +90,12 @@ def resolve_target(loaded: LoadedPlaybook | None, *, environ: Mapping[str, str],
         raise UsageError("no router to talk to",
                          hint="add a router: section to the playbook or pass --url")
     the_url = (url or (r.url if r else "")).rstrip("/")
-    if not the_url.startswith(("https://", "http://")):
-        raise UsageError(f"--url {the_url!r} must start with https://")
+    try:
+        check_router_url(the_url, "--url" if url else "router.url")
+        if user is not None:
+            check_no_control("--user", user)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     allow_http = bool(r and r.allow_http)
     if the_url.startswith("http://") and not allow_http:
         raise UsageError(f"plain HTTP ({the_url}) is refused: the password would travel in "
@@ -324,11 +330,12 @@ def restore(target: RouterTarget, path: Path, *, confirm: Callable[[list[str]], 
 def delete_net(target: RouterTarget, name: str, *, confirm: Callable[[dict[str, Any]], bool],
                driver_factory: DriverFactory | None = None) -> dict[str, Any]:
     section_cls = ROUTER_SECTIONS.get(target.kind)
-    if section_cls is not None:
-        try:
+    try:
+        check_no_control("the network name", name)
+        if section_cls is not None:
             section_cls.check_text("the network name", name)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     with _driver(target, driver_factory) as driver:
         state = driver.read()
         edit = driver.plan_delete(state, name)

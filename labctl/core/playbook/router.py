@@ -14,7 +14,10 @@ the same model (:meth:`RouterSection.check_iot_network`).
 from __future__ import annotations
 
 import ipaddress
+import re
+import unicodedata
 from typing import Annotated, Any, ClassVar, Literal, TypeAlias
+from urllib.parse import urlsplit
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
@@ -26,6 +29,58 @@ NetworkType = Literal["IoT", "Guest", "Customized", "Kids", "VPN"]
 
 #: the router kind of a playbook (or a ``--url``-only run) that names none
 DEFAULT_KIND = "asus"
+
+#: Unicode categories refused in any string that reaches a router: control characters
+#: (C0, DEL, C1: newline, NUL, ESC...) and the line and paragraph separators
+_UNSAFE_CATEGORIES = ("Cc", "Zl", "Zp")
+
+
+def check_no_control(label: str, value: str) -> str:
+    """Refuse control characters (any C0 or C1, DEL, U+2028/U+2029) in a string that is
+    sent to a router: nvram stores them as they are, and they break the records and the
+    pages that show them. Raises ValueError naming the first one by code point."""
+    for ch in value:
+        if unicodedata.category(ch) in _UNSAFE_CATEGORIES:
+            raise ValueError(f"{label} must not contain control characters "
+                             f"(found U+{ord(ch):04X})")
+    return value
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any user information replaced by ``***`` (safe to print)."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@", r"\1***@", url)
+
+
+def check_router_url(url: str, label: str = "url") -> str:
+    """A router URL: http(s)://host[:port][/path], port 1-65535, no credentials, no
+    query or fragment, no control characters. Raises ValueError; the message never
+    repeats a password that was in the URL."""
+    shown = redact_url(url)
+    check_no_control(label, url)
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"{label} {shown!r} must start with https:// (or http://)")
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:
+        raise ValueError(f"{label} {shown!r} is not a valid URL ({e})") from None
+    hostport = parts.netloc.rpartition("@")[2]
+    m = re.search(r":(\d+)$", hostport)
+    port = int(m.group(1)) if m else None
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"{label} {shown!r}: port {port} is outside 1-65535")
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError as e:
+        raise ValueError(f"{label} {shown!r} is not a valid URL ({e})") from None
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise ValueError(f"{label} must not carry credentials ({shown!r}): set router.user, "
+                         "and the password through LABCTL_ROUTER_PASSWORD or "
+                         "router.password")
+    if not parts.hostname:
+        raise ValueError(f"{label} {shown!r} has no host")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{label} {shown!r} must not have a query or fragment")
+    return url
 
 
 def _iot_vlan(v: Any) -> Any:
@@ -65,6 +120,11 @@ class IotNetwork(Model):
     @classmethod
     def _vlan(cls, v: Any) -> Any:
         return _iot_vlan(v)
+
+    @field_validator("name", "ssid")
+    @classmethod
+    def _text(cls, v: str, info: Any) -> str:
+        return check_no_control(str(info.field_name), v)
 
     @model_validator(mode="after")
     def _check(self) -> IotNetwork:
@@ -130,13 +190,21 @@ class RouterSection(Model):
                              f"{self.lan}")
         return net
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return check_router_url(v)
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        return check_no_control("user", v)
+
     @model_validator(mode="after")
     def _check(self) -> RouterSection:
         if self.url.startswith("http://") and not self.allow_http:
             raise ValueError("plain HTTP needs allow_http: true (the password would travel in "
                              "clear text)")
-        if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"url {self.url!r} must start with https:// (or http://)")
         if self.iot_network is not None:
             self.check_iot_network(self.iot_network)
         return self
