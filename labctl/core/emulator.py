@@ -27,6 +27,10 @@ class EmulatorRequest:
     password_env: str | None = None
     #: the interface a passive emulator (a sensor) captures on, if any
     capture_interface: str | None = None
+    #: a configuration file the twin wrote for the emulator from the playbook (for the
+    #: embedded sensor: engines.yaml with the playbook's sensor.engines, learning_mode and
+    #: authorized_scanners applied), if any
+    config_file: Path | None = None
 
 
 @dataclass(frozen=True)
