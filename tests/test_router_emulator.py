@@ -225,3 +225,37 @@ def test_an_oversized_body_is_refused_and_the_emulator_keeps_serving():
         assert emulator.nvram == RouterEmulator().nvram  # nothing was written
         s = make_session(srv.url, allow_http=True, retries=0, timeout=2.0)
         assert s.get("/Main_Login.asp").status_code == 200
+
+
+def test_the_form_parser_follows_init_cgi():
+    from labctl.router.asus.emulator.cgi import form_fields, merged_fields, unescape
+
+    assert form_fields("a=1&b=2;c=3") == {"a": "1", "b": "2", "c": "3"}
+    # each assignment is unescaped whole, then split on the first "="
+    assert form_fields("login_authorization%3DYWRtaW46eA%3D%3D") == {
+        "login_authorization": "YWRtaW46eA=="}
+    assert form_fields("k=v=w") == {"k": "v=w"}
+    assert form_fields("a+b=c+d%2B") == {"a b": "c d+"}
+    assert form_fields("noequals&x=1&&x=2") == {"x": "2"}  # dropped; the last one wins
+    assert form_fields("x=") == {"x": ""}
+    assert form_fields("hook=a%3Bb") == {"hook": "a;b"}
+    assert unescape(b"100%") == "100%" and unescape(b"%zz") == "%zz"
+    assert unescape(b"%C3%A9") == "\u00e9"
+    assert merged_fields("a=q&b=q", b"b=body") == {"a": "q", "b": "body"}
+
+
+def test_the_json_reader_accepts_what_json_c_does():
+    import pytest
+
+    from labctl.router.asus.emulator.cgi import JsonError, lenient_json
+
+    assert lenient_json('{"a": "1", "b": [1, 2.5, true, null]}') == {"a": "1",
+                                                                   "b": [1, 2.5, True, None]}
+    assert lenient_json("{'a': 'it\\'s', \"b\": 'x\"y'}") == {"a": "it's", "b": 'x"y'}
+    assert lenient_json("{'u': '\\u00e9\\n'}") == {"u": "\u00e9\n"}
+    for bad in ("", "{", "{'a' 1}", "{'a': 1} x", "a=1&b=2", "{a: 1}", "'open"):
+        with pytest.raises(JsonError):
+            lenient_json(bad)
+    deep = "[" * 100 + "]" * 100
+    with pytest.raises(JsonError):
+        lenient_json(deep)
