@@ -179,3 +179,17 @@ def test_a_change_made_between_read_and_write_is_not_overwritten(tmp_path):
                 driver.apply(edit)
         assert lab.emulator.nvram["apg5_ssid"] == "Someone-else"
         assert lab.count("applyapp.cgi") == 0
+
+
+def test_keys_a_failed_apply_created_read_back_empty_after_the_restore(tmp_path, cli_run):
+    """The web API cannot unset an nvram key (applyapp.cgi only sets values), and the
+    emulator behaves like the firmware: a key the failed apply created stays present with
+    an empty value. "Restored and verified" compares the values as appGet reads them."""
+    with emulator_lab(tmp_path) as lab:
+        absent_before = {k for k in lab.emulator.sdn_snapshot() if k not in lab.emulator.nvram}
+        lab.emulator.add_fault("apply", "5xx")
+        r = cli_run("router", "iot-net", "-f", lab.playbook, "-y", env=lab.env())
+        assert r.exit_code == 1 and "restored and verified" in r.stderr
+        created = {k for k in absent_before if k in lab.emulator.nvram}
+        assert created, "the failed apply created keys"
+        assert all(lab.emulator.nvram[k] == "" for k in created)

@@ -33,7 +33,9 @@ def _listen(value: str) -> tuple[str, int]:
               help="nvram JSON file (created from the realistic defaults, saved on apply).")
 @click.option("--login", "login_mode", type=click.Choice(["v1", "v2", "both"]), default="both",
               show_default=True, help="Which login schemes the emulator accepts.")
-@click.option("--model", default="ZenWiFi Pro ET12", show_default=True, help="Model_Name.")
+@click.option("--model", default="ZenWiFi Pro ET12", show_default=True,
+              help="Model name if the nvram has no odmpid or productid (the Model_Name "
+                   "header is get_productid() of the nvram).")
 @click.option("--user", default="admin", show_default=True, help="Admin user.")
 @click.option("--password-env", default=None, metavar="VAR",
               help="Environment variable holding the admin password (default: admin).")
