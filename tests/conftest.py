@@ -71,4 +71,5 @@ class CliResult:
         return json.loads(self.stdout)
 
     def __repr__(self) -> str:
-        return f"CliResult(exit={self.exit_code}, stdout={self.stdout[-800:]!r}, stderr={self.stderr[-800:]!r})"
+        return (f"CliResult(exit={self.exit_code}, stdout={self.stdout[-800:]!r}, "
+                f"stderr={self.stderr[-800:]!r})")

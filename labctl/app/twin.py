@@ -57,6 +57,12 @@ class DemoReport:
     down_seconds: float = 0.0
     sensor_url: str = ""
     stages: dict[str, str] = field(default_factory=dict)
+    verify: Any = None  # labctl.app.verify.VerifyReport
+    verify_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.verify is not None and bool(self.verify.ok)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +78,9 @@ class DemoReport:
             "alerts_fired": self.alert_count, "sensor_devices": self.devices,
             "sensor_url": self.sensor_url,
             "kept": self.kept, "down_seconds": round(self.down_seconds, 3),
+            "verify_seconds": round(self.verify_seconds, 3),
+            "ok": self.ok,
+            "verify": self.verify.to_dict() if self.verify is not None else None,
         }
 
 
@@ -126,28 +135,23 @@ def create_sensor_token(lab_state: Path) -> str:
     return str(json.loads(cp.stdout)["token"])
 
 
-def _alert_line(a: dict[str, Any]) -> str:
-    title = a.get("title") or a.get("name") or a.get("type") or "alert"
-    sev = a.get("severity") or ""
-    src = a.get("sourceDeviceAddress") or a.get("source_device_address") or ""
-    dst = a.get("destinationDeviceAddress") or a.get("destination_device_address") or ""
-    where = f" {src} -> {dst}" if src and dst else (f" {src or dst}" if src or dst else "")
-    return f"[{sev}] {title}{where}".strip()
-
-
 def run_demo(playbook: str | None = None, *, keep: bool = False, sensor_timeout: float = 60.0,
-             alert_wait: float = 15.0, progress: Progress | None = None) -> DemoReport:
-    """up -> wait for the sensor API -> scan the IoT subnet from the scanner namespace ->
-    fetch the sensor's alerts -> down (unless ``keep``). Returns the summary."""
-    from labctl.app import lab as labapp
-    from labctl.app import scan as scan_app
+             progress: Progress | None = None, expectations: str | None = None,
+             verify_progress: Callable[[Any], None] | None = None) -> DemoReport:
+    """up -> wait for the sensor API -> verify-alerts with the playbook's expectations (its
+    scan cases are the demo's scan of the IoT subnet) -> down (unless ``keep``)."""
+    import shutil
+
+    from labctl.app.sensor import make_driver
     from labctl.app.stages import up_stages
+    from labctl.app.verify import VerifyOptions, verify_alerts
+    from labctl.core.context import LabContext
     from labctl.core.playbook import load_playbook
     from labctl.core.secrets import Secret
     from labctl.core.state import lab_state_dir
+    from labctl.netns import supervisor
     from labctl.netns.provider import check_platform
-    from labctl.sensor import client as client_mod
-    from labctl.transport import http
+    from labctl.sensor.base import SensorTarget
     from labctl.transport.netns import lab_host_netns
 
     say = progress or (lambda msg: None)
@@ -161,24 +165,21 @@ def run_demo(playbook: str | None = None, *, keep: bool = False, sensor_timeout:
     if pb.sensor is None or pb.sensor.kind != "embedded":
         raise LabctlError("the demo needs an embedded sensor (sensor: kind: embedded)")
     iot = pb.router.iot_network if pb.router else None
-    target = str(iot.subnet) if iot else None
-    if target is None:
+    if iot is None:
         raise LabctlError("the demo needs router.iot_network (the subnet to scan)")
-    ctx = labapp.LabContext(loaded)
+    from labctl.app import scan as scan_app
+
     state = lab_state_dir(pb.lab)
-    report = DemoReport(lab=pb.lab, playbook=str(path), target=target,
+    report = DemoReport(lab=pb.lab, playbook=str(path), target=str(iot.subnet),
                         scanner_netns=scan_app.default_scanner_spec(loaded), up_seconds=0.0,
                         kept=keep)
-    from labctl.netns import supervisor
-
     running = supervisor.read(state, "sensor")
     if running is None or not running.alive:
-        # a fresh embedded sensor, so the alerts counted are this run's (the sensor
-        # deduplicates repeats of an earlier demo's alerts)
-        import shutil
-
+        # a fresh embedded sensor, so the alerts counted are this run's (a sensor updates
+        # an open alert instead of raising it again)
         shutil.rmtree(state / "sensor", ignore_errors=True)
     report.devices_expected = [str(d.ip.ip) for d in pb.twin.devices] if pb.twin else []
+    ctx = LabContext(loaded)
     say(f"bringing up twin lab {pb.lab} from {path}")
     t0 = time.monotonic()
     # the same stages as `labctl up`: the twin, the IoT network through the router's API,
@@ -191,48 +192,44 @@ def run_demo(playbook: str | None = None, *, keep: bool = False, sensor_timeout:
         st = wait_for_sensor(state, sensor_timeout)
         report.sensor_url = pb.sensor.base_url
         token = Secret(create_sensor_token(state), source="twin demo")
-        session = http.make_session(pb.sensor.base_url, fingerprint=st["fingerprint"],
-                                    netns=lab_host_netns(pb))
-        client = client_mod.D4IoTClient(pb.sensor.base_url, token=token, session=session)
-        while True:  # the API may lag the status file by a moment
-            try:
-                first = client.alerts(version=2)
-                break
-            except TransportError:
-                if time.monotonic() > t0 + report.up_seconds + sensor_timeout:
-                    raise
-                time.sleep(0.3)
-        before = {json.dumps(a, sort_keys=True, default=str) for a in first}
-        say(f"scanning {target} from {report.scanner_netns}")
+        target = SensorTarget(base_url=pb.sensor.base_url, token=token,
+                              fingerprint=st["fingerprint"], netns=lab_host_netns(pb))
+        driver = make_driver(ctx, target)
+        scans: dict[str, Any] = {}
+
+        def run_scan(profile: str, targets: Any) -> Any:
+            result = scan_app.run_scan(loaded, list(targets), profile=profile)
+            scans[",".join(targets)] = result
+            return result
+
+        say(f"verify-alerts ({expectations or pb.sensor.expectations}) from "
+            f"{report.scanner_netns}")
         t1 = time.monotonic()
-        result = scan_app.run_scan(loaded, [target])
-        report.scan_seconds = time.monotonic() - t1
-        report.hosts = [{"ip": h.addr, "ports": [p.key for p in h.open_ports()]}
-                        for h in result.up_hosts()]
-        say(f"{len(report.hosts)} host(s) up; waiting for the sensor's alerts")
-        new: list[dict[str, Any]] = []
-        deadline = time.monotonic() + alert_wait
-        last = -1
-        while time.monotonic() < deadline:
-            now = [a for a in client.alerts(version=2)
-                   if json.dumps(a, sort_keys=True, default=str) not in before]
-            if now and len(now) == last:
-                new = now
-                break
-            new, last = now, len(now)
-            time.sleep(1.0)
-        report.alert_count = len(new)
-        report.alerts = [_alert_line(a) for a in new]
+        report.verify = verify_alerts(ctx, VerifyOptions(expectations=expectations),
+                                      progress=verify_progress, sensor=driver,
+                                      run_scan=run_scan)
+        report.verify_seconds = time.monotonic() - t1
+        subnet_scan = scans.get(str(iot.subnet))
+        if subnet_scan is not None:
+            report.hosts = [{"ip": h.addr, "ports": [p.key for p in h.open_ports()]}
+                            for h in subnet_scan.up_hosts()]
+            report.scan_seconds = subnet_scan.ended - subnet_scan.started
+        seen = list(report.verify.unexpected) + [a for r in report.verify.results
+                                                  for a in r.matched]
+        report.alert_count = len({(a.origin, a.id) for a in seen})
+        report.alerts = [a.line() for a in seen]
         try:
-            report.devices = [{"name": d.get("name"), "ip": (d.get("ipAddresses") or [None])[0],
-                               "mac": (d.get("macAddresses") or [None])[0],
-                               "vendor": d.get("vendor")} for d in client.devices()]
+            report.devices = [{"name": d.name, "ip": (d.ip_addresses or (None,))[0],
+                               "mac": (d.mac_addresses or (None,))[0], "vendor": d.vendor}
+                              for d in driver.devices()]
         except LabctlError:
             report.devices = []
     finally:
         if not keep:
             say(f"removing twin lab {pb.lab}")
             t2 = time.monotonic()
+            from labctl.app import lab as labapp
+
             labapp.down(ctx, confirm=lambda p: True)
             report.down_seconds = time.monotonic() - t2
     return report

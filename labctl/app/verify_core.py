@@ -220,10 +220,15 @@ def skip_reason(case: Case, detections: dict[str, Detection]) -> tuple[str, str]
 def evaluate(case: Case, matches: Sequence[ResolvedMatch], alerts: Iterable[SeenAlert], *,
              stimulus_end: float, detections: dict[str, Detection], scanner: ScannerView,
              learning_mode: bool | None, touched: Touched, source_seen: bool | None,
-             stimulus: str = "", stimulus_seconds: float = 0.0) -> CaseResult:
+             stimulus: str = "", stimulus_seconds: float = 0.0,
+             clock_skew: float = 2.0) -> CaseResult:
     """The verdict of one case from the alerts that arrived inside its window."""
-    pool = [a for a in alerts if a.seen_at >= stimulus_end - stimulus_seconds - 1.0 or
-            a.time >= stimulus_end - stimulus_seconds - 1.0]
+    start = stimulus_end - stimulus_seconds
+    # an alert belongs to this case when labctl first saw it after the stimulus began and
+    # the sensor dates it after that too (``clock_skew`` allows for the sensor's clock);
+    # an older alert that the sensor updated in place is not this case's
+    pool = [a for a in alerts
+            if a.seen_at >= start - 0.5 and a.time >= start - clock_skew]
     base = CaseResult(case.id, case.description, Verdict.PASS, stimulus=stimulus,
                       stimulus_seconds=stimulus_seconds)
     hits = [[a for a in pool if m.matches(a)] for m in matches]

@@ -10,6 +10,7 @@ import click
 
 from labctl.cli._common import echo, emit_json, json_option, playbook_option
 from labctl.cli.twin_router import serve_router
+from labctl.core.errors import ExitCode
 
 
 @click.group()
@@ -81,23 +82,39 @@ def ps(playbook: str | None, as_json: bool) -> None:
 @twin.command("demo")
 @playbook_option
 @click.option("--keep", is_flag=True, help="Leave the twin up afterwards.")
-@click.option("--timeout", default=60.0, show_default=True, type=float,
+@click.option("--timeout", default=60.0, show_default=True,
+              type=click.FloatRange(min=1, max=3600),
               help="Seconds to wait for the sensor API.")
+@click.option("--expectations", metavar="NAME|FILE", default=None,
+              help="Expectation file for verify-alerts (default: the playbook's).")
+@click.option("--junit", "junit_path", metavar="FILE", default=None,
+              help="Write verify-alerts' verdicts as JUnit XML.")
 @json_option
-def demo(playbook: str | None, keep: bool, timeout: float, as_json: bool) -> None:
-    """End to end on the twin: up, wait for the sensor, scan the IoT subnet from the
-    scanner namespace, fetch the sensor's alerts, print a summary, down (unless --keep).
+def demo(playbook: str | None, keep: bool, timeout: float, expectations: str | None,
+         junit_path: str | None, as_json: bool) -> int:
+    """End to end on the twin: up, wait for the sensor, run verify-alerts (its cases scan
+    the IoT subnet and a pet feeder from the scanner namespace and send packet recipes),
+    print a summary with the per-case verdicts, down (unless --keep).
 
-    Without -f the packaged playbooks/twin.yaml is used.
+    Exits 0 when every case passed or was skipped, 4 when any case failed. Without -f the
+    packaged playbooks/twin.yaml is used.
     """
     from labctl.app.twin import run_demo
+    from labctl.cli.verify import LiveView, render_table, write_junit
 
     progress = None if as_json else (lambda msg: echo(f"--> {msg}", err=True))
-    report = run_demo(playbook, keep=keep, sensor_timeout=timeout, progress=progress)
+    with LiveView(enabled=not as_json) as view:
+        report = run_demo(playbook, keep=keep, sensor_timeout=timeout, progress=progress,
+                          expectations=expectations, verify_progress=view)
+    if junit_path and report.verify is not None:
+        write_junit(report.verify, junit_path)
     if as_json:
         emit_json(report.to_dict())
-        return
-    _print_demo(report.to_dict())
+    else:
+        _print_demo(report.to_dict())
+        if report.verify is not None:
+            render_table(report.verify)
+    return 0 if report.ok else int(ExitCode.DRIFT)
 
 
 def _print_demo(d: dict[str, Any]) -> None:

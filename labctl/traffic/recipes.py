@@ -1,7 +1,14 @@
 """Packet recipes: the small, harmless stimuli `labctl verify-alerts` sends.
 
-Each recipe becomes one nping command line (nping ships with nmap, so it is on the scanner
-wherever nmap is: this machine, the twin's scanner namespace, or the Kali box over SSH).
+Each recipe becomes one nping or nmap command line (nping ships with nmap, so both are on
+the scanner wherever nmap is: this machine, the twin's scanner namespace, or the Kali box
+over SSH). The sweeps of many addresses use nmap, which probes addresses in parallel (nping
+handles one target at a time, about 0.8 s each).
+
+On one Ethernet segment a probe to an address nobody holds never reaches the wire as IP: the
+scanner's ARP request goes unanswered, so the sensor sees ARP only (that is ARP Address Scan,
+off by default, not Address Scan). ``address-sweep`` therefore shows IP-level address scans
+only for targets behind a router.
 Building the command is pure: :func:`build` returns the argv and what the recipe touches on
 the wire (addresses, ports, packets), which verify-alerts reports against a detection's
 threshold when an alert did not fire. Sending is the caller's job, through the scanner's
@@ -12,8 +19,10 @@ The recipes:
 - ``tcp-connect``: full TCP connections to ``host:port`` (``count`` times; default 3);
 - ``port-zero``: TCP SYNs to port 0 of ``host`` (the Port 0 protocol violation);
 - ``syn-sweep``: one TCP SYN to each of ports 1..``ports`` of ``host``;
-- ``address-sweep``: one TCP SYN to port 80 of each of ``count`` addresses of ``targets``;
-- ``arp-sweep``: one ARP request for each of ``count`` addresses of ``targets``;
+- ``address-sweep``: one TCP SYN to port 80 of each of ``count`` addresses of ``targets``
+  (nmap ``-sS -Pn``);
+- ``arp-sweep``: one ARP request for each of ``count`` addresses of ``targets`` (nmap
+  ``-sn -PR``);
 - ``icmp-burst``: ``count`` ICMP echo requests to ``host`` (default 80) at ``rate``;
 - ``new-mac``: UDP datagrams to ``host`` from a random, locally administered MAC address;
 - ``udp-canary``: one UDP datagram with a unique payload to ``host:port``.
@@ -41,6 +50,7 @@ class RecipeRun:
     payload: str | None = None
     source_mac: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    program: str = "nping"  # nping | nmap
 
     def describe(self) -> str:
         where = self.addresses[0] if len(self.addresses) == 1 else \
@@ -122,12 +132,12 @@ def build(recipe: str, *, host: str | None = None, port: int | None = None,
     if recipe in ("address-sweep", "arp-sweep"):
         assert targets is not None
         addrs = expand(targets, count)
+        common = ("-n", "--max-retries", "0", "--max-rate", r, "-oN", "-")
         if recipe == "address-sweep":
-            args: tuple[str, ...] = ("--tcp", "--flags", "syn", "-p", "80", "-c", "1",
-                                     "--rate", r, *quiet, *addrs)
-            return RecipeRun(recipe, args, tuple(addrs), (80,), len(addrs))
-        args = ("--arp", "--arp-type", "ARP", "-c", "1", "--rate", r, *quiet, *addrs)
-        return RecipeRun(recipe, args, tuple(addrs), (), len(addrs))
+            args: tuple[str, ...] = ("-sS", "-Pn", "-p", "80", *common, *addrs)
+            return RecipeRun(recipe, args, tuple(addrs), (80,), len(addrs), program="nmap")
+        args = ("-sn", "-PR", *common, *addrs)
+        return RecipeRun(recipe, args, tuple(addrs), (), len(addrs), program="nmap")
     if recipe == "icmp-burst":
         assert host is not None
         n = count or 80
@@ -167,8 +177,14 @@ class SendResult:
         return self.ended - self.started
 
 
-def nping_argv(run: RecipeRun, program: str = "nping") -> list[str]:
-    return [program, *run.args]
+def program_for(run: RecipeRun, override: str | None = None) -> str:
+    import os
+
+    if override:
+        return override
+    if run.program == "nmap":
+        return os.environ.get("LABCTL_NMAP") or "nmap"
+    return os.environ.get(NPING_ENV) or "nping"
 
 
 def send(run: RecipeRun, spec: str, *, timeout: float = 60.0,
@@ -185,7 +201,7 @@ def send(run: RecipeRun, spec: str, *, timeout: float = 60.0,
 
     from labctl.core.errors import CommandError, PreflightError, ToolMissingError
 
-    prog = program or os.environ.get(NPING_ENV) or "nping"
+    prog = program_for(run, program)
     started = time.time()
     if spec.startswith("ssh://"):
         from labctl.transport import sshexec
@@ -195,7 +211,7 @@ def send(run: RecipeRun, spec: str, *, timeout: float = 60.0,
                                       timeout=30)
         lines = [x.strip() for x in out.decode("utf-8", "replace").splitlines() if x.strip()]
         if rc != 0 or len(lines) < 2:
-            raise ToolMissingError(f"nping ({prog}) is not installed on {spec}",
+            raise ToolMissingError(f"{run.program} ({prog}) is not installed on {spec}",
                                    hint="it ships with nmap: sudo apt-get install nmap")
         prefix = [lines[0]] if lines[-1] == "0" else ["sudo", "-n", lines[0]]
         argv = [*prefix, *run.args]
@@ -203,15 +219,16 @@ def send(run: RecipeRun, spec: str, *, timeout: float = 60.0,
         text = (raw + err).decode("utf-8", "replace")
         if rc != 0:
             if "password is required" in text or "a terminal is required" in text:
-                raise PreflightError(f"{spec} may not run nping as root without a password",
+                raise PreflightError(f"{spec} may not run {run.program} as root without a "
+                                     "password",
                                      hint=f"add a sudoers rule: <user> ALL=(root) NOPASSWD: "
                                           f"{lines[0]}")
             raise CommandError([f"ssh {spec}", *argv], rc, text)
         return SendResult(tuple(argv), rc, started, time.time(), text)
     if not (shutil.which(prog) or os.path.isfile(prog)):
-        raise ToolMissingError(f"nping was not found ({prog})",
+        raise ToolMissingError(f"{run.program} was not found ({prog})",
                                hint="it ships with nmap: apt-get install nmap")
-    argv = nping_argv(run, prog)
+    argv = [prog, *run.args]
     if spec.startswith("netns:"):
         from labctl.transport.netns import netns_argv, netns_exists
 

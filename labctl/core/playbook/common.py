@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -144,7 +145,7 @@ class SecretRef(Model):
         return self
 
     def resolve(self, label: str, prompt_fn: PromptFn | None = None,
-                environ: dict[str, str] | None = None) -> Secret:
+                environ: Mapping[str, str] | None = None) -> Secret:
         return resolve_secret(self.env, prompt=self.prompt, label=label, prompt_fn=prompt_fn,
                               environ=environ)
 

@@ -24,9 +24,9 @@ class TwinScanner(Model):
 
 
 class TwinSection(Model):
-    main_lan_router: Interface = Field(default="192.168.50.1/24")  # type: ignore[assignment]
-    main_lan_host: Interface = Field(default="192.168.50.2/24")  # type: ignore[assignment]
-    wan_router: Interface = Field(default="203.0.113.2/24")  # type: ignore[assignment]
+    main_lan_router: Interface = Field(default=IPv4Interface("192.168.50.1/24"))
+    main_lan_host: Interface = Field(default=IPv4Interface("192.168.50.2/24"))
+    wan_router: Interface = Field(default=IPv4Interface("203.0.113.2/24"))
     wan_services: list[Interface] = Field(
         default_factory=lambda: [IPv4Interface("203.0.113.10/24"),
                                  IPv4Interface("198.51.100.10/24")])
