@@ -274,12 +274,16 @@ def effective_detections(ctx: LabContext) -> dict[str, Detection]:
 class AlertPoller:
     """Reads alerts from one or more AlertSources, remembering when each was first seen."""
 
+    #: consecutive failed reads of one source before verify-alerts gives up (exit 5)
+    MAX_FAILURES = 5
+
     def __init__(self, sources: Sequence[Any], clock: Callable[[], float] = time.time
                  ) -> None:
         self.sources = list(sources)
         self.clock = clock
         self.seen: dict[tuple[str, str], SeenAlert] = {}
         self.errors: list[str] = []
+        self.failures: dict[str, int] = {}
 
     def poll(self, since_ms: int) -> list[SeenAlert]:
         now = self.clock()
@@ -287,11 +291,18 @@ class AlertPoller:
             origin = "sentinel" if "sentinel" in src.name.lower() else "sensor"
             try:
                 got = src.alerts(since=since_ms)
-            except (TransportError, AuthError):
+            except AuthError:
                 raise
-            except LabctlError as e:  # a flaky answer: keep polling, remember why
+            except LabctlError as e:
+                # a flaky answer (5xx, a timeout, a dropped connection): keep polling and
+                # remember why; only a source that keeps failing ends the run
+                n = self.failures.get(src.name, 0) + 1
+                self.failures[src.name] = n
                 self.errors.append(f"{src.name}: {e.message}")
+                if n >= self.MAX_FAILURES and isinstance(e, TransportError):
+                    raise
                 continue
+            self.failures[src.name] = 0
             for a in got:
                 k = (origin, str(a.id))
                 if k not in self.seen:
@@ -386,6 +397,8 @@ def verify_alerts(ctx: LabContext, opts: VerifyOptions, *,
     if opts.source in ("sentinel", "both"):
         sources.append(sentinel if sentinel is not None else open_sentinel(ctx))
     poller = AlertPoller(sources)
+    for src in sources:  # reachable, and the credentials work: else exit 5 before sending
+        _probe(ctx, src)
     default_deadline = SENTINEL_DEADLINE if opts.source == "sentinel" else SENSOR_DEADLINE
     report.phases["sources"] = time.time() - t_src
 
@@ -427,6 +440,10 @@ def verify_alerts(ctx: LabContext, opts: VerifyOptions, *,
         case = pc.case
         say(VerifyEvent("case-start", pc.description, case=case.id))
         skip = skip_reason(case, detections)
+        if skip is None and opts.no_stimulus and case.expect_none:
+            skip = ("a negative case proves nothing without its own stimulus "
+                    "(--no-stimulus reads every alert since --since)",
+                    "run it without --no-stimulus")
         if skip is not None:
             r = CaseResult(case.id, case.description, Verdict.SKIP, reason=skip[0],
                            hint=skip[1], stimulus=pc.description)
@@ -434,7 +451,7 @@ def verify_alerts(ctx: LabContext, opts: VerifyOptions, *,
             say(VerifyEvent("case-done", r.reason, case=case.id, result=r))
             continue
         t0 = run_start if opts.no_stimulus else time.time()
-        touched = Touched()
+        touched: Touched | None = None  # unknown without a stimulus
         if not opts.no_stimulus:
             try:
                 touched = _stimulate(pc, sender, scanner)
@@ -465,6 +482,20 @@ def verify_alerts(ctx: LabContext, opts: VerifyOptions, *,
     return report
 
 
+def _probe(ctx: LabContext, src: Any, tries: int = AlertPoller.MAX_FAILURES) -> None:
+    """Read the source once; retry a transient failure, raise the last one."""
+    for i in range(tries):
+        try:
+            src.alerts(since=int(time.time() * 1000))
+            return
+        except AuthError:
+            raise
+        except LabctlError:
+            if i == tries - 1:
+                raise
+            ctx.sleep(0.5)
+
+
 def _stimulate(pc: PreparedCase, sender: Callable[..., Any],
                scanner: Callable[..., Any]) -> Touched:
     if pc.kind == "recipe":
@@ -488,7 +519,7 @@ def _stimulate(pc: PreparedCase, sender: Callable[..., Any],
 def _await_case(ctx: LabContext, pc: PreparedCase, poller: AlertPoller, *, since_ms: int,
                 stimulus_start: float, stimulus_end: float, within: float,
                 detections: dict[str, Detection], view: ScannerView, learning: bool | None,
-                touched: Touched, drv: Any, opts: VerifyOptions) -> CaseResult:
+                touched: Touched | None, drv: Any, opts: VerifyOptions) -> CaseResult:
     case = pc.case
     deadline = stimulus_end + within
     delay = opts.poll_interval
@@ -504,7 +535,8 @@ def _await_case(ctx: LabContext, pc: PreparedCase, poller: AlertPoller, *, since
             break
         _sleep_until(deadline, delay, ctx)
         delay = min(delay * 1.5, opts.max_poll_interval)
-    if r.verdict == Verdict.FAIL and not case.expect_none and drv is not None:
+    if r.verdict == Verdict.FAIL and not case.expect_none and drv is not None \
+            and touched is not None:
         seen = _source_seen(drv, view.address, stimulus_start)
         touched = _touched_from_sensor(drv, view.address, pc, touched)
         r = evaluate(case, pc.matches, alerts, stimulus_end=stimulus_end,
@@ -557,7 +589,8 @@ def _touched_from_sensor(drv: Any, address: str | None, pc: PreparedCase,
             ports = max(ports, len(c.ports))
     return Touched(addresses=max(peers, 0), ports=max(ports, touched.ports),
                    packets=touched.packets,
-                   description=f"{touched.description}, as the sensor counted it")
+                   description=f"{touched.description or 'the stimulus'}, as the sensor "
+                               "counted it")
 
 
 def _canary(ctx: LabContext, drv: Any, sender: Callable[..., Any], scanner: str | None,
@@ -579,14 +612,19 @@ def _canary(ctx: LabContext, drv: Any, sender: Callable[..., Any], scanner: str 
     deadline = sent + opts.canary_timeout
     delay = opts.poll_interval
     since_ms = int((sent - 1.0) * 1000)
+    failures = 0
     while True:
         try:
             devices = _devices_by_id(drv)
             conns = drv.connections()
-        except (TransportError, AuthError):
+            failures = 0
+        except AuthError:
             raise
-        except LabctlError:
-            conns = []
+        except LabctlError:  # a flaky answer: try again, give up after a few in a row
+            failures += 1
+            if failures >= AlertPoller.MAX_FAILURES:
+                raise
+            devices, conns = {}, []
         ids = {i for i, d in devices.items() if scanner in d.ip_addresses}
         gw = {i for i, d in devices.items() if gateway in d.ip_addresses}
         for c in conns:

@@ -107,7 +107,7 @@ class ResolvedMatch:
         if self.source is not None and not _addr_matches(self.source, a.source, a.message):
             return False
         return self.destination is None or \
-            _addr_matches(self.destination, a.destination, None)
+            _addr_matches(self.destination, a.destination, a.message)
 
     def closeness(self, a: SeenAlert) -> int:
         """How many of the given fields ``a`` matches (to list the closest misses)."""
@@ -131,7 +131,7 @@ class ResolvedMatch:
 def _addr_matches(want: str, have: str | None, message: str | None) -> bool:
     if have is not None and have.casefold() == want.casefold():
         return True
-    # v1 alerts carry no addresses: the source IP is in the message text
+    # v1 alerts carry no addresses: the alert reference puts them in the message text
     if have is None and message:
         import re
 
@@ -219,7 +219,8 @@ def skip_reason(case: Case, detections: dict[str, Detection]) -> tuple[str, str]
 
 def evaluate(case: Case, matches: Sequence[ResolvedMatch], alerts: Iterable[SeenAlert], *,
              stimulus_end: float, detections: dict[str, Detection], scanner: ScannerView,
-             learning_mode: bool | None, touched: Touched, source_seen: bool | None,
+             learning_mode: bool | None, touched: Touched | None,
+             source_seen: bool | None,
              stimulus: str = "", stimulus_seconds: float = 0.0,
              clock_skew: float = 2.0) -> CaseResult:
     """The verdict of one case from the alerts that arrived inside its window."""
@@ -272,7 +273,7 @@ def evaluate(case: Case, matches: Sequence[ResolvedMatch], alerts: Iterable[Seen
                        "alerts")
         base.hint = ("end learning mode on the sensor (System settings > Network monitoring "
                      "> Learning), or set sensor.learning_mode: false for the embedded sensor")
-    elif det is not None and det.threshold is not None and \
+    elif det is not None and det.threshold is not None and touched is not None and \
             _touched_count(det, touched) < det.threshold:
         n = _touched_count(det, touched)
         unit = "addresses" if det.key in ("address_scan", "arp_scan") else \
