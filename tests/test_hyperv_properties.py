@@ -48,7 +48,7 @@ DRIFTS = {
     "vmq on": lambda h: _nic(h, "Monitor").update(vmq_weight=100),
     "mirroring off": lambda h: _nic(h, "Monitor").update(port_mirroring="None"),
     "vlan untagged": lambda h: _nic(h, "Monitor").update(
-        vlan={"mode": "Untagged", "access_id": 0, "allowed": "", "native": 0}),
+        vlan={"mode": "Untagged", "access_id": 0, "allowed": [], "native": 0}),
     "nic moved": lambda h: _nic(h, "Management").update(switch="Default Switch"),
     "nic removed": lambda h: _vm(h)["adapters"].remove(_nic(h, "Monitor")),
     "dns": lambda h: [v for v in h.vnics if v["switch"] == "Core"][0].update(dns=["1.1.1.1"]),

@@ -262,7 +262,7 @@ def test_drift_on_a_running_vm_that_can_change_live_is_applied():
     _up(host)
     vm = [v for v in host.vms if v["name"] == "d4iot-sensor"][0]
     vm["adapters"][1]["vmq_weight"] = 100
-    vm["adapters"][1]["vlan"] = {"mode": "Untagged", "access_id": 0, "allowed": "", "native": 0}
+    vm["adapters"][1]["vlan"] = {"mode": "Untagged", "access_id": 0, "allowed": [], "native": 0}
     host.calls.clear()
     rep = _up(host)
     assert [c.name for c in host.writes] == ["vmnic/set", "vmnic/vlan"]

@@ -82,18 +82,17 @@ def _vlan_matches(want: dict[str, Any], have: Any) -> bool:
     if have.mode.lower() != want["Mode"].lower():
         return False
     if want["Mode"] == "Trunk":
-        try:
-            allowed = parse_vlan_list(have.allowed or "")
-        except ValueError:
-            return False
-        return bool(allowed == parse_vlan_list(want["AllowedVlanIdList"])
+        return bool(sorted(set(have.allowed)) == parse_vlan_list(want["AllowedVlanIdList"])
                     and have.native == want["NativeVlanId"])
     return bool(have.access_id == want["AccessVlanId"])
 
 
 def _vlan_text(have: Any) -> str:
+    """The adapter's VLAN setting in a few words; the allowed ids as ranges (``1-4094``),
+    never as the int array the host returns."""
     if have.mode.lower() == "trunk":
-        return f"trunk allowed={have.allowed} native={have.native}"
+        allowed = format_vlan_list(list(have.allowed)) or "(none)"
+        return f"trunk allowed={allowed} native={have.native}"
     if have.mode.lower() == "access":
         return f"access {have.access_id}"
     return "untagged"

@@ -7,12 +7,12 @@ one-element lists) so a quirk of the host never becomes a crash in the diff.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from labctl.core.errors import RemoteCommandError
+from labctl.core.playbook.common import parse_vlan_list
 
 MARKER_PREFIX = "managed-by: labctl lab="
 
@@ -23,10 +23,17 @@ def marker(lab: str) -> str:
 
 
 def owned_by(notes: str | None, lab: str) -> bool:
-    """True when ``notes`` carries this lab's ownership line (same rule as the PS prelude)."""
+    """True when one line of ``notes`` is exactly this lab's ownership line.
+
+    The line is the marker and nothing else: spaces, tabs and a carriage return around it
+    are ignored, any other text on that line (``not managed-by: labctl lab=x``, a marker
+    inside a sentence, ``lab=x2``) is not a marker. The same rule as ``Test-LabctlOwned`` in
+    the PowerShell prelude and the fake host.
+    """
     if not notes:
         return False
-    return re.search(r"(?m)^.*" + re.escape(marker(lab)) + r"\s*$", notes) is not None
+    want = marker(lab)
+    return any(line.strip(" \t\r") == want for line in notes.split("\n"))
 
 
 def notes_with_marker(user_notes: str, lab: str) -> str:
@@ -99,11 +106,30 @@ class NatFacts(_F):
     prefix: str
 
 
+def _vlan_ids(v: Any) -> Any:
+    """``AllowedVlanIdList`` as Get-VMNetworkAdapterVlan returns it: an int array. Also
+    accepted: what ConvertTo-Json on 5.1 makes of one (a single number, ``null``, or a
+    ``{"value": [...], "Count": n}`` wrapper) and the cmdlet's string form (``1-10,52``)."""
+    if isinstance(v, dict) and "value" in v:
+        v = v["value"]
+    if v is None or v == "":
+        return []
+    if isinstance(v, bool):
+        raise ValueError("a VLAN id list, not a boolean")
+    if isinstance(v, int):
+        return [v]
+    if isinstance(v, str):
+        return parse_vlan_list(v)
+    return v
+
+
 class VlanFacts(_F):
     mode: str = "Untagged"  # Untagged | Access | Trunk
     access_id: int = 0
-    allowed: str | None = ""
+    allowed: list[int] = Field(default_factory=list)
     native: int = 0
+
+    _a = field_validator("allowed", mode="before")(lambda cls, v: _vlan_ids(v))
 
 
 class AdapterFacts(_F):

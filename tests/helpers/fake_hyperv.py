@@ -29,9 +29,28 @@ SENSOR_ISO = r"D:\ISO\defender-for-iot-sensor.iso"
 
 
 def _owned(notes: str | None, lab: str) -> bool:
-    # The same rule as Test-LabctlOwned in the PowerShell prelude.
-    return bool(notes) and re.search(
-        r"(?m)managed-by: labctl lab=" + re.escape(lab) + r"\s*$", notes or "") is not None
+    # Test-LabctlOwned of the PowerShell prelude, restated: one line of the Notes, trimmed
+    # of spaces, tabs and CR, equals the marker (case-sensitive, -ceq).
+    want = "managed-by: labctl lab=" + lab
+    return any(line.strip(" \t\r") == want for line in (notes or "").split("\n"))
+
+
+def _vlan_id_list(text: str) -> list[int]:
+    """Set-VMNetworkAdapterVlan -AllowedVlanIdList: a string of ids and ranges separated by
+    commas ("1-100,200"), each id 1-4094; the cmdlet stores the ids and
+    Get-VMNetworkAdapterVlan returns them as an int array (AllowedVlanIdList, Int32[])."""
+    ids: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part)
+        if not m:
+            raise _PsError(f"Cannot validate argument on parameter 'AllowedVlanIdList': "
+                           f"'{part}' is not a VLAN id or range.")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if not 1 <= lo <= hi <= 4094:
+            raise _PsError(f"The VLAN ID range {part} is not valid: ids are 1 to 4094.")
+        ids.update(range(lo, hi + 1))
+    return sorted(ids)
 
 
 class _PsError(Exception):
@@ -134,7 +153,7 @@ class FakeHyperVHost:
     def _adapter(name: str, switch: str | None, mac: str = "") -> dict[str, Any]:
         return {"name": name, "switch": switch, "port_mirroring": "None", "vmq_weight": 100,
                 "mac": mac or "00155D000000", "static_mac": bool(mac),
-                "vlan": {"mode": "Untagged", "access_id": 0, "allowed": "", "native": 0}}
+                "vlan": {"mode": "Untagged", "access_id": 0, "allowed": [], "native": 0}}
 
     # -- lookups --------------------------------------------------------------------------------
     def _switch(self, name: str) -> list[dict[str, Any]]:
@@ -517,13 +536,13 @@ class FakeHyperVHost:
             mode = p["Mode"]
             if mode == "Trunk":
                 a["vlan"] = {"mode": "Trunk", "access_id": 0,
-                             "allowed": p.get("AllowedVlanIdList", ""),
+                             "allowed": _vlan_id_list(p.get("AllowedVlanIdList", "")),
                              "native": int(p.get("NativeVlanId", 0))}
             elif mode == "Access":
                 a["vlan"] = {"mode": "Access", "access_id": int(p["AccessVlanId"]),
-                             "allowed": "", "native": 0}
+                             "allowed": [], "native": 0}
             else:
-                a["vlan"] = {"mode": "Untagged", "access_id": 0, "allowed": "", "native": 0}
+                a["vlan"] = {"mode": "Untagged", "access_id": 0, "allowed": [], "native": 0}
         return {"changed": True}
 
     # -- inspection helpers for tests ----------------------------------------------------------
