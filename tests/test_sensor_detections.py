@@ -167,22 +167,26 @@ def test_learning_mode_withholds_policy_alerts_only(tmp_path, cli_run):
     pcap = write(tmp_path / "l.pcap", pk)
     learning = _replay(cli_run, pcap, "--learning")
     assert "Port Scan Detected" in _titles(learning)  # Anomaly still fires
-    assert "New asset detected" not in _titles(learning)
+    assert "New Asset Detected" not in _titles(learning)
     assert "Unauthorized Internet Connectivity Detected" not in _titles(learning)
     assert learning["withheld_policy_alerts"] >= 2
     assert all(d["authorized"] for d in learning["devices"])
     live = _replay(cli_run, pcap, "--no-learning")
     titles = _titles(live)
     assert "Port Scan Detected" in titles
-    assert titles.count("New asset detected") == 2  # scanner and 172.16.1.77
+    assert titles.count("New Asset Detected") == 2  # scanner and 172.16.1.77
     net = next(a for a in live["alerts"]
                if a["title"] == "Unauthorized Internet Connectivity Detected")
     assert net["engine"] == "Policy Violation"
     assert (net["sourceDeviceAddress"], net["destinationDeviceAddress"]) == ("172.16.1.77",
                                                                              "8.8.8.8")
     assert not any(d["authorized"] for d in live["devices"])
-    # a global address is an internet endpoint, not an inventory device
-    assert all(d["ipAddresses"] != ["8.8.8.8"] for d in live["devices"])
+    # a global address is an internet endpoint: a device record of type Internet (no New
+    # Asset alert for it), which the alert names by id instead of a null id
+    inet = [d for d in live["devices"] if d["ipAddresses"] == ["8.8.8.8"]]
+    assert len(inet) == 1 and inet[0]["type"] == "Internet"
+    assert net["destinationDevice"] == inet[0]["id"]
+    assert all(d["type"] == "Unknown" for d in live["devices"] if d is not inet[0])
 
 
 def test_custom_rule_6667_fires_and_dedups(tmp_path, cli_run):

@@ -9,17 +9,26 @@ Paths, parameters and shapes come from ../shared/reference/defender-for-iot.md Â
 * ``GET /api/v1/devices`` (``authorized=true|false``), ``/api/v1/devices/connections`` and
   ``/api/v1/devices/<id>/connections`` (``discoveredBefore``, ``discoveredAfter``,
   ``lastActiveInMinutes``);
-* ``GET /api/v1/events`` (``minutesTimeFrame`` up to 4320, ``type``): the latest 100 events,
-  newest first. The real sensor caches an identical query for an hour; this one does not;
-* ``POST /api/external/authentication/validation`` and ``.../set_password`` (no token);
+* ``GET /api/v1/events`` (``minutesTimeFrame``: a value above 4320 is treated as 4320, with
+  no error; ``type``: one of the documented event types, any other value is ignored and the
+  unfiltered list comes back): the latest 100 events, newest first. The real sensor caches
+  an identical query for an hour; this one does not;
+* ``POST /api/external/authentication/validation``, ``.../set_password`` and
+  ``.../set_password_by_admin`` (no token; also under ``/external/authentication/``, the
+  URI the reference's headings print), with the documented success and failure messages
+  (sensor-auth-apis.md, ms.date 06/13/2022) and a lockout after repeated failures (labctl's
+  choice, as the reference documents none: see :class:`LoginGuard`);
 * ``GET /api/labctl/status`` (a labctl extension, token required): packet, malformed and
   kernel drop counters (``PACKET_STATISTICS``), devices, alerts, learning mode.
 
 Authentication is ``Authorization: <token>`` with no ``Bearer`` prefix; tokens are checked
 against the hashes in the store. Bad queries get HTTP 400 with a JSON ``error`` naming the
-parameter; a missing or wrong token gets 401. HTTPS only, on labctl's one server base
-(:mod:`labctl.transport.httpserver`: the TLS handshake in the worker thread, bounded and
-drained request bodies), with the self-signed certificate of :mod:`labctl.transport.certs`.
+parameter, a bad device id 400 and an unknown one 404 (never 500); a missing or wrong token
+gets 401. HTTPS only, on labctl's one server base (:mod:`labctl.transport.httpserver`: the
+TLS handshake in the worker thread, bounded and drained request bodies, a connection cap),
+with the self-signed certificate of :mod:`labctl.transport.certs`. The request head has a
+whole deadline (:class:`HeadWatchdog`): a client that drips header bytes is cut off after
+``header_timeout`` seconds however often it sends one.
 
 The D4IoT projection of the engine's records (:func:`alert_to_api`, :func:`device_to_api`,
 :func:`event_to_api`, :func:`connections_api`) lives here too: the engine keeps its records,
@@ -30,8 +39,10 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +62,60 @@ DRAIN_LIMIT = 1024 * 1024
 CERT_COMMON_NAME = "labctl embedded sensor"
 EVENTS_LIMIT = 100
 MAX_MINUTES = 4320
+#: the request head (request line and headers) must arrive within this many seconds
+HEADER_TIMEOUT = 10.0
+#: an idle keep-alive connection is closed after this many seconds
+IDLE_TIMEOUT = 30.0
+#: connections served at once; more are closed at accept (a sensor API has few clients)
+MAX_CONNECTIONS = 32
+#: device ids are positive and fit 31 bits; longer digit strings are refused unparsed
+MAX_ID_DIGITS = 10
+MAX_ID = 2**31 - 1
+#: event types of sensor-alert-apis.md (ms.date 05/25/2022), "Event type and title
+#: reference"; /api/v1/events filters on these and ignores any other value
+EVENT_TYPES = frozenset("""
+DEVICE_CREATE DEVICE_UPDATE ALERT_REPORTED ALERT_UPDATED SCAN PROGRAM_DEVICE
+MMS_PROGRAM_DEVICE SCL_UPLOADED EXCLUSION_RULE_CREATED EXCLUSION_RULE_REMOVED
+EXCLUSION_RULE_UPDATED DEVICE_CONNECTION_CREATED USER_LOGIN FILE_TRANSFER CUSTOM_EVENT
+REMOTE_ACCESS BACK_TO_NORMAL MMS_MEMORY_BLOCK_OPERATION MMS_PROGRAM_OPERATION
+HTTP_BASIC_AUTHENTICATION SIEMENS_S_7_MEMORY_BLOCK_OPERATION SIEMENS_S_7_AUTHENTICATION
+REPORT_CREATED SNMP_TRAP DATABASE_ACTION PLC_MODULE_CHANGE FIRMWARE_UPDATE PLC_START
+SRTP_PLC_RESET SRTP_PLC_COPY_FIRMWARE SRTP_LOGIN_PROGRAMMING SRTP_PLC_CHANGE_PASSWORD
+OPC_DATA_ACCESS_GROUP_MANAGEMENT_OPERATION OPC_DATA_ACCESS_ITEM_MANAGEMENT_OPERATION
+OPC_DATA_ACCESS_IO_SUBSCRIPTION_MANAGEMENT_OPERATION OPC_AE_EVENT_SUBSCRIPTION
+OPC_AE_EVENT_CONDITION_MANAGEMENT_OPERATION OPC_AE_EVENT SRTP_CHANGE_PRIVILEGE
+SRTP_CHANGE_LEVEL_FAILED SUITELINK_INIT_CONNECTION USER_OPERATION DIP_UPLOADED
+FTP_AUTHENTICATION_FAILURE PROFINET_DPC_VALUE_SET S7PLUS_PLC_MODE_CHANGE S7_PLC_MODE_CHANGE
+DELETE_DEVICE S7PLUS_PROGRAMMING FIRMWARE_CHANGED DELTAV_PROGRAMMING USER_DEFINED_RULE_CREATED
+USER_DEFINED_RULE_EDITED USER_DEFINED_RULE_DELETED USER_DEFINED_RULE_OPERATION
+REMOTE_PROCESS_EXECUTION DEVICE_UNIFICATION NOTIFICATION ENIP_CONTROLLER_PROGRAM_DELETE
+ENIP_CONTROLLER_PROGRAM_RESET ENIP_CONTROLLER_GENERIC_RESET ENIP_CONTROLLER_GENERIC_STOP
+ENIP_CONTROLLER_GENERIC_START TELNET_AUTHENTICATION_FAILURE CONFIGURATION_OF_CLEARTEXT_PASSWORD
+CLEARTEXT_AUTHENTICATION PROGRAM_UPLOAD_DEVICE CONFIGURATION_CHANGE CONFIGURATION_READ
+SYSLOG_MSG INTERNET_ACCESS CAMP_MEMORY_WRITE_OPERATION MUTED_ALERT DHCP_UPDATE DIP_FAILURE
+DELETE_DEVICE_SCHEDULE PLC_OPERATING_MODE_CHANGED HARDWARE_UPDATE_BY_IDENTIFIER
+""".split())
+
+# the documented messages of the authentication endpoints (sensor-auth-apis.md, ms.date
+# 06/13/2022): "Success - msg" and "Failure - error" rows of each response table
+MSG_AUTH_OK = "Authentication succeeded."
+MSG_VALIDATION_FAILED = "Credentials validation failed"
+MSG_REPLACED = "Password has been replaced"
+MSG_USER_AUTH_FAILURE = "User authentication failure"
+MSG_POLICY = "Password does not match security policy"
+MSG_POLICY_BY_ADMIN = "Password doesn't match security policy"
+MSG_NO_PERMISSION = "User does not have the permissions to change password"
+#: a fresh sensor's admin/admin works only to set a new password (labctl's reading of the
+#: forced change at first sign-in; the reference documents no message for it)
+MSG_MUST_CHANGE = ("The password must be changed before first use; call "
+                   "/api/external/authentication/set_password.")
+
+#: labctl's lockout of the password endpoints (the reference documents none): this many
+#: failures of one user name from one client address within FAIL_WINDOW seconds lock that
+#: pair out for LOCK_SECONDS; while locked even the right password is refused (HTTP 429)
+MAX_FAILURES = 5
+FAIL_WINDOW = 300.0
+LOCK_SECONDS = 300.0
 
 
 class BadQuery(Exception):
@@ -69,12 +134,17 @@ def _one(q: dict[str, list[str]], name: str) -> str | None:
 
 
 def _int_param(q: dict[str, list[str]], name: str, *, lo: int = 0,
-               hi: int | None = None) -> int | None:
+               hi: int | None = None, max_digits: int = 16) -> int | None:
     raw = _one(q, name)
     if raw is None:
         return None
+    text = raw.strip()
+    digits = text[1:] if text[:1] in "+-" else text
+    if not digits.isascii() or not digits.isdigit() or len(digits) > max_digits:
+        raise BadQuery(f"query parameter {name!r} must be an integer of at most {max_digits} "
+                       f"ASCII digits (epoch milliseconds for times), got {_short(raw)!r}")
     try:
-        v = int(raw)
+        v = int(text)
     except ValueError:
         raise BadQuery(f"query parameter {name!r} must be an integer "
                        f"(epoch milliseconds for times), got {raw!r}") from None
@@ -82,6 +152,22 @@ def _int_param(q: dict[str, list[str]], name: str, *, lo: int = 0,
         raise BadQuery(f"query parameter {name!r} must be between {lo} and "
                        f"{hi if hi is not None else 'infinity'}, got {v}")
     return v
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def parse_device_id(text: str) -> int:
+    """A path's device id: ASCII digits, 1..2**31-1. BadQuery (400) otherwise, without
+    converting an over-long digit string (int() of 5000 digits raises ValueError)."""
+    if not text or not text.isascii() or not text.isdigit() or len(text) > MAX_ID_DIGITS:
+        raise BadQuery(f"device id must be a positive integer of at most {MAX_ID_DIGITS} "
+                       f"digits, got {_short(text)!r}")
+    value = int(text)
+    if not 1 <= value <= MAX_ID:
+        raise BadQuery(f"device id must be between 1 and {MAX_ID}, got {value}")
+    return value
 
 
 def _bool_param(q: dict[str, list[str]], name: str) -> bool | None:
@@ -98,10 +184,12 @@ class SensorApi:
     """Route table and handlers, independent of the HTTP plumbing (easy to test)."""
 
     def __init__(self, sensor: Sensor, store: SensorStore,
-                 status_fn: Callable[[], dict[str, Any]] | None = None) -> None:
+                 status_fn: Callable[[], dict[str, Any]] | None = None,
+                 guard: LoginGuard | None = None) -> None:
         self.sensor = sensor
         self.store = store
         self.status_fn = status_fn
+        self.guard = guard or LoginGuard()
 
     def status(self) -> tuple[int, Any]:
         """labctl extension (not a D4IoT path): counters incl. kernel drops."""
@@ -173,8 +261,12 @@ class SensorApi:
         return 200, out
 
     def events(self, q: dict[str, list[str]]) -> tuple[int, Any]:
-        minutes = _int_param(q, "minutesTimeFrame", lo=1, hi=MAX_MINUTES)
+        minutes = _int_param(q, "minutesTimeFrame", lo=1, max_digits=20)
+        if minutes is not None:
+            minutes = min(minutes, MAX_MINUTES)  # "treated as 4320, with no error"
         etype = _one(q, "type")
+        if etype not in EVENT_TYPES:
+            etype = None  # "Any value other than supported types is ignored"
         cutoff = int(time.time() * 1000) - minutes * 60_000 if minutes else None
         with self.sensor.lock:
             evs = list(self.sensor.events)
@@ -189,32 +281,147 @@ class SensorApi:
                 break
         return 200, out
 
-    def validation(self, body: dict[str, Any]) -> tuple[int, Any]:
+    # ---- authentication endpoints (no token) ------------------------------------------
+
+    def validation(self, body: dict[str, Any], client: str = "") -> tuple[int, Any]:
         user, password = _creds(body, ("username", "password"))
+        locked = self.guard.locked(client, user)
+        if locked:
+            return locked
         ok, must_change = self.store.check_password(user, password)
         if not ok:
-            return 401, _auth_error("Authentication failed: wrong user name or password.")
+            return self._failed(client, user, 401, MSG_VALIDATION_FAILED)
+        self.guard.succeeded(client, user)
         if must_change:
-            return 403, _auth_error("The password must be changed before first use; call "
-                                    "/api/external/authentication/set_password.")
-        return 200, {"msg": "Authentication succeeded."}
+            return 403, _auth_error(MSG_MUST_CHANGE)
+        return 200, {"msg": MSG_AUTH_OK}
 
-    def set_password(self, body: dict[str, Any]) -> tuple[int, Any]:
+    def set_password(self, body: dict[str, Any], client: str = "") -> tuple[int, Any]:
         user, password, new = _creds(body, ("username", "password", "new_password"))
+        locked = self.guard.locked(client, user)
+        if locked:
+            return locked
         ok, _ = self.store.check_password(user, password)
         if not ok:
-            return 401, _auth_error("Authentication failed: wrong user name or password.")
-        problems = password_problems(new)
-        if problems:
-            return 400, _auth_error("The new password must contain " + ", ".join(problems) + ".")
-        if new == password:
-            return 400, _auth_error("The new password must differ from the current one.")
+            return self._failed(client, user, 401, MSG_USER_AUTH_FAILURE)
+        self.guard.succeeded(client, user)
+        if password_problems(new) or new == password:
+            return 400, _auth_error(MSG_POLICY, _policy_detail(new, password))
         self.store.set_password(user, new)
-        return 200, {"msg": "Password has been replaced."}
+        return 200, {"msg": MSG_REPLACED}
+
+    def set_password_by_admin(self, body: dict[str, Any], client: str = ""
+                              ) -> tuple[int, Any]:
+        # the reference's curl example names the admin field admin_user, its parameter
+        # table admin_username: both are accepted
+        doc = dict(body)
+        if "admin_username" not in doc and "admin_user" in doc:
+            doc["admin_username"] = doc["admin_user"]
+        admin, admin_pw, user, new = _creds(
+            doc, ("admin_username", "admin_password", "username", "new_password"))
+        locked = self.guard.locked(client, admin)
+        if locked:
+            return locked
+        ok, _ = self.store.check_password(admin, admin_pw)
+        if not ok:
+            return self._failed(client, admin, 401, MSG_USER_AUTH_FAILURE)
+        self.guard.succeeded(client, admin)
+        if not self.store.is_admin(admin):
+            return 403, _auth_error(MSG_NO_PERMISSION)
+        if not self.store.user_exists(user):
+            msg = f"The user '{_short(user)}' doesn't exist"
+            return 404, _auth_error(msg, msg)
+        if password_problems(new):
+            return 400, _auth_error(MSG_POLICY_BY_ADMIN, _policy_detail(new, None))
+        self.store.set_password(user, new)
+        return 200, {"msg": MSG_REPLACED}
+
+    def _failed(self, client: str, user: str, status: int, msg: str) -> tuple[int, Any]:
+        self.guard.failed(client, user)
+        return status, _auth_error(msg)
 
 
-def _auth_error(msg: str) -> dict[str, Any]:
-    return {"error": {"userDisplayErrorMessage": msg}}
+class LoginGuard:
+    """The lockout of the password endpoints: per (client address, user name).
+
+    Why this scope: the reference documents no lockout for these endpoints, so labctl
+    chooses one that stops guessing without letting one client lock out another: a client
+    that fails MAX_FAILURES times for one user within FAIL_WINDOW seconds is refused for
+    that user for LOCK_SECONDS (HTTP 429 with Retry-After), even with the right password.
+    Other addresses, and other user names from the same address, are not affected. A
+    success clears the count. Memory is bounded: at most ``max_keys`` pairs are tracked.
+    """
+
+    def __init__(self, *, max_failures: int = MAX_FAILURES, window: float = FAIL_WINDOW,
+                 lock_seconds: float = LOCK_SECONDS,
+                 clock: Callable[[], float] = time.monotonic, max_keys: int = 10_000) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.lock_seconds = lock_seconds
+        self.clock = clock
+        self.max_keys = max_keys
+        self._fails: dict[tuple[str, str], list[float]] = {}
+        self._until: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def locked(self, client: str, user: str) -> tuple[int, Any] | None:
+        """The 429 reply while ``(client, user)`` is locked out, else None."""
+        now = self.clock()
+        with self._lock:
+            until = self._until.get((client, user))
+            if until is None:
+                return None
+            if now >= until:
+                del self._until[(client, user)]
+                return None
+        left = max(1, int(until - now + 0.999))
+        return 429, {**_auth_error(
+            f"Too many failed sign-in attempts for user '{_short(user)}' from this address; "
+            f"try again in {left} seconds."), "retryAfter": left}
+
+    def failed(self, client: str, user: str) -> None:
+        now = self.clock()
+        key = (client, user)
+        with self._lock:
+            recent = [t for t in self._fails.get(key, []) if now - t < self.window]
+            recent.append(now)
+            if len(recent) >= self.max_failures:
+                self._fails.pop(key, None)
+                self._until[key] = now + self.lock_seconds
+                log.warning("password endpoints: %s locked out for user %r for %g s after "
+                            "%d failures", client, _short(user), self.lock_seconds,
+                            len(recent))
+            else:
+                self._fails[key] = recent
+            if len(self._fails) > self.max_keys:  # drop the oldest counts
+                for k in sorted(self._fails, key=lambda k: self._fails[k][-1])[
+                        :len(self._fails) - self.max_keys]:
+                    del self._fails[k]
+            if len(self._until) > self.max_keys:
+                for k in [k for k, u in self._until.items() if u <= now]:
+                    del self._until[k]
+
+    def succeeded(self, client: str, user: str) -> None:
+        with self._lock:
+            self._fails.pop((client, user), None)
+
+
+def _policy_detail(new: str, old: str | None) -> str:
+    problems = password_problems(new)
+    if problems:
+        return "the new password must contain " + ", ".join(problems)
+    if old is not None and new == old:
+        return "the new password must differ from the current one"
+    return ""
+
+
+def _auth_error(msg: str, internal: str = "") -> dict[str, Any]:
+    """The documented error shape; ``internalSystemErrorMessage`` as in the set_password_by_
+    admin example, when there is more to say."""
+    err: dict[str, Any] = {"userDisplayErrorMessage": msg}
+    if internal:
+        err["internalSystemErrorMessage"] = internal
+    return {"error": err}
 
 
 def _creds(body: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, ...]:
@@ -236,6 +443,8 @@ class _Handler(BaseHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if status == 429 and isinstance(body, dict) and "retryAfter" in body:
+            self.send_header("Retry-After", str(body["retryAfter"]))
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -274,8 +483,8 @@ class _Handler(BaseHandler):
         if handler is None and path.startswith("/api/v1/devices/") and \
                 path.endswith("/connections"):
             mid = path[len("/api/v1/devices/"):-len("/connections")]
-            if mid.isdigit():
-                handler = lambda: self.api.connections(q, int(mid))  # noqa: E731
+            if "/" not in mid:
+                handler = lambda: self.api.connections(q, parse_device_id(mid))  # noqa: E731
         if handler is None:
             self._send(404, {"error": f"no such endpoint: GET {path}"})
             return
@@ -285,9 +494,13 @@ class _Handler(BaseHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         path = urlsplit(self.path).path.rstrip("/")
-        routes = {
+        if path.startswith("/external/"):  # the URI the reference's headings print
+            path = "/api" + path
+        routes: dict[str, Callable[[dict[str, Any], str], tuple[int, Any]]] = {
             "/api/external/authentication/validation": self.api.validation,
             "/api/external/authentication/set_password": self.api.set_password,
+            "/api/external/authentication/set_password_by_admin":
+                self.api.set_password_by_admin,
         }
         fn = routes.get(path)
         if fn is None:
@@ -306,7 +519,8 @@ class _Handler(BaseHandler):
         if not isinstance(body, dict):
             self._send(400, _auth_error("The request body must be a JSON object."))
             return
-        self._run(lambda: fn(body))
+        client = str(self.client_address[0])
+        self._run(lambda: fn(body, client))
 
     def _not_allowed(self) -> None:
         self._send(405, {"error": f"method {self.command} is not supported on "
@@ -314,6 +528,25 @@ class _Handler(BaseHandler):
 
     # no sensor-side PUT, DELETE or PATCH is documented
     do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
+
+    # the request head's whole deadline (see HeadWatchdog)
+    def handle_one_request(self) -> None:
+        watchdog = self.server_watchdog()
+        watchdog.watch(self)
+        try:
+            super().handle_one_request()
+        finally:
+            watchdog.unwatch(self)
+
+    def parse_request(self) -> bool:
+        self.server_watchdog().unwatch(self)  # the head is in: the deadline is met
+        return super().parse_request()
+
+    def server_watchdog(self) -> HeadWatchdog:
+        wd: HeadWatchdog = self.watchdog
+        return wd
+
+    watchdog: HeadWatchdog  # set on the subclass made by make_server
 
     def _run(self, fn: Callable[[], tuple[int, Any]]) -> None:
         try:
@@ -340,15 +573,83 @@ def ensure_certificate(state_dir: str | Path, names: list[str]) -> tuple[Path, P
     return ensure_self_signed(tls, stem="cert", common_name=CERT_COMMON_NAME, names=names)
 
 
+class HeadWatchdog:
+    """Closes connections whose request head is not complete ``timeout`` s after it began.
+
+    Why: the server base's ``header_timeout`` is a socket timeout, which restarts with every
+    byte received, so a client dripping one header byte every few seconds would hold its
+    connection (and a thread) forever. This puts a deadline on the whole head: one thread
+    checks the connections waiting for a head every ``tick`` seconds and shuts down those
+    past their deadline (the blocked read then returns, the handler ends, its slot under
+    the connection cap is freed). A keep-alive connection waiting for its next request is
+    waiting for a head too, so it is closed after ``timeout`` seconds of silence.
+    """
+
+    def __init__(self, timeout: float, tick: float = 0.25) -> None:
+        self.timeout = timeout
+        self.tick = tick
+        self._deadlines: weakref.WeakKeyDictionary[BaseHandler, float] = \
+            weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.cut = 0  # connections closed for a late head (for tests and status)
+
+    def watch(self, handler: BaseHandler) -> None:
+        with self._lock:
+            self._deadlines[handler] = time.monotonic() + self.timeout
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="sensor-api-heads",
+                                                daemon=True)
+                self._thread.start()
+
+    def unwatch(self, handler: BaseHandler) -> None:
+        with self._lock:
+            self._deadlines.pop(handler, None)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick):
+            now = time.monotonic()
+            with self._lock:
+                late = [h for h, t in self._deadlines.items() if t <= now]
+                for h in late:
+                    del self._deadlines[h]
+            for h in late:
+                self.cut += 1
+                log.debug("request head from %s not complete within %g s; closing",
+                          h.client_address[0], self.timeout)
+                h.close_connection = True
+                try:  # the plain socket's shutdown: the TLS object stays with its reader
+                    socket.socket.shutdown(h.connection, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
 def make_server(sensor: Sensor, store: SensorStore, listen: tuple[str, int],
                 state_dir: str | Path,
-                status_fn: Callable[[], dict[str, Any]] | None = None) -> LabHTTPServer:
-    """Build (bind) the HTTPS server; start it with :func:`start_in_thread`."""
+                status_fn: Callable[[], dict[str, Any]] | None = None, *,
+                header_timeout: float = HEADER_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT,
+                max_connections: int = MAX_CONNECTIONS,
+                guard: LoginGuard | None = None) -> LabHTTPServer:
+    """Build (bind) the HTTPS server; start it with :func:`start_in_thread`.
+
+    The limits default to the sensor's (HEADER_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS);
+    tests pass small ones.
+    """
     cert, key = ensure_certificate(state_dir, [listen[0]])
-    api = SensorApi(sensor, store, status_fn)
-    handler = type("Handler", (_Handler,), {"api": api})
-    return LabHTTPServer(listen, handler, ssl_context=server_context(cert, key),
-                         max_body=MAX_BODY, drain_limit=DRAIN_LIMIT)
+    api = SensorApi(sensor, store, status_fn, guard=guard)
+    watchdog = HeadWatchdog(header_timeout)
+    handler = type("Handler", (_Handler,), {"api": api, "watchdog": watchdog})
+    server = LabHTTPServer(listen, handler, ssl_context=server_context(cert, key),
+                           max_body=MAX_BODY, drain_limit=DRAIN_LIMIT,
+                           header_timeout=header_timeout, idle_timeout=idle_timeout,
+                           handshake_timeout=header_timeout,
+                           max_connections=max_connections)
+    server.head_watchdog = watchdog  # type: ignore[attr-defined]
+    return server
 
 
 def start_in_thread(server: LabHTTPServer) -> threading.Thread:
@@ -380,11 +681,15 @@ def alert_to_api(a: Alert, version: int = 2) -> dict[str, Any]:
 
 
 def device_to_api(d: Device) -> dict[str, Any]:
-    """The D4IoT /api/v1/devices object, plus the embedded sensor's extras."""
+    """The D4IoT /api/v1/devices object, plus the embedded sensor's extras.
+
+    ``type`` is ``Unknown`` for a lab device (the embedded sensor does not classify
+    devices), ``Internet`` or ``Multicast/Broadcast`` for an endpoint record.
+    """
     return {
         "id": d.id,
         "name": d.ip,
-        "type": "Unknown",
+        "type": d.kind,
         "ipAddresses": [d.ip],
         "macAddresses": [d.mac] if d.mac else [],
         "vendor": d.vendor,

@@ -215,7 +215,11 @@ def _error_text(body: Any) -> str | None:
     if isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict):
-            return str(err.get("userDisplayErrorMessage") or err.get("message") or err)
+            text = str(err.get("userDisplayErrorMessage") or err.get("message") or err)
+            internal = err.get("internalSystemErrorMessage")
+            if internal and str(internal) != text:
+                text += f" ({internal})"
+            return text
         if err:
             return str(err)
         if body.get("msg"):
@@ -404,7 +408,11 @@ class D4IoTDriver:
             raise UsageError("the embedded sensor needs an interface to capture on",
                              hint="give the sensor VM a monitor NIC that receives the mirror")
         host = f"[{req.listen_ip}]" if ":" in req.listen_ip else req.listen_ip
-        return EmulatorProcess(
-            args=("sensor", "serve", "--interface", req.capture_interface,
-                  "--listen", f"{host}:{req.port}", "--state", str(req.state_path)),
-            ready=(req.listen_ip, req.port))
+        args: tuple[str, ...] = ("sensor", "serve", "--interface", req.capture_interface,
+                                 "--listen", f"{host}:{req.port}",
+                                 "--state", str(req.state_path))
+        if req.config_file is not None:
+            # the twin's engines file: the playbook's sensor.engines, learning_mode and
+            # authorized_scanners over the shipped engines.yaml
+            args += ("--config", str(req.config_file))
+        return EmulatorProcess(args=args, ready=(req.listen_ip, req.port))

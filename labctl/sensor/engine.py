@@ -67,18 +67,28 @@ __all__ = ["MAX_EVENTS", "PROTO_NAMES", "SERVICE_NAMES", "Alert", "Connection", 
 Row = dict[str, Any]
 
 
+#: (IP protocol, port) -> protocol name. Names on the sensor's documented list are spelled as
+#: there (sensor-inventory-apis.md, ms.date 06/27/2022, "protocol name values": MODBUS,
+#: BACNet, Siemens S7, MDNS, DNP3, EtherNet/IP, SNMP, SMB, FTP, Telnet, SSH, HTTP, DNS).
+#: The others (SMTP, DHCP, NTP, SSDP, MQTT, IRC, HTTPS, CASTV2) are not on that list; labctl
+#: names them by their usual names rather than hiding them as GENERIC.
 SERVICE_NAMES = {
-    (6, 20): "FTP-DATA", (6, 21): "FTP", (6, 22): "SSH", (6, 23): "Telnet", (6, 25): "SMTP",
+    (6, 20): "FTP", (6, 21): "FTP", (6, 22): "SSH", (6, 23): "Telnet", (6, 25): "SMTP",
     (17, 53): "DNS", (6, 53): "DNS", (17, 67): "DHCP", (17, 68): "DHCP", (6, 80): "HTTP",
     (17, 123): "NTP", (17, 161): "SNMP", (6, 443): "HTTPS", (6, 445): "SMB",
-    (6, 502): "Modbus", (6, 102): "S7", (17, 1900): "SSDP", (6, 1883): "MQTT",
-    (17, 5353): "mDNS", (6, 6667): "IRC", (6, 6668): "IRC", (6, 8008): "HTTP",
+    (6, 502): "MODBUS", (6, 102): "Siemens S7", (17, 1900): "SSDP", (6, 1883): "MQTT",
+    (17, 5353): "MDNS", (6, 6667): "IRC", (6, 6668): "IRC", (6, 8008): "HTTP",
     (6, 8009): "CASTV2", (6, 8443): "HTTPS", (6, 20000): "DNP3", (6, 44818): "EtherNet/IP",
-    (17, 47808): "BACnet",
+    (17, 47808): "BACNet",
 }
 PROTO_NAMES = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6"}
 MAX_PORTS_PER_CONNECTION = 256
 MAX_EVENTS = 20000
+#: endpoint records (internet and group addresses) the inventory keeps at most; later ones
+#: are left out of the inventory (their connections then carry a null device id)
+MAX_EXTERNAL = 65536
+INTERNET = "Internet"
+GROUP = "Multicast/Broadcast"
 
 
 class Sensor:
@@ -107,6 +117,10 @@ class Sensor:
         # inventory and connections
         self.devices: dict[int, Device] = {}
         self.by_ip: dict[bytes, Device | bool] = {}  # False = not a device (global address)
+        #: endpoint records of addresses that are not lab devices (internet, group
+        #: addresses), made when a connection or an alert names them; they are in
+        #: ``devices`` too, so /api/v1/devices and the connections' ids agree
+        self.external: dict[bytes, Device] = {}
         self.connections: dict[tuple[str, str, int], Connection] = {}
         self.alerts: list[Alert] = []
         self._alert_by_id: dict[int, Alert] = {}
@@ -318,7 +332,10 @@ class Sensor:
         c = self.connections.get(key)
         if c is None:
             c = self.connections[key] = Connection(key[0], key[1], proto, ts, ts)
-            self._event(ts, "DEVICE_CONNECTION_CREATED", "Connection Detected", "INFO",
+            for end in (client, server):
+                if not isinstance(self.by_ip.get(end), Device):
+                    self._endpoint(end, ts)
+            self._event(ts, "DEVICE_CONNECTION_CREATED", "Device Connection Detected", "INFO",
                         f"New connection {key[0]} -> {key[1]} ({PROTO_NAMES.get(proto, proto)})")
         c.last_seen = ts
         if port is not None and port not in c.ports and len(c.ports) < MAX_PORTS_PER_CONNECTION:
@@ -417,6 +434,42 @@ class Sensor:
             self._global[ip] = g
         return g
 
+    def _endpoint(self, ip: bytes, ts: float) -> Device | None:
+        """The endpoint record of an internet or group address (made on first mention);
+        None for any other address that is not a lab device, or past MAX_EXTERNAL."""
+        dev = self.external.get(ip)
+        if dev is not None:
+            return dev
+        if self._is_global(ip):
+            kind = INTERNET
+        elif ip == b"\xff\xff\xff\xff" or (len(ip) == 4 and 224 <= ip[0] < 240) or \
+                (len(ip) == 16 and ip[0] == 0xFF):
+            kind = GROUP
+        else:
+            return None
+        if len(self.external) >= MAX_EXTERNAL:
+            return None
+        ip_text = ip_str(ip)
+        dev = Device(id=self._next_device, ip=ip_text, mac=None, vendor=None, first_seen=ts,
+                     last_seen=ts, authorized=self.learning, kind=kind)
+        self._next_device += 1
+        self.devices[dev.id] = dev
+        self.external[ip] = dev
+        self.dirty_devices.add(dev.id)
+        self._event(ts, "DEVICE_CREATE", "Device Detected", "INFO",
+                    f"New {kind} endpoint {ip_text}")
+        return dev
+
+    def _device_id(self, ip: bytes | None, ts: float) -> int | None:
+        """The device id an alert names for ``ip``: a lab device or an endpoint record."""
+        if not ip:
+            return None
+        d = self.by_ip.get(ip)
+        if isinstance(d, Device):
+            return d.id
+        e = self._endpoint(ip, ts)
+        return e.id if e is not None else None
+
     def _is_scanner(self, ip: bytes, mac: bytes) -> bool:
         dev = self.by_ip.get(ip)
         if isinstance(dev, Device) and dev.scanner:
@@ -461,13 +514,11 @@ class Sensor:
             message = message()
         if callable(info):
             info = info()
-        sd = self.by_ip.get(src) if src else None
-        dd = self.by_ip.get(dst) if dst else None
         alert = Alert(
             id=self._next_alert, time=ms, title=det.title, message=message,
             severity=det.severity, engine=det.engine,
-            source_device=sd.id if isinstance(sd, Device) else None,
-            destination_device=dd.id if isinstance(dd, Device) else None,
+            source_device=self._device_id(src, ts),
+            destination_device=self._device_id(dst, ts),
             source_address=src_a, destination_address=dst_a,
             remediation=list(det.remediation), description=det.title,
             information=list(info or []), last_time=ms, dedup_key=key if dedup else None)
@@ -543,9 +594,15 @@ class Sensor:
             d = Device.from_row(r)
             self.devices[d.id] = d
             try:
-                self.by_ip[ipaddress.ip_address(d.ip).packed] = d
+                packed = ipaddress.ip_address(d.ip).packed
             except ValueError:
-                pass
+                packed = None
+            if packed is not None:
+                if d.external:
+                    self.external[packed] = d
+                    self.by_ip.setdefault(packed, False)
+                else:
+                    self.by_ip[packed] = d
             self._next_device = max(self._next_device, d.id + 1)
         for r in connections:
             c = Connection.from_row(r)
@@ -562,6 +619,13 @@ class Sensor:
                 a.dedup_key = (a.title, a.source_address,
                                a.destination_address or _legacy_dedup_dst(a))
                 self._dedup[a.dedup_key] = a
+        # the scanner flag follows the configuration in force, not the one a device was
+        # first seen under (a scanner authorized later shows scanner: true at once)
+        for d in self.devices.values():
+            flag = d.ip in self.scanners or (d.mac or "-") in self.scanners
+            if not d.external and d.scanner != flag:
+                d.scanner = flag
+                self.dirty_devices.add(d.id)
         self.alerts.sort(key=lambda a: a.id)
         for r in events:
             e = Event.from_row(r)
@@ -571,11 +635,13 @@ class Sensor:
     # ---- views -----------------------------------------------------------------------
 
     def device_by_ip(self, ip: str) -> Device | None:
+        """The lab device or endpoint record of ``ip``, if there is one."""
         try:
-            d = self.by_ip.get(ipaddress.ip_address(ip).packed)
+            packed = ipaddress.ip_address(ip).packed
         except ValueError:
             return None
-        return d if isinstance(d, Device) else None
+        d = self.by_ip.get(packed)
+        return d if isinstance(d, Device) else self.external.get(packed)
 
     def summary(self) -> dict[str, Any]:
         return {"packets": self.packets, "malformed": self.malformed,

@@ -30,20 +30,31 @@ class Device:
     ports: set[int] = field(default_factory=set)  # services this device answered on
     scanner: bool = False
     authorized: bool = True
+    #: the D4IoT device ``type``: ``Unknown`` for a device of the lab, ``Internet`` for an
+    #: internet endpoint, ``Multicast/Broadcast`` for a group address (values from the
+    #: "Supported type values" list of sensor-inventory-apis.md)
+    kind: str = "Unknown"
+
+    @property
+    def external(self) -> bool:
+        """An endpoint record (internet or group address), not a device of the lab."""
+        return self.kind != "Unknown"
 
     def to_row(self) -> dict[str, Any]:
         return {"id": self.id, "ip": self.ip, "mac": self.mac, "vendor": self.vendor,
                 "first_seen": self.first_seen, "last_seen": self.last_seen,
                 "vlans": sorted(self.vlans), "protocols": sorted(self.protocols),
                 "ports": sorted(self.ports), "scanner": self.scanner,
-                "authorized": self.authorized}
+                "authorized": self.authorized, "kind": self.kind}
 
     @classmethod
     def from_row(cls, r: dict[str, Any]) -> Device:
+        """Read a stored row; rows written before ``kind`` existed are lab devices."""
         return cls(id=r["id"], ip=r["ip"], mac=r["mac"], vendor=r["vendor"],
                    first_seen=r["first_seen"], last_seen=r["last_seen"], vlans=set(r["vlans"]),
                    protocols=set(r["protocols"]), ports=set(r["ports"]),
-                   scanner=r["scanner"], authorized=r["authorized"])
+                   scanner=r["scanner"], authorized=r["authorized"],
+                   kind=r.get("kind") or "Unknown")
 
 
 @dataclass
@@ -123,7 +134,9 @@ class Event:
     title: str
     severity: str  # INFO | NOTICE | ALERT
     content: str
-    owner: str = ""
+    #: who created the event by hand; null for every event the sensor detects itself
+    #: (sensor-alert-apis.md: "owner ... Nullable ... If the event was created manually")
+    owner: str | None = None
 
     def to_row(self) -> dict[str, Any]:
         return {"seq": self.seq, "timestamp": self.timestamp, "type": self.type,
@@ -132,4 +145,7 @@ class Event:
 
     @classmethod
     def from_row(cls, r: dict[str, Any]) -> Event:
-        return cls(**r)
+        """Read a stored row; older rows stored the detected events' owner as ``""``."""
+        row = dict(r)
+        row["owner"] = row.get("owner") or None
+        return cls(**row)

@@ -200,6 +200,16 @@ class SensorStore:
         ok = hmac.compare_digest(_hash_password(password, bytes.fromhex(row[0])), row[1])
         return ok, bool(row[2])
 
+    def user_exists(self, user: str) -> bool:
+        with self._lock:
+            row = self.db.execute("SELECT 1 FROM users WHERE name=?", (user,)).fetchone()
+        return row is not None
+
+    def is_admin(self, user: str) -> bool:
+        """Whether ``user`` has the Admin role. The embedded sensor has one user, the
+        factory ``admin``, and it is the administrator."""
+        return user == DEFAULT_USER and self.user_exists(user)
+
     def set_password(self, user: str, new_password: str) -> None:
         salt = secrets.token_bytes(16)
         with self._lock:
