@@ -4,6 +4,10 @@ or pre-flight blockers out. The diff is pure: no host, no runner.
 A case names a facts file (recorded from the fake host) and patches it with
 ``[path, value]`` pairs; a path segment ``name=X`` picks a list item by name, ``+`` appends,
 and the value ``@reverse`` reverses a list. ``playbook_patch`` edits the reference playbook.
+
+The facts files are snapshots of a host labctl built, so by default the lab's record names
+what labctl created there (every NetNat and every existing VHDX of the facts, after the
+patches); a case's ``recorded: {nats: [[name, prefix]], vhds: [path]}`` replaces that.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from labctl.hyperv.diff import plan_up
+from labctl.hyperv.diff import Recorded, nat_entry, plan_up, scope_of, vhd_entry
 from labctl.hyperv.facts import parse_facts
 from tests.helpers.hyperv_lab import loaded, reference_data
 
@@ -61,7 +65,17 @@ def test_diff_case(path: Path):
     pb_data = reference_data()
     for p, v in case.get("playbook_patch", []):
         _patch(pb_data, p, v)
-    d = plan_up(loaded(pb_data).model, parse_facts(facts_doc))
+    pb = loaded(pb_data).model
+    facts = parse_facts(facts_doc)
+    scope = scope_of(pb)
+    rec = case.get("recorded")
+    if rec is None:
+        entries = [nat_entry(scope, n.name, n.prefix) for n in facts.nats] + \
+            [vhd_entry(scope, f.path) for f in facts.vhd_files if f.exists]
+    else:
+        entries = [nat_entry(scope, n, p) for n, p in rec.get("nats", [])] + \
+            [vhd_entry(scope, v) for v in rec.get("vhds", [])]
+    d = plan_up(pb, facts, Recorded.of(scope, entries))
     expect = case["expect"]
     got = [[s.resource, s.name] for s in d.plan.steps]
     if "steps" in expect:

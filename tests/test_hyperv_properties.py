@@ -12,18 +12,25 @@ from hypothesis import strategies as st
 
 from labctl.app import lab as app
 from labctl.core.errors import LabctlError, PreflightError
+from labctl.core.state import CreatedRecord
 from tests.helpers.fake_hyperv import FakeHyperVHost
 from tests.helpers.hyperv_lab import fake_factory, loaded
 
 _CONVERGED: FakeHyperVHost | None = None
+_RECORD: str = ""
 
 
 def _converged() -> FakeHyperVHost:
-    global _CONVERGED
+    """A host `up` converged, and the lab's record that `up` left (written into this test's
+    state directory: the host and the record go together)."""
+    global _CONVERGED, _RECORD
+    record = CreatedRecord.of_lab(loaded().model.lab)
     if _CONVERGED is None:
         h = FakeHyperVHost.reference()
         app.up(app.LabContext(loaded(), provider_factory=fake_factory(h)), confirm=lambda p: True)
-        _CONVERGED = h
+        _CONVERGED, _RECORD = h, record.path.read_text()
+    record.path.parent.mkdir(parents=True, exist_ok=True)
+    record.path.write_text(_RECORD)
     h = copy.deepcopy(_CONVERGED)
     h.calls = []
     return h
@@ -102,7 +109,7 @@ def test_down_with_a_fault_at_every_step_converges_on_rerun(fault):
     n = _n_down_steps()
     assert n == 7
     for k in range(1, n + 1):
-        h = _converged()
+        h = _converged()  # the record too: a down interrupted earlier in the loop changed it
         h.fail_at, h.fault = k, fault
         ctx = app.LabContext(loaded(), provider_factory=fake_factory(h))
         with pytest.raises(LabctlError):

@@ -107,8 +107,10 @@ def test_every_step_passes_exactly_the_declared_parameters():
 
     app.up(app.LabContext(loaded(), provider_factory=lambda c: HyperVProvider(pb, host)),
            confirm=lambda p: True)
+    recorded = HyperVProvider(pb, host).recorded()  # what `up` recorded creating
     steps = plan_up(pb, empty_facts()).plan.steps + \
-        plan_down(pb, parse_facts(host._do_facts_read(facts_params(pb)))).steps
+        plan_down(pb, parse_facts(host._do_facts_read(facts_params(pb, recorded))),
+                  recorded).steps
     names = {s.name for s in steps}
     assert {"vm/stop", "vm/remove", "vhd/remove", "netnat/remove", "hostnet/ip_remove",
             "vmswitch/remove"} <= names

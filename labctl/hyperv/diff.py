@@ -4,21 +4,30 @@ Nothing here talks to a host. ``plan_up`` returns the steps that bring the host 
 playbook, in dependency order (switch -> host IP/DNS -> NAT -> SPAN -> VHDX -> VM -> NICs ->
 start), and records on the plan its *blockers* (``Plan.blockers``): conditions the provider's
 pre-flight turns into a PreflightError before anything is changed. ``plan_down`` removes
-only what carries this lab's ownership marker, in reverse order (stop VM, remove VM, remove
-the VHDX it created, NAT, IP, switches).
+only what this lab can prove it created, in reverse order (stop VM, remove VM, remove the
+VHDX it created, NAT, IP, switches). Ownership is proven per resource kind:
+
+- switch, VM: one line of its Notes is exactly ``managed-by: labctl lab=<lab>``;
+- host IP: the address the playbook gives a switch of ours, on that switch's vNIC;
+- NetNat (no Notes): the lab's record (:class:`labctl.core.state.CreatedRecord`) names it
+  with the same name and prefix;
+- VHDX (a file): the record names its path, or a VM of ours is its only user and it sits
+  at the path labctl plans for that VM; a VHDX attached to a VM that is not ours never is.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import ntpath
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from labctl.core.model import Action, Blocker, Change, Ownership, Plan, Step
 from labctl.core.playbook import Playbook
 from labctl.core.playbook.common import format_vlan_list, parse_vlan_list
 from labctl.core.playbook.hyperv import VM, Nic, Switch
+from labctl.core.state import Created
 from labctl.hyperv.facts import HostFacts, VmFacts, marker, notes_with_marker, owned_by
 from labctl.hyperv.scripts import step
 
@@ -41,18 +50,77 @@ class Diff:
         return self.plan.blockers
 
 
+def scope_of(pb: Playbook) -> str:
+    """Where a record entry applies: this provider on this host."""
+    return f"{PROVIDER}:{(pb.hyperv.host if pb.hyperv else 'localhost').lower()}"
+
+
+def _prefix(prefix: str) -> str:
+    try:
+        return str(ipaddress.ip_network(prefix, strict=False))
+    except ValueError:
+        return prefix
+
+
+def nat_entry(scope: str, name: str, prefix: str) -> Created:
+    """The record entry of NetNat ``name`` on ``prefix`` (names compare case-insensitively,
+    as Windows does)."""
+    return Created.of(scope, "netnat", {"name": name.lower(), "prefix": _prefix(prefix)})
+
+
+def vhd_entry(scope: str, path: str) -> Created:
+    """The record entry of the VHDX at ``path`` (Windows paths compare case-insensitively)."""
+    return Created.of(scope, "vhd", {"path": path.lower()})
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What the lab's record says it created on this host: pure data for the diff."""
+
+    scope: str = ""
+    entries: frozenset[Created] = field(default_factory=frozenset)
+
+    @classmethod
+    def of(cls, scope: str, entries: Iterable[Created]) -> Recorded:
+        return cls(scope, frozenset(e for e in entries if e.scope == scope))
+
+    def nat(self, name: str, prefix: str) -> bool:
+        return nat_entry(self.scope, name, prefix) in self.entries
+
+    def vhd(self, path: str) -> bool:
+        return vhd_entry(self.scope, path) in self.entries
+
+    @property
+    def nats(self) -> list[Created]:
+        return sorted((e for e in self.entries if e.kind == "netnat"), key=lambda e: e.keys)
+
+    @property
+    def vhd_paths(self) -> list[str]:
+        return sorted(e.get("path") for e in self.entries if e.kind == "vhd")
+
+
+def _stem(path: str) -> str:
+    return ntpath.splitext(ntpath.basename(path))[0]
+
+
 def vhd_path_of(pb: Playbook, vm: VM) -> str:
     base = pb.hyperv.vhd_path if pb.hyperv else DEFAULT_VHD_PATH
     return ntpath.join(base, f"{vm.name}.vhdx")
 
 
-def facts_params(pb: Playbook) -> dict[str, Any]:
-    """Parameters of ``facts/read`` for this playbook (values, never spliced into text)."""
+def facts_params(pb: Playbook, recorded: Recorded | None = None) -> dict[str, Any]:
+    """Parameters of ``facts/read`` for this playbook (values, never spliced into text):
+    the VHDX files labctl would create, and those its record names (to learn whether they
+    still exist)."""
     base = pb.hyperv.vhd_path if pb.hyperv else DEFAULT_VHD_PATH
+    files = [vhd_path_of(pb, vm) for vm in pb.vms]
+    for p in (recorded.vhd_paths if recorded else []):
+        if p not in [f.lower() for f in files]:
+            files.append(p)
     return {
         "VhdPath": base,
         "IsoPaths": [vm.iso for vm in pb.vms if vm.iso],
-        "VhdFiles": [vhd_path_of(pb, vm) for vm in pb.vms],
+        "VhdFiles": files,
     }
 
 
@@ -105,9 +173,10 @@ def _want_vlan_text(want: dict[str, Any]) -> str:
 
 
 class _Builder:
-    def __init__(self, pb: Playbook, facts: HostFacts) -> None:
+    def __init__(self, pb: Playbook, facts: HostFacts, recorded: Recorded) -> None:
         self.pb = pb
         self.facts = facts
+        self.recorded = recorded
         self.lab = pb.lab
         self.plan = Plan(PROVIDER, pb.lab)
 
@@ -259,7 +328,18 @@ class _Builder:
             self.add(res, "create", f"NetNat {sw.nat.name} does not exist", None, {"prefix": want},
                      [step("netnat/create", res, "create",
                            {"Name": sw.nat.name, "Prefix": want}, description="New-NetNat")])
-        elif have.prefix == want:
+        elif not self.recorded.nat(have.name, have.prefix):
+            if _prefix(have.prefix) == want:
+                self.add(res, "noop", f"NetNat {have.name} covers {want} but this lab did not "
+                         "create it: used as it is, `labctl down` leaves it",
+                         state=Ownership.FOREIGN)
+            else:
+                self.block(f"NetNat {have.name!r} exists with prefix {have.prefix} and this lab "
+                           "did not create it", f"remove it yourself (Remove-NetNat -Name "
+                           f"'{have.name}') or give the switch's nat another name")
+                self.add(res, "noop", "exists with another prefix and is not this lab's "
+                         "(left alone)", state=Ownership.FOREIGN)
+        elif _prefix(have.prefix) == want:
             self.add(res, "noop", f"NetNat {sw.nat.name} covers {want}")
         else:
             self.add(res, "replace", "prefix differs", {"prefix": have.prefix}, {"prefix": want}, [
@@ -321,11 +401,27 @@ class _Builder:
         gb = vm.resolved()["disk_gb"]
         f = self.facts.vhd_file(path)
         steps: list[Step] = []
-        if f is not None and f.exists:
+        users = [v.name for v in self.facts.vms
+                 if any(h.path.lower() == path.lower() for h in v.vhds)]
+        if f is not None and f.exists and not self.recorded.vhd(path):
+            self.block(f"{path} exists and this lab did not create it"
+                       + (f" (it is attached to VM {', '.join(users)})" if users else ""),
+                       "move the file away or set hyperv.vhd_path to another folder: labctl "
+                       "attaches (and `labctl down` deletes) only a VHDX it created")
+            self.add(res, "noop", f"{path} exists and is not this lab's (left alone)",
+                     state=Ownership.FOREIGN)
+        elif f is not None and f.exists and users:
+            self.block(f"{path}, created by this lab, is attached to VM {', '.join(users)}",
+                       "detach it from that VM (Remove-VMHardDiskDrive) or set "
+                       "hyperv.vhd_path to another folder")
+            self.add(res, "noop", f"{path} is in use by another VM (left alone)",
+                     state=Ownership.FOREIGN)
+        elif f is not None and f.exists:
             if f.size_gb is not None and f.size_gb + 0.01 < gb:
                 self.block(f"{path} exists but is {f.size_gb} GB, smaller than {gb} GB",
                            "delete or grow it (Resize-VHD), then run `labctl up` again")
-            self.add(res, "noop", f"{path} exists (left from an earlier run; it is reused)")
+            self.add(res, "noop", f"{path} exists (this lab created it in an earlier run; it "
+                     "is reused)")
         else:
             if vm.vhd_type == "fixed" and not self.facts.assumed and \
                     self.facts.disk.free_gb is not None and self.facts.disk.free_gb < gb:
@@ -529,9 +625,10 @@ def want_disk(vm: VM) -> int:
     return int(vm.resolved()["disk_gb"])
 
 
-def plan_up(pb: Playbook, facts: HostFacts) -> Diff:
-    """Desired (playbook) + facts -> the plan that converges the host, and its blockers."""
-    b = _Builder(pb, facts)
+def plan_up(pb: Playbook, facts: HostFacts, recorded: Recorded | None = None) -> Diff:
+    """Desired (playbook) + facts + the lab's record -> the plan that converges the host,
+    and its blockers."""
+    b = _Builder(pb, facts, recorded or Recorded.of(scope_of(pb), ()))
     if not facts.hyperv_module:
         b.block("the Hyper-V PowerShell module is not installed on the host",
                 "Windows Server: Install-WindowsFeature -Name Hyper-V -IncludeManagementTools "
@@ -572,9 +669,10 @@ def plan_up(pb: Playbook, facts: HostFacts) -> Diff:
     return Diff(b.plan)
 
 
-def plan_down(pb: Playbook, facts: HostFacts) -> Plan:
-    """Remove only what carries this lab's marker, in reverse order of creation."""
+def plan_down(pb: Playbook, facts: HostFacts, recorded: Recorded | None = None) -> Plan:
+    """Remove only what this lab can prove it created, in reverse order of creation."""
     lab = pb.lab
+    rec = recorded or Recorded.of(scope_of(pb), ())
     plan = Plan(PROVIDER, lab)
 
     def add(res: str, action: Action | str, reason: str, steps: list[Step],
@@ -583,8 +681,19 @@ def plan_down(pb: Playbook, facts: HostFacts) -> Plan:
                                    None, tuple(steps), state))
 
     order = {vm.name.lower(): i for i, vm in enumerate(pb.vms)}
+    planned = {vm.name.lower(): vhd_path_of(pb, vm).lower() for vm in pb.vms}
     vms = sorted(facts.vms, key=lambda v: -order.get(v.name.lower(), -1))
-    base = (pb.hyperv.vhd_path if pb.hyperv else "").rstrip("\\").lower()
+    removed_vms = [v for v in vms if owned_by(v.notes, lab)]
+
+    def users(path: str) -> list[VmFacts]:
+        return [v for v in facts.vms if any(h.path.lower() == path.lower() for h in v.vhds)]
+
+    def free_after_down(path: str) -> bool:
+        """No VM that `down` keeps uses the file (identity, not name: two VMs may share one)."""
+        return all(any(u is r for r in removed_vms) for u in users(path))
+
+    disks: list[tuple[str, str, str]] = []  # (resource, path, reason) to delete after the VMs
+    seen: set[str] = set()
     for v in vms:
         res = f"hyperv.vm:{v.name}"
         if not owned_by(v.notes, lab):
@@ -598,33 +707,74 @@ def plan_down(pb: Playbook, facts: HostFacts) -> Plan:
                               description="Stop-VM"))
         steps.append(step("vm/remove", res, "delete", {"Name": v.name, "Lab": lab},
                           description="Remove-VM"))
-        for h in v.vhds:
-            if ntpath.dirname(h.path).rstrip("\\").lower() == base and \
-                    ntpath.basename(h.path).lower() == f"{v.name.lower()}.vhdx":
-                steps.append(step("vhd/remove", f"hyperv.vhd:{v.name}", "delete",
-                                  {"Path": h.path}, description="delete the VHDX labctl created"))
         add(res, "delete", f"VM {v.name} carries {marker(lab)}", steps)
-    # A VHDX left by an interrupted `up` (created, but the VM never was) is ours too.
-    for vm in reversed(pb.vms):
-        path = vhd_path_of(pb, vm)
+        for h in v.vhds:
+            key = h.path.lower()
+            if key in seen:
+                continue
+            seen.add(key)
+            dres = f"hyperv.vhd:{_stem(h.path)}"
+            ours = rec.vhd(h.path) or planned.get(v.name.lower()) == key
+            if not ours:
+                add(dres, "noop", f"{h.path} is attached to VM {v.name} but this lab did not "
+                    "create it: left alone", [], Ownership.FOREIGN)
+            elif not free_after_down(h.path):
+                others = ", ".join(u.name for u in users(h.path) if u is not v)
+                add(dres, "noop", f"{h.path} is also attached to VM {others}, which is not "
+                    "this lab's: left alone", [], Ownership.FOREIGN)
+            else:
+                disks.append((dres, h.path, f"VM {v.name}'s disk, created by this lab"))
+    # VHDX files not attached to a VM of ours: the record's (an interrupted `up`, or a VM that
+    # went away) and the planned paths, which are deleted only when the record names them.
+    candidates = list(rec.vhd_paths) + [p for p in planned.values() if p not in rec.vhd_paths]
+    for path in candidates:
+        if path in seen:
+            continue
+        seen.add(path)
         f = facts.vhd_file(path)
-        if f is not None and f.exists and not facts.vms_named(vm.name):
-            add(f"hyperv.vhd:{vm.name}", "delete", "VHDX left by an interrupted `labctl up`",
-                [step("vhd/remove", f"hyperv.vhd:{vm.name}", "delete", {"Path": path},
-                      description="delete the VHDX labctl created")])
-    owned_switches = [s for s in facts.switches if owned_by(s.notes, lab)]
+        if f is None or not f.exists:
+            continue
+        shown = f.path
+        dres = f"hyperv.vhd:{_stem(shown)}"
+        if not rec.vhd(path):
+            add(dres, "noop", f"{shown} was not created by this lab: left alone", [],
+                Ownership.FOREIGN)
+        elif not free_after_down(path):
+            names = ", ".join(u.name for u in users(path))
+            add(dres, "noop", f"{shown}, created by this lab, is attached to VM {names}, which "
+                "is not this lab's: left alone", [], Ownership.FOREIGN)
+        else:
+            disks.append((dres, shown, "VHDX this lab created (recorded), attached to no VM"))
+    for dres, path, reason in disks:
+        add(dres, "delete", reason, [step("vhd/remove", dres, "delete", {"Path": path},
+                                          description="delete the VHDX labctl created")])
+    nat_seen: set[Created] = set()
     for sw in reversed(pb.switches):
         if sw.nat is None:
             continue
         have = facts.nat(sw.nat.name)
         res = f"hyperv.netnat:{sw.nat.name}"
-        if have is not None and have.prefix == str(sw.nat.prefix):
-            add(res, "delete", f"NetNat {have.name} ({have.prefix}) belongs to this lab",
+        if have is None:
+            continue
+        nat_seen.add(nat_entry(rec.scope, have.name, have.prefix))
+        if rec.nat(have.name, have.prefix):
+            add(res, "delete", f"NetNat {have.name} ({have.prefix}) was created by this lab",
                 [step("netnat/remove", res, "delete", {"Name": have.name, "Prefix": have.prefix},
                       description="Remove-NetNat")])
-        elif have is not None:
-            add(res, "noop", f"NetNat {have.name} has another prefix ({have.prefix}): left alone",
-                [])
+        else:
+            add(res, "noop", f"NetNat {have.name} ({have.prefix}) was not created by this lab "
+                "(not in its record): left alone", [], Ownership.FOREIGN)
+    for entry in rec.nats:  # created by this lab, no longer in the playbook
+        for n in facts.nats:
+            e = nat_entry(rec.scope, n.name, n.prefix)
+            if e == entry and e not in nat_seen:
+                nat_seen.add(e)
+                res = f"hyperv.netnat:{n.name}"
+                add(res, "delete", f"NetNat {n.name} ({n.prefix}) was created by this lab "
+                    "(no longer in the playbook)",
+                    [step("netnat/remove", res, "delete", {"Name": n.name, "Prefix": n.prefix},
+                          description="Remove-NetNat")])
+    owned_switches = [s for s in facts.switches if owned_by(s.notes, lab)]
     for sw in reversed(pb.switches):
         if sw.host_ip is None or not any(s.name.lower() == sw.name.lower()
                                          for s in owned_switches):

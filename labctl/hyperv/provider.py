@@ -5,6 +5,12 @@ records the blockers of an unsafe plan on the plan itself (:meth:`preflight` ref
 and applies a plan step by step through a
 :class:`~labctl.transport.powershell.PowerShellRunner`. The runner is created lazily, so
 ``plan --assume-empty`` never resolves a secret or opens a connection.
+
+NetNat and VHDX carry no ownership marker, so the provider keeps the lab's record of them
+(:class:`~labctl.core.state.CreatedRecord`): an entry is written *before* the step that
+creates the resource runs (a create whose answer is lost is still recorded), removed after
+the step that deletes it succeeds, and every fact read drops the entries whose resource no
+longer exists on the host (a create that never took effect leaves no claim behind).
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from labctl.core.errors import LabctlError, PreflightError
-from labctl.core.model import Action, Plan, ProgressFn, ResourceStatus
+from labctl.core.model import Action, Plan, ProgressFn, ResourceStatus, Step
 from labctl.core.playbook import Playbook
+from labctl.core.state import Created, CreatedRecord
 from labctl.hyperv import diff as _diff
 from labctl.hyperv.facts import HostFacts, empty_facts, owned_by, parse_facts
 from labctl.hyperv.scripts import rendered, step_script
@@ -34,10 +41,17 @@ class HyperVProvider:
     name = "hyperv"
 
     def __init__(self, playbook: Playbook, runner: PowerShellRunner | None = None, *,
-                 runner_factory: RunnerFactory | None = None) -> None:
+                 runner_factory: RunnerFactory | None = None,
+                 record: CreatedRecord | None = None) -> None:
         self.playbook = playbook
         self._runner = runner
         self._factory = runner_factory
+        self.record = record if record is not None else CreatedRecord.of_lab(playbook.lab)
+        self.scope = _diff.scope_of(playbook)
+
+    def recorded(self) -> _diff.Recorded:
+        """The record's entries for this host, as pure data for the diff."""
+        return _diff.Recorded.of(self.scope, self.record.entries(self.scope))
 
     # -- runner ----------------------------------------------------------------------------
     @property
@@ -57,20 +71,44 @@ class HyperVProvider:
 
     # -- Provider protocol -----------------------------------------------------------------
     def read_facts(self) -> HostFacts:
-        script = rendered("facts/read", _diff.facts_params(self.playbook))
+        script = rendered("facts/read", _diff.facts_params(self.playbook, self.recorded()))
         log.info("reading Hyper-V facts (%s)", script.name)
-        return parse_facts(self.runner.run(script), script.name)
+        facts = parse_facts(self.runner.run(script), script.name)
+        self._prune(facts)
+        return facts
+
+    def _prune(self, facts: HostFacts) -> None:
+        """Drop record entries whose resource the host no longer has."""
+        nats = {_diff.nat_entry(self.scope, n.name, n.prefix) for n in facts.nats}
+        for gone in self.record.keep_only(self.scope, "netnat", nats):
+            log.info("record: NetNat %s is gone from the host", gone.get("name"))
+        vhds = {e for e in self.record.entries(self.scope, "vhd")
+                if not any(f.path.lower() == e.get("path") and not f.exists
+                           for f in facts.vhd_files)}
+        for gone in self.record.keep_only(self.scope, "vhd", vhds):
+            log.info("record: VHDX %s is gone from the host", gone.get("path"))
+
+    def _entry(self, s: Step) -> Created | None:
+        if s.name in ("netnat/create", "netnat/remove"):
+            return _diff.nat_entry(self.scope, str(s.params["Name"]), str(s.params["Prefix"]))
+        if s.name in ("vhd/create", "vhd/remove"):
+            return _diff.vhd_entry(self.scope, str(s.params["Path"]))
+        return None
 
     def empty_facts(self) -> HostFacts:
         return empty_facts()
 
     def plan_up(self, facts: HostFacts) -> Plan:
-        d = _diff.plan_up(self.playbook, facts)
+        d = _diff.plan_up(self.playbook, facts, self._recorded_for(facts))
         d.plan.warnings.extend(f"pre-flight: {b.message}" for b in d.blockers)
         return d.plan
 
     def plan_down(self, facts: HostFacts) -> Plan:
-        return _diff.plan_down(self.playbook, facts)
+        return _diff.plan_down(self.playbook, facts, self._recorded_for(facts))
+
+    def _recorded_for(self, facts: HostFacts) -> _diff.Recorded:
+        # --assume-empty plans read nothing, not even the local record
+        return _diff.Recorded.of(self.scope, ()) if facts.assumed else self.recorded()
 
     def preflight(self, facts: HostFacts, plan: Plan) -> None:
         """Refuse before any change: every blocker the diff recorded on ``plan`` is a
@@ -92,8 +130,13 @@ class HyperVProvider:
             if progress is not None:
                 progress(s, i, total)
             log.info("step %d/%d: %s %s (%s)", i, total, s.resource, s.action, s.name)
+            entry = self._entry(s)
+            if entry is not None and s.action is Action.CREATE:
+                self.record.add(entry)  # before: a lost answer must not lose the claim
             try:
                 self.runner.run(step_script(s))
+                if entry is not None and s.action is Action.DELETE:
+                    self.record.remove(entry)
             except LabctlError as e:
                 if e.hint is None:
                     e.hint = (f"steps 1-{i - 1} of {total} were applied; fix the cause and run "
@@ -101,7 +144,7 @@ class HyperVProvider:
                 raise
 
     def status(self, facts: HostFacts) -> list[ResourceStatus]:
-        d = _diff.plan_up(self.playbook, facts)
+        d = _diff.plan_up(self.playbook, facts, self._recorded_for(facts))
         out: list[ResourceStatus] = []
         for c in d.plan.changes:
             if c.is_noop:
@@ -127,7 +170,11 @@ class HyperVProvider:
 
     # -- helpers for tests and benches -------------------------------------------------------
     def owned(self, facts: HostFacts) -> dict[str, list[str]]:
-        """Names of the switches and VMs on the host that carry this lab's marker."""
+        """Switches and VMs on the host that carry this lab's marker, and the NetNats and
+        VHDX files the lab's record names."""
         lab = self.playbook.lab
+        rec = self.recorded()
         return {"switches": [s.name for s in facts.switches if owned_by(s.notes, lab)],
-                "vms": [v.name for v in facts.vms if owned_by(v.notes, lab)]}
+                "vms": [v.name for v in facts.vms if owned_by(v.notes, lab)],
+                "nats": [n.name for n in facts.nats if rec.nat(n.name, n.prefix)],
+                "vhds": rec.vhd_paths}
