@@ -6,6 +6,14 @@ time (one :class:`_Builder` method per section, in dependency order).
 The emulator processes (the router's, the sensor's) are not spelled out here: the twin
 decides where each listens and keeps its state (:class:`~labctl.core.emulator.EmulatorRequest`)
 and the device kind's driver names the command (``emulator_process``).
+
+One exception to "no system calls": the embedded sensor's configuration file (the shipped
+``sensor/engines.yaml`` with the playbook's ``sensor.engines``, ``learning_mode`` and
+``authorized_scanners`` applied) is written here, into ``<state>/sensor-config/``, because
+the sensor's command line names it. Its name carries the digest of its content, so a
+changed playbook changes the sensor's argv and the plan restarts the sensor (a process
+whose argv differs is restarted), while an unchanged one writes nothing and changes
+nothing.
 """
 
 from __future__ import annotations
@@ -13,11 +21,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
 from labctl.core.emulator import EmulatorProcess, EmulatorRequest
-from labctl.core.errors import ConfigError
+from labctl.core.errors import ConfigError, LabctlError
 from labctl.core.playbook import LoadedPlaybook, Playbook
 from labctl.core.playbook.hyperv import VM
 from labctl.core.playbook.twin import TwinSection
@@ -43,6 +52,7 @@ from labctl.sensor.registry import get_sensor_driver
 from labctl.traffic.persona import load_persona
 
 SENSOR_PORT = 443  # the embedded sensor serves the D4IoT API where the real one does
+SENSOR_CONFIG_DIR = "sensor-config"
 
 
 def _labctl_argv(*args: str) -> tuple[str, ...]:
@@ -330,10 +340,25 @@ class _Builder:
             return
         req = EmulatorRequest(listen_ip=str(sensor.management_ip), port=SENSOR_PORT,
                               https=True, state_path=self.state_dir / "sensor",
-                              capture_interface=t.sensor_monitor_if)
+                              capture_interface=t.sensor_monitor_if,
+                              config_file=self.sensor_config())
         em = sensor_emulator(sensor.kind, req)
         t.processes.insert(1, Process(name="sensor", ns=t.sensor_ns, kind="sensor",
                                       ready=em.ready, argv=_labctl_argv(*em.args)))
+
+    def sensor_config(self) -> Path:
+        """Write (if new) the embedded sensor's engines file for this playbook; its path."""
+        from labctl.sensor.config import effective_engines, render_engines
+
+        sensor = self.pb.sensor
+        assert sensor is not None
+        data = effective_engines(sensor.engines, learning_mode=sensor.learning_mode,
+                                 authorized_scanners=[str(a) for a in
+                                                      sensor.authorized_scanners])
+        text, digest = render_engines(
+            data, note=f"the embedded sensor of lab {self.pb.lab}, from {self.loaded.path} "
+                       "(sensor.engines, sensor.learning_mode, sensor.authorized_scanners)")
+        return write_sensor_config(self.state_dir, text, digest)
 
     # -- last: IPv6 off everywhere, segments for status and --json ------------------------
     def finish(self) -> Topology:
@@ -346,6 +371,34 @@ class _Builder:
                                "span_source": br.span_source,
                                "mirror_to": self.monitor_ports.get(br.name)})
         return t
+
+
+def write_sensor_config(state_dir: Path, text: str, digest: str) -> Path:
+    """``<state>/sensor-config/engines-<digest>.yaml``, written once (0600, through a new
+    temporary file in that folder, then renamed); earlier versions are removed."""
+    folder = state_dir / SENSOR_CONFIG_DIR
+    path = folder / f"engines-{digest[:16]}.yaml"
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        if not (path.is_file() and not path.is_symlink()
+                and path.read_text(encoding="utf-8") == text):
+            fd, tmp = tempfile.mkstemp(prefix=".engines-", suffix=".tmp", dir=folder)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(text)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        for old in folder.glob("engines-*.yaml"):
+            if old != path:
+                old.unlink(missing_ok=True)
+    except OSError as e:
+        raise LabctlError(f"cannot write the embedded sensor's configuration {path}: "
+                          f"{e.strerror or e}",
+                          hint="check that the lab's state folder is writable") from None
+    return path
 
 
 def build(loaded: LoadedPlaybook, state_dir: Path) -> Topology:

@@ -12,12 +12,15 @@ direction (source and/or destination subnets), AND-combined conditions such as
 
 from __future__ import annotations
 
+import copy
 import glob
+import hashlib
 import ipaddress
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import Field, field_validator, model_validator
 
@@ -260,3 +263,58 @@ def load_config(path: str | Path | None = None, *, extra_rules: list[str] | None
         for m in matches:
             rules.extend(load_rules_file(m))
     return SensorConfig(engines=engines, path=str(p), rules=rules)
+
+
+# ---- the configuration the twin writes for its embedded sensor ----------------------------
+
+class Override(Protocol):
+    """What one playbook ``sensor.engines`` entry carries (all optional)."""
+
+    @property
+    def enabled(self) -> bool | None: ...
+    @property
+    def threshold(self) -> int | None: ...
+    @property
+    def window_seconds(self) -> float | None: ...
+
+
+def effective_engines(overrides: Mapping[str, Override], *, learning_mode: bool,
+                      authorized_scanners: Iterable[str],
+                      base: str | Path | None = None) -> dict[str, Any]:
+    """``base`` (the shipped engines.yaml by default) with a playbook's sensor settings
+    applied: each detection's ``enabled``/``threshold``/``window_seconds`` overrides,
+    ``learning_mode`` and ``authorized_scanners``. Rule globs become absolute, so the
+    document works from any folder. Validated as an engines file; an unknown detection
+    key is a ConfigError naming it."""
+    p = Path(base) if base else default_config_path()
+    doc = load_yaml(p)
+    data = copy.deepcopy(doc.data) if isinstance(doc.data, dict) else {}
+    dets = data.get("detections")
+    if not isinstance(dets, dict):
+        raise ConfigError("an engines file needs a `detections:` mapping", file=str(p),
+                          key="detections")
+    for key, o in overrides.items():
+        det = dets.get(key)
+        if not isinstance(det, dict):
+            raise ConfigError(f"unknown detection {key!r}", file=str(p),
+                              key=f"detections.{key}",
+                              hint="known: " + ", ".join(sorted(dets)))
+        for name in ("enabled", "threshold", "window_seconds"):
+            value = getattr(o, name)
+            if value is not None:
+                det[name] = value
+    data["learning_mode"] = bool(learning_mode)
+    data["authorized_scanners"] = [str(a) for a in authorized_scanners]
+    data["rules"] = [r if Path(r).is_absolute() else str(p.parent / r)
+                     for r in data.get("rules", ["rules/*.yaml"])]
+    EnginesFile.model_validate(data)  # fail here, not in the started sensor
+    return data
+
+
+def render_engines(data: Mapping[str, Any], note: str = "") -> tuple[str, str]:
+    """(YAML text, sha256 hex of it) of an engines document."""
+    import yaml
+
+    head = "# Written by labctl" + (f": {note}" if note else "") + ". Do not edit.\n"
+    text = head + yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=False)
+    return text, hashlib.sha256(text.encode()).hexdigest()

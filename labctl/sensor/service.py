@@ -70,9 +70,14 @@ class SensorService:
         cfg = load_config(config)
         self._lock_fd = _lock_state(self.state_dir)
         self.store = SensorStore(self.state_dir)
-        # like a real sensor, leaving learning mode is a decision that survives restarts:
-        # an explicit --learning/--no-learning is remembered, else the remembered value wins
-        # over the engines file
+        # like a real sensor, leaving learning mode is a decision that survives restarts.
+        # Which value is in force, first match wins: --learning/--no-learning; the
+        # learning_mode of a --config file that sets it (the twin writes one from the
+        # playbook, so a changed playbook takes effect at the next `up`); the remembered
+        # value; the shipped engines file. The first two are remembered.
+        if learning_mode is None and config is not None and \
+                "learning_mode" in cfg.engines.model_fields_set:
+            learning_mode = cfg.engines.learning_mode
         if learning_mode is None:
             stored = self.store.get_meta("learning_mode")
             if stored is not None:
@@ -183,6 +188,9 @@ class SensorService:
             if self.server is not None:
                 self.server.shutdown()
                 self.server.server_close()
+                watchdog = getattr(self.server, "head_watchdog", None)
+                if watchdog is not None:
+                    watchdog.stop()
             if ticker.is_alive():
                 ticker.join(timeout=5)
             self.flush()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from labctl.core.playbook.common import Address, Model, Network, SecretRef, VlanId, secret_env
 
@@ -13,6 +14,42 @@ class MonitoredSubnet(Model):
     subnet: Network
     vlan: VlanId | None = None
     name: str = ""
+
+
+@functools.lru_cache(maxsize=1)
+def detection_keys() -> tuple[str, ...]:
+    """The detection keys of the shipped ``sensor/engines.yaml`` (``port_scan``, ...)."""
+    from labctl.core.assets import asset_path
+    from labctl.core.yamlfile import load_yaml
+
+    doc = load_yaml(asset_path("sensor", "engines.yaml"))
+    data = doc.data if isinstance(doc.data, dict) else {}
+    dets = data.get("detections")
+    return tuple(sorted(dets)) if isinstance(dets, dict) else ()
+
+
+def _detection_key(v: str) -> str:
+    known = detection_keys()
+    if v not in known:
+        raise ValueError(f"unknown detection {v!r}; sensor/engines.yaml has: "
+                         + ", ".join(known))
+    return v
+
+
+DetectionKey = Annotated[str, AfterValidator(_detection_key)]
+
+
+class EngineOverride(Model):
+    """One detection's override of ``sensor/engines.yaml``; every field is optional.
+
+    For the twin's embedded sensor labctl applies it (the sensor starts with it). A
+    Defender for IoT sensor has no documented API to set these, so there they declare what
+    the user set on the sensor's Support page, and verify-alerts takes them as the truth.
+    """
+
+    enabled: bool | None = Field(default=None, strict=True)
+    threshold: int | None = Field(default=None, ge=1, le=1_000_000, strict=True)
+    window_seconds: float | None = Field(default=None, gt=0, le=86400, strict=True)
 
 
 class SensorSection(Model):
@@ -28,6 +65,8 @@ class SensorSection(Model):
     monitored_subnets: list[MonitoredSubnet] = Field(default_factory=list)
     authorized_scanners: list[Address] = Field(default_factory=list)
     learning_mode: bool = True
+    #: per-detection overrides of sensor/engines.yaml (keys are its detection keys)
+    engines: dict[DetectionKey, EngineOverride] = Field(default_factory=dict)
     wait_seconds: int = Field(default=2400, ge=1, le=86400)
     expectations: str = "nmap-default"
     activation_file: str | None = None
