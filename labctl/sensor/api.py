@@ -539,8 +539,9 @@ class _Handler(BaseHandler):
             watchdog.unwatch(self)
 
     def parse_request(self) -> bool:
+        ok = super().parse_request()  # reads the headers
         self.server_watchdog().unwatch(self)  # the head is in: the deadline is met
-        return super().parse_request()
+        return ok
 
     def server_watchdog(self) -> HeadWatchdog:
         wd: HeadWatchdog = self.watchdog

@@ -440,11 +440,11 @@ class Sensor:
         dev = self.external.get(ip)
         if dev is not None:
             return dev
-        if self._is_global(ip):
-            kind = INTERNET
-        elif ip == b"\xff\xff\xff\xff" or (len(ip) == 4 and 224 <= ip[0] < 240) or \
+        if ip == b"\xff\xff\xff\xff" or (len(ip) == 4 and 224 <= ip[0] < 240) or \
                 (len(ip) == 16 and ip[0] == 0xFF):
             kind = GROUP
+        elif self._is_global(ip):
+            kind = INTERNET
         else:
             return None
         if len(self.external) >= MAX_EXTERNAL:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -24,6 +25,7 @@ class RunningApi:
         self.sensor = sensor
         self.store = store
         self.state = state
+        self.server: Any = None
 
     def session(self) -> requests.Session:
         s = requests.Session()
@@ -42,7 +44,9 @@ class RunningApi:
 
 @contextlib.contextmanager
 def running_api(state: Path, pcap: Path | None = None, *, learning: bool | None = None,
-                config: Path | None = None) -> Iterator[RunningApi]:
+                config: Path | None = None, **server_opts: Any) -> Iterator[RunningApi]:
+    """``server_opts`` go to :func:`labctl.sensor.api.make_server` (header_timeout,
+    max_connections, guard, ...)."""
     store = SensorStore(state)
     sensor = Sensor(load_config(config), learning_mode=learning)
     sensor.restore(*store.load_all())
@@ -50,15 +54,18 @@ def running_api(state: Path, pcap: Path | None = None, *, learning: bool | None 
         cap = CaptureFile(pcap)
         sensor.replay(cap, cap.data)
     token = store.create_token("tests")
-    server = make_server(sensor, store, ("127.0.0.1", 0), state)
+    server = make_server(sensor, store, ("127.0.0.1", 0), state, **server_opts)
     start_in_thread(server)
     try:
         port = server.server_address[1]
-        yield RunningApi(f"https://127.0.0.1:{port}", state / "tls" / "cert.pem", token,
+        api = RunningApi(f"https://127.0.0.1:{port}", state / "tls" / "cert.pem", token,
                          sensor, store, state)
+        api.server = server
+        yield api
     finally:
         server.shutdown()
         server.server_close()
+        server.head_watchdog.stop()
         with sensor.lock:
             rows = sensor.take_dirty()
         store.write_batch(*rows)

@@ -85,6 +85,8 @@ class LiveSensor:
     port: int
     proc: subprocess.Popen[str] | None = None
     log: Path | None = None
+    #: labctl's own options before the command, e.g. ("-vv",)
+    global_args: tuple[str, ...] = ()
 
     def start(self, *extra: str, timeout: float = 20) -> None:
         self.log = self.state.parent / f"{self.state.name}-serve.log"
@@ -94,8 +96,9 @@ class LiveSensor:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         fh = open(self.log, "a")
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.pair.b, sys.executable, "-m", "labctl", "sensor",
-             "serve", "--interface", "b0", "--listen", f"127.0.0.1:{self.port}",
+            ["ip", "netns", "exec", self.pair.b, sys.executable, "-m", "labctl",
+             *self.global_args, "sensor", "serve", "--interface", "b0",
+             "--listen", f"127.0.0.1:{self.port}",
              "--state", str(self.state), *extra],
             stdout=fh, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
         fh.close()
