@@ -1,7 +1,14 @@
 """Load YAML data files with line numbers, and turn pydantic errors into ConfigErrors.
 
-Every labctl data file (playbook, profile, rule, persona) goes through :func:`load_yaml`
-so that errors name the file, the key path and the line.
+Every labctl data file (playbook, scan profile and baseline, sensor rules, engines and
+expectations, persona, appliance sizes, emulator nvram) goes through :func:`load_yaml` so
+that errors name the file, the key path and the line.
+
+Limits, so that a hostile or broken file costs little: at most :data:`MAX_BYTES` bytes, no
+anchors or aliases (``&a`` / ``*a``: an alias bomb of 9 levels of 10 aliases expands to a
+billion nodes from a few hundred bytes, and labctl's files never need them), no merge keys,
+and at most :data:`MAX_DEPTH` nested collections (PyYAML's composer recurses once per
+level, so 10,000 nested brackets would otherwise end in a RecursionError).
 """
 
 from __future__ import annotations
@@ -15,6 +22,11 @@ import yaml
 from labctl.core.errors import ConfigError
 
 Loc = tuple[str | int, ...]
+
+#: the largest data file labctl reads (the shipped ones are under 20 KB)
+MAX_BYTES = 1024 * 1024
+#: the deepest nesting of mappings and sequences (the shipped files use fewer than 10)
+MAX_DEPTH = 64
 
 
 @dataclass
@@ -74,9 +86,56 @@ def _scalar(node: yaml.ScalarNode) -> Any:
     return _SCALAR_LOADER.construct_object(node, deep=True)
 
 
-def parse_yaml(text: str, path: str = "<string>") -> YamlDoc:
+class _LimitError(Exception):
+    def __init__(self, msg: str, mark: Any) -> None:
+        super().__init__(msg)
+        self.line = mark.line + 1 if mark is not None else None
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader's composer without anchors or aliases, and with a depth limit."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            raise _LimitError("YAML aliases (*name) are not supported: write the value out",
+                              event.start_mark)
+        if getattr(event, "anchor", None) is not None:
+            raise _LimitError("YAML anchors (&name) are not supported: write the value out",
+                              event.start_mark)
+        nested = isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent))
+        if nested:
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                raise _LimitError(f"YAML nested deeper than {MAX_DEPTH} levels",
+                                  event.start_mark)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if nested:
+                self._depth -= 1
+
+
+def _compose(text: str) -> Any:
+    loader = _Loader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+def parse_yaml(text: str, path: str = "<string>") -> YamlDoc:
+    if len(text) > MAX_BYTES:
+        raise ConfigError(f"file is larger than {MAX_BYTES} bytes", file=path)
+    try:
+        node = _compose(text)
+    except _LimitError as e:
+        raise ConfigError(str(e), file=path, line=e.line) from None
+    except RecursionError:
+        raise ConfigError(f"YAML nested too deeply (more than {MAX_DEPTH} levels)",
+                          file=path) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
@@ -89,6 +148,9 @@ def parse_yaml(text: str, path: str = "<string>") -> YamlDoc:
     lines: dict[Loc, int] = {}
     try:
         data = _construct(node, (), lines, path)
+    except RecursionError:
+        raise ConfigError(f"YAML nested too deeply (more than {MAX_DEPTH} levels)",
+                          file=path) from None
     except yaml.constructor.ConstructorError as e:
         mark = e.problem_mark
         raise ConfigError(f"YAML error: {e.problem}", file=path,
@@ -99,11 +161,18 @@ def parse_yaml(text: str, path: str = "<string>") -> YamlDoc:
 def load_yaml(path: str | Path) -> YamlDoc:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise ConfigError(f"file is larger than {MAX_BYTES} bytes (a labctl data file is "
+                              "a few KB)", file=str(p))
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError("file not found", file=str(p)) from None
     except UnicodeDecodeError:
         raise ConfigError("file is not UTF-8 text", file=str(p)) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, not a file", file=str(p)) from None
     except OSError as e:
         raise ConfigError(f"cannot read file: {e.strerror}", file=str(p)) from None
     return parse_yaml(text, str(p))

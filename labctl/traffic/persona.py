@@ -12,14 +12,24 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import string
 import threading
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 
-from labctl.core.playbook.common import Model
+from labctl.core.errors import ConfigError
+from labctl.core.playbook.common import (
+    Model,
+    Port,
+    ShortText,
+    Text,
+    check_asset_name,
+    float_in,
+    int_in,
+)
 from labctl.core.yamlfile import load_yaml, validate
 from labctl.traffic.tcpserve import accept_loop
 
@@ -29,49 +39,86 @@ MAX_CLIENTS = 32  # per listener, so a scan storm cannot exhaust the persona
 IO_TIMEOUT = 3.0
 
 
+#: the longest banner or reply a listener sends (bytes, after \\xNN escapes)
+MAX_PAYLOAD = 4096
+
+_port_check = int_in(1, 65535)
+
+
+def _irc_or_port(v: Any) -> Any:
+    return v if v == "irc" else _port_check(v)
+
+
 class Listener(Model):
-    port: int = Field(ge=1, le=65535)
+    port: Port
     proto: Literal["tcp", "udp"] = "tcp"
-    banner: str = ""
-    reply: str = ""
+    # banners and replies are protocol bytes (written as \xNN escapes), so control
+    # characters are allowed here: they go to a scanner's socket, never to a command
+    banner: str = Field(default="", max_length=MAX_PAYLOAD)
+    reply: str = Field(default="", max_length=MAX_PAYLOAD)
 
 
 class Outbound(Model):
     to: str = "wan"  # "wan" (the twin's first WAN service address) or an IPv4 address
-    port: int | Literal["irc"] = "irc"
+    port: Annotated[int | Literal["irc"], BeforeValidator(_irc_or_port)] = "irc"
     proto: Literal["tcp"] = "tcp"
-    every_seconds: float = Field(default=10.0, ge=0.5, le=3600)
-    lines: list[str] = Field(default_factory=list, max_length=100)
+    every_seconds: Annotated[float, BeforeValidator(float_in(0.5, 3600))] = 10.0
+    lines: list[Text] = Field(default_factory=list, max_length=100)
 
-    @field_validator("to")
+    @field_validator("to", mode="before")
     @classmethod
-    def _to(cls, v: str) -> str:
+    def _to(cls, v: Any) -> Any:
         if v != "wan":
+            if not isinstance(v, str) or not all(c in "0123456789." for c in v):
+                raise ValueError(f"{v!r} is neither 'wan' nor an IPv4 address")
             try:
                 ipaddress.IPv4Address(v)
             except ValueError:
                 raise ValueError(f"{v!r} is neither 'wan' nor an IPv4 address") from None
         return v
 
-    @field_validator("port")
+    @field_validator("lines")
     @classmethod
-    def _port(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and not 1 <= v <= 65535:
-            raise ValueError(f"port {v} is outside 1-65535")
+    def _placeholders(cls, v: list[str]) -> list[str]:
+        # each line goes through str.format(name=...): only {name} (and {{ }}) may appear
+        for line in v:
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(line) if f is not None]
+            except ValueError as e:
+                raise ValueError(f"line {line!r}: {e} (write {{{{ and }}}} for braces)") \
+                    from None
+            bad = [f for f in fields if f != "name"]
+            if bad:
+                raise ValueError(f"line {line!r}: only the {{name}} placeholder exists "
+                                 f"(found {{{bad[0]}}})")
         return v
 
 
 class Persona(Model):
-    name: str
-    vendor: str = ""
-    model: str = ""
-    description: str = ""
-    listeners: list[Listener] = Field(default_factory=list)
-    outbound: list[Outbound] = Field(default_factory=list)
+    name: ShortText
+    vendor: ShortText = ""
+    model: ShortText = ""
+    description: Text = ""
+    listeners: list[Listener] = Field(default_factory=list, max_length=64)
+    outbound: list[Outbound] = Field(default_factory=list, max_length=16)
 
 
 def load_persona(path: str | Path) -> Persona:
     return validate(Persona, load_yaml(str(path)))
+
+
+def persona_file(folder: str | Path, name: str) -> Path:
+    """``folder/<name>.yaml`` for a persona name, refusing any name that is a path or that
+    would resolve outside ``folder`` (``../x``, an absolute path, a symlink out)."""
+    try:
+        check_asset_name(name, str(folder))
+    except ValueError as e:
+        raise ConfigError(f"persona {e}", file=str(folder)) from None
+    base = Path(folder).resolve()
+    p = (base / f"{name}.yaml").resolve()
+    if not p.is_relative_to(base):
+        raise ConfigError(f"persona {name!r} resolves outside its folder", file=str(p))
+    return p
 
 
 def _enc(text: str) -> bytes:

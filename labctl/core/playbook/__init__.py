@@ -10,12 +10,20 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from labctl.core.errors import ConfigError, UsageError
-from labctl.core.playbook.common import Address, Model, Name
+from labctl.core.playbook.common import (
+    HostAddress,
+    Mac,
+    Model,
+    Name,
+    ShortText,
+    Text,
+    check_host_address,
+)
 from labctl.core.playbook.hyperv import VM, HyperVHost, Nic, Switch
 from labctl.core.playbook.router import IotNetwork, Router
 from labctl.core.playbook.scanner import ScannerSection
@@ -41,20 +49,31 @@ class _KeyError(ValueError):
 
 class LabDevice(Model):
     name: Name
-    ip: Address
-    mac: str | None = Field(default=None, pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
-    description: str = Field(default="", max_length=200)
+    ip: HostAddress
+    mac: Mac | None = None
+    description: ShortText = ""
+
+
+def _version(v: object) -> object:
+    if v != 1 or isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"version must be the YAML integer 1, got {v!r}")
+    return v
+
+
+#: how many switches and VMs one playbook may declare (a typo guard, far above a home lab)
+MAX_SWITCHES = 64
+MAX_VMS = 256
 
 
 class Playbook(Model):
-    version: Literal[1] = 1
+    version: Annotated[Literal[1], BeforeValidator(_version)] = 1
     lab: str = Field(pattern=r"^[a-z][a-z0-9]{0,7}$",
                      description="short lab name; prefixes twin namespaces and links")
-    description: str = ""
+    description: Text = ""
     provider: Literal["hyperv", "netns"] = "hyperv"
     hyperv: HyperVHost | None = None
-    switches: list[Switch] = Field(default_factory=list)
-    vms: list[VM] = Field(default_factory=list)
+    switches: list[Switch] = Field(default_factory=list, max_length=MAX_SWITCHES)
+    vms: list[VM] = Field(default_factory=list, max_length=MAX_VMS)
     router: Router | None = None
     sensor: SensorSection | None = None
     scanner: ScannerSection | None = None
@@ -144,6 +163,7 @@ def _cross_check(pb: Playbook) -> None:
             if nic.gateway is not None and net is not None and nic.gateway not in net:
                 raise _KeyError(("vms", i, "nics", j, "gateway"),
                                 f"gateway {nic.gateway} is outside {net}")
+    _address_rules(pb)
     if pb.provider == "hyperv":
         if pb.hyperv is None:
             raise _KeyError(("hyperv",),
@@ -177,6 +197,96 @@ def _cross_check(pb: Playbook) -> None:
         if pb.twin.scanner is not None and pb.switch(pb.twin.scanner.switch) is None:
             raise _KeyError(("twin", "scanner", "switch"),
                             f"unknown switch {pb.twin.scanner.switch!r}")
+
+
+Loc = tuple[str | int, ...]
+
+
+def _address_rules(pb: Playbook) -> None:
+    """Addresses across sections: switch subnets do not overlap, host addresses are not a
+    network or broadcast address, no two hosts share an address or a MAC, and no host sits
+    on the IoT gateway's address or on a switch's host vNIC address."""
+    nets: list[tuple[ipaddress.IPv4Network, Loc]] = []
+    for i, s in enumerate(pb.switches):
+        net = s.network
+        if net is None:
+            continue
+        key: Loc = ("switches", i, "subnet" if s.subnet is not None else "host_ip")
+        for other, okey in nets:
+            if other.overlaps(net):
+                raise _KeyError(key, f"switch {s.name}'s subnet {net} overlaps "
+                                f"{format_key(okey[:2])} ({other}): two switches cannot "
+                                "share a subnet")
+        nets.append((net, key))
+    iot = pb.router.iot_network if pb.router else None
+    lab_nets = [n for n, _ in nets] + ([iot.subnet] if iot is not None else [])
+    if iot is not None and iot.gateway is not None:
+        try:
+            check_host_address(iot.gateway, iot.subnet)
+        except ValueError as e:
+            raise _KeyError(("router", "iot_network", "gateway"), str(e)) from None
+
+    # every host address of the lab, with the key that declares it
+    hosts: list[tuple[ipaddress.IPv4Address, Loc, str]] = []
+    for i, s in enumerate(pb.switches):
+        if s.host_ip is not None:
+            hosts.append((s.host_ip.ip, ("switches", i, "host_ip"),
+                          f"switch {s.name}'s host vNIC"))
+    for i, vm in enumerate(pb.vms):
+        for j, nic in enumerate(vm.nics):
+            if nic.ip is not None:
+                hosts.append((nic.ip.ip, ("vms", i, "nics", j, "ip"),
+                              f"VM {vm.name} NIC {nic.name}"))
+    if pb.twin is not None:
+        for k, d in enumerate(pb.twin.devices):
+            hosts.append((d.ip.ip, ("twin", "devices", k, "ip"), f"twin device {d.name}"))
+        if pb.twin.scanner is not None:
+            hosts.append((pb.twin.scanner.ip.ip, ("twin", "scanner", "ip"),
+                          f"twin scanner {pb.twin.scanner.name}"))
+    for k, dev in enumerate(pb.devices):
+        hosts.append((dev.ip, ("devices", k, "ip"), f"device {dev.name}"))
+
+    seen: dict[ipaddress.IPv4Address, tuple[Loc, str]] = {}
+    for ip, key, who in hosts:
+        for net in lab_nets:
+            if ip in net:
+                try:
+                    check_host_address(ip, net)
+                except ValueError as e:
+                    raise _KeyError(key, f"{who}: {e}") from None
+        if iot is not None and ip == iot.gateway_ip:
+            raise _KeyError(key, f"{who} is on {ip}, the IoT network's gateway "
+                            "(router.iot_network.gateway)")
+        if ip in seen:
+            okey, owho = seen[ip]
+            raise _KeyError(key, f"{who} and {owho} ({format_key(okey)}) both use {ip}")
+        seen[ip] = (key, who)
+
+    macs: list[tuple[str, Loc, str]] = []
+    for i, vm in enumerate(pb.vms):
+        for j, nic in enumerate(vm.nics):
+            if nic.mac is not None:
+                macs.append((nic.mac, ("vms", i, "nics", j, "mac"),
+                             f"VM {vm.name} NIC {nic.name}"))
+    if pb.twin is not None:
+        for k, d in enumerate(pb.twin.devices):
+            if d.mac is not None:
+                macs.append((d.mac, ("twin", "devices", k, "mac"), f"twin device {d.name}"))
+    for k, dev in enumerate(pb.devices):
+        if dev.mac is not None:
+            macs.append((dev.mac, ("devices", k, "mac"), f"device {dev.name}"))
+    seen_mac: dict[str, tuple[Loc, str]] = {}
+    for mac, key, who in macs:
+        if mac in seen_mac:
+            okey, owho = seen_mac[mac]
+            raise _KeyError(key, f"{who} and {owho} ({format_key(okey)}) both use MAC {mac}")
+        seen_mac[mac] = (key, who)
+
+
+def format_key(loc: Loc) -> str:
+    from labctl.core.yamlfile import format_loc
+
+    return format_loc(loc)
 
 
 @dataclass(frozen=True)

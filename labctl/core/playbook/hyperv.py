@@ -3,39 +3,85 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from labctl.core.playbook.common import (
     Address,
+    Bool,
+    Hostname,
     Interface,
+    Mac,
     Model,
     Name,
     Network,
+    Port,
     SecretRef,
+    ShortText,
+    Text,
+    TimeoutSeconds,
     VlanId,
+    WinPath,
+    check_host_address,
+    int_in,
     parse_vlan_list,
 )
+
+#: Hyper-V's limits on Windows Server 2022: 240 vCPUs and 12 TB of memory for a Generation 2
+#: VM, 64 TB for a VHDX
+MAX_CPU = 240
+MAX_MEMORY_MB = 12 * 1024 * 1024
+MAX_DISK_GB = 64 * 1024
 
 
 class HyperVHost(Model):
     """How to reach the Hyper-V host (ignored by the netns provider)."""
 
-    host: str = "localhost"
+    host: Hostname = "localhost"
     transport: Literal["winrm", "ssh", "local"] = "winrm"
-    port: int | None = Field(default=None, ge=1, le=65535)
-    user: str | None = None
+    port: Port | None = None
+    user: Annotated[str, Field(max_length=256)] | None = None
     password: SecretRef | None = None
     auth: Literal["negotiate", "ntlm", "kerberos", "credssp", "basic"] = "negotiate"
-    ssl: bool = True
-    cert_validation: bool = True
-    ca_trust_path: str | None = None
-    ssh_key: str | None = None
-    ssh_known_hosts: str | None = None
-    timeout: int = Field(default=120, ge=5, le=3600)
-    vm_path: str | None = None
-    vhd_path: str = r"C:\ProgramData\Microsoft\Windows\Virtual Hard Disks"
+    ssl: Bool = True
+    cert_validation: Bool = True
+    ca_trust_path: Text | None = None
+    ssh_key: Text | None = None
+    ssh_known_hosts: Text | None = None
+    timeout: TimeoutSeconds = 120
+    vm_path: WinPath | None = None
+    vhd_path: WinPath = r"C:\ProgramData\Microsoft\Windows\Virtual Hard Disks"
+
+    @field_validator("user", mode="before")
+    @classmethod
+    def _user(cls, v: Any) -> Any:
+        from labctl.core.playbook.common import check_text
+
+        return None if v is None else check_text(v, "user")
+
+    @model_validator(mode="after")
+    def _tls(self) -> HyperVHost:
+        if self.transport != "winrm":
+            return self
+        if self.auth == "basic" and not self.ssl:
+            raise ValueError("auth: basic sends the password in clear text without ssl: true")
+        if not self.cert_validation and self.auth in ("basic", "credssp"):
+            raise ValueError(
+                f"cert_validation: false with auth: {self.auth} would hand the password to "
+                "whoever answers on the host's address; trust the host's certificate instead "
+                "with ca_trust_path: <its PEM> (a self-signed certificate is its own CA)")
+        return self
+
+    @property
+    def tls_warning(self) -> str | None:
+        """What the CLI must show before connecting when validation is off (negotiate,
+        NTLM or Kerberos: the exchange cannot be replayed as a password, but the host is
+        not authenticated and an NTLM exchange can be relayed)."""
+        if self.transport == "winrm" and self.ssl and not self.cert_validation:
+            return (f"hyperv.cert_validation is false: the WinRM host {self.host} is not "
+                    "authenticated; set hyperv.ca_trust_path to its certificate instead")
+        return None
 
     @property
     def effective_port(self) -> int | None:
@@ -61,12 +107,12 @@ class Switch(Model):
     host_ip: Interface | None = None
     dns: list[Address] = Field(default_factory=list, max_length=4)
     nat: Nat | None = None
-    adapter: str | None = None
-    allow_management_os: bool = False
-    span_source: bool = False
+    adapter: ShortText | None = None
+    allow_management_os: Bool = False
+    span_source: Bool = False
     vlan: VlanId | None = None
     subnet: Network | None = None
-    notes: str = ""
+    notes: Text = ""
 
     @model_validator(mode="after")
     def _check(self) -> Switch:
@@ -89,6 +135,12 @@ class Switch(Model):
                 raise ValueError(f"host_ip {self.host_ip} is outside nat.prefix {self.nat.prefix}")
         if self.dns and self.host_ip is None:
             raise ValueError("dns needs host_ip (it is set on the host vNIC)")
+        for server in self.dns:
+            try:
+                check_host_address(server, self.network if self.network is not None and
+                                   server in self.network else None)
+            except ValueError as e:
+                raise ValueError(f"dns server: {e}") from None
         if self.subnet is not None and self.host_ip is not None and \
                 self.host_ip.ip not in self.subnet:
             raise ValueError(f"host_ip {self.host_ip} is outside subnet {self.subnet}")
@@ -106,7 +158,7 @@ class Switch(Model):
 class VlanTrunk(Model):
     mode: Literal["trunk"] = "trunk"
     allowed: list[int] = Field(default_factory=lambda: [1, 4094])
-    native: int = Field(default=0, ge=0, le=4094)
+    native: Annotated[int, BeforeValidator(int_in(0, 4094))] = 0
 
     @field_validator("allowed", mode="before")
     @classmethod
@@ -126,28 +178,48 @@ class Nic(Model):
     ip: Interface | None = None
     gateway: Address | None = None
     port_mirroring: Literal["none", "source", "destination"] = "none"
-    vmq: bool = True
+    vmq: Bool = True
     vlan: VlanTrunk | VlanAccess | None = Field(default=None, discriminator="mode")
-    mac: str | None = Field(default=None, pattern=r"^([0-9A-Fa-f]{2}[:-]?){5}[0-9A-Fa-f]{2}$")
+    mac: Mac | None = None
+
+    @field_validator("mac", mode="before")
+    @classmethod
+    def _mac_forms(cls, v: Any) -> Any:
+        # Hyper-V writes MACs as 00155D010203 or 00-15-5D-01-02-03: accept those too
+        if isinstance(v, str) and len(v) in (12, 17) and ":" not in v:
+            bare = v.replace("-", "")
+            if len(bare) == 12:
+                return ":".join(bare[i:i + 2] for i in range(0, 12, 2))
+        return v
+
+    @model_validator(mode="after")
+    def _gateway(self) -> Nic:
+        if self.gateway is not None:
+            if self.ip is None:
+                raise ValueError("gateway needs ip (the NIC's own address)")
+            check_host_address(self.gateway, self.ip.network)
+            if self.gateway == self.ip.ip:
+                raise ValueError(f"gateway {self.gateway} is the NIC's own address")
+        return self
 
 
 class VM(Model):
     name: Name
     role: Literal["sensor", "scanner", "generic"] = "generic"
-    profile: str | None = None
-    generation: Literal[1, 2] = 2
-    cpu: int | None = Field(default=None, ge=1, le=240)
-    memory_mb: int | None = Field(default=None, ge=512)
-    dynamic_memory: bool = False
-    disk_gb: int | None = Field(default=None, ge=1)
+    profile: ShortText | None = None
+    generation: Annotated[Literal[1, 2], BeforeValidator(int_in(1, 2))] = 2
+    cpu: Annotated[int, BeforeValidator(int_in(1, MAX_CPU))] | None = None
+    memory_mb: Annotated[int, BeforeValidator(int_in(512, MAX_MEMORY_MB))] | None = None
+    dynamic_memory: Bool = False
+    disk_gb: Annotated[int, BeforeValidator(int_in(1, MAX_DISK_GB))] | None = None
     vhd_type: Literal["fixed", "dynamic"] = "fixed"
-    iso: str | None = None
+    iso: WinPath | None = None
     secure_boot: Literal["MicrosoftUEFICertificateAuthority", "MicrosoftWindows", "off"] = \
         "MicrosoftUEFICertificateAuthority"
     boot_first: Literal["dvd", "disk"] = "dvd"
-    start: bool = True
-    nics: list[Nic] = Field(default_factory=list)
-    notes: str = ""
+    start: Bool = True
+    nics: list[Nic] = Field(default_factory=list, max_length=64)
+    notes: Text = ""
 
     @model_validator(mode="after")
     def _check(self) -> VM:

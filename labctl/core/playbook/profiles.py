@@ -8,11 +8,12 @@ scan profiles.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import BeforeValidator
 
 from labctl.core.assets import asset_path
-from labctl.core.playbook.common import Model
+from labctl.core.playbook.common import Bool, Model, ShortText, Text, int_in
 from labctl.core.yamlfile import load_yaml, validate
 
 SIZES_FILE = "appliance-sizes.yaml"
@@ -21,15 +22,15 @@ SIZES_FILE = "appliance-sizes.yaml"
 class HardwareProfile(Model):
     """One appliance size: the least CPU, memory and disk a sensor VM of that size needs."""
 
-    name: str
-    cpu: int = Field(ge=1)
-    memory_mb: int = Field(ge=1024)
-    disk_gb: int = Field(ge=1)
-    iops: int | None = None
-    max_bandwidth_mbps: int | None = None
-    max_assets: int | None = None
-    supported: bool = True
-    source: str = ""
+    name: ShortText
+    cpu: Annotated[int, BeforeValidator(int_in(1, 240))]
+    memory_mb: Annotated[int, BeforeValidator(int_in(1024, 12 * 1024 * 1024))]
+    disk_gb: Annotated[int, BeforeValidator(int_in(1, 64 * 1024))]
+    iops: Annotated[int, BeforeValidator(int_in(1, 10_000_000))] | None = None
+    max_bandwidth_mbps: Annotated[int, BeforeValidator(int_in(1, 1_000_000))] | None = None
+    max_assets: Annotated[int, BeforeValidator(int_in(1, 10_000_000))] | None = None
+    supported: Bool = True
+    source: Text = ""
 
 
 class ApplianceSizesFile(Model):

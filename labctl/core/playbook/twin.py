@@ -6,15 +6,27 @@ from ipaddress import IPv4Interface
 
 from pydantic import Field
 
-from labctl.core.playbook.common import Address, Interface, Model, Name
+from labctl.core.playbook.common import (
+    AssetName,
+    HostAddress,
+    Interface,
+    Mac,
+    Model,
+    Name,
+    Port,
+)
+
+#: a twin runs one namespace and a few processes per device: more is a typo, not a lab
+MAX_TWIN_DEVICES = 254
 
 
 class TwinDevice(Model):
     name: Name
-    persona: str  # playbooks/devices/<persona>.yaml
+    #: playbooks/devices/<persona>.yaml: a file name, never a path
+    persona: AssetName
     ip: Interface
     switch: Name
-    mac: str | None = Field(default=None, pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
+    mac: Mac | None = None
 
 
 class TwinScanner(Model):
@@ -29,8 +41,9 @@ class TwinSection(Model):
     wan_router: Interface = Field(default=IPv4Interface("203.0.113.2/24"))
     wan_services: list[Interface] = Field(
         default_factory=lambda: [IPv4Interface("203.0.113.10/24"),
-                                 IPv4Interface("198.51.100.10/24")])
-    irc_port: int = 6667
-    devices: list[TwinDevice] = Field(default_factory=list)
+                                 IPv4Interface("198.51.100.10/24")],
+        max_length=16)
+    irc_port: Port = 6667
+    devices: list[TwinDevice] = Field(default_factory=list, max_length=MAX_TWIN_DEVICES)
     scanner: TwinScanner | None = None
-    dns_forwarders: list[Address] = Field(default_factory=list)
+    dns_forwarders: list[HostAddress] = Field(default_factory=list, max_length=4)
