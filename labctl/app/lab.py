@@ -8,15 +8,22 @@ provider (router, sensor) are in :mod:`labctl.app.stages`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from labctl.app.providers import make_provider
 from labctl.core.context import LabContext
 from labctl.core.errors import ConvergenceError, Interrupted
 from labctl.core.model import Plan, ProgressFn, ResourceStatus
+from labctl.core.state import (
+    lab_state_dir,
+    purge_secret_state,
+    router_backups,
+    secret_state_paths,
+)
 
-__all__ = ["LabContext", "UpReport", "down", "make_provider", "plan", "status", "up"]
+__all__ = ["DownReport", "LabContext", "UpReport", "down", "make_provider", "plan", "status",
+           "up"]
 
 
 @dataclass
@@ -29,6 +36,23 @@ class UpReport:
     def to_dict(self) -> dict[str, Any]:
         return {"applied": self.applied, "converged": self.converged, "dry_run": self.dry_run,
                 "plan": self.plan.to_dict()}
+
+
+@dataclass
+class DownReport(UpReport):
+    """`down`'s report, plus the lab's secret-holding state files left in the state home
+    (router backups hold the Wi-Fi passphrase) and those ``purge`` removed (paths only)."""
+
+    state_dir: str = ""
+    router_backups: list[str] = field(default_factory=list)
+    secrets_left: list[str] = field(default_factory=list)
+    purged: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d.update(state_dir=self.state_dir, router_backups=self.router_backups,
+                 secrets_left=self.secrets_left, purged=self.purged)
+        return d
 
 
 def plan(ctx: LabContext, *, assume_empty: bool = False, down: bool = False) -> Plan:
@@ -72,8 +96,17 @@ def up(ctx: LabContext, *, confirm: Callable[[Plan], bool], progress: ProgressFn
 
 
 def down(ctx: LabContext, *, confirm: Callable[[Plan], bool],
-         progress: ProgressFn | None = None) -> UpReport:
-    return _apply(ctx, down=True, confirm=confirm, progress=progress, dry_run=False)
+         progress: ProgressFn | None = None, purge: bool = False) -> DownReport:
+    """Remove what this lab created. Then, with ``purge`` (and only once nothing of the lab
+    is left: a failed `down` raises first), remove this lab's secret-holding state files;
+    the report lists what is left either way."""
+    rep = _apply(ctx, down=True, confirm=confirm, progress=progress, dry_run=False)
+    lab = ctx.loaded.model.lab
+    purged = [str(p) for p in purge_secret_state(lab)] if purge else []
+    return DownReport(rep.plan, rep.applied, rep.converged, rep.dry_run,
+                      state_dir=str(lab_state_dir(lab, create=False)),
+                      router_backups=[str(p) for p in router_backups(lab)],
+                      secrets_left=[str(p) for p in secret_state_paths(lab)], purged=purged)
 
 
 def status(ctx: LabContext) -> list[ResourceStatus]:

@@ -214,12 +214,23 @@ def up(playbook: str | None, yes: bool, dry_run: bool, only: str | None, as_json
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @playbook_option
 @yes_option
+@click.option("--purge", is_flag=True,
+              help="Once nothing of the lab is left, also remove this lab's router backups "
+                   "and other secret-holding state files (twin credentials, twin router "
+                   "nvram, twin sensor state). Other labs' files are not touched.")
 @json_option
-def down(playbook: str | None, yes: bool, as_json: bool) -> int:
+def down(playbook: str | None, yes: bool, purge: bool, as_json: bool) -> int:
     """Remove what this lab created, in reverse order.
 
-    Only resources whose Notes carry "managed-by: labctl lab=<lab>" are touched: stop VM,
-    remove VM, remove the VHDX labctl created, NetNat, host IP, switches.
+    Only what the lab can prove it created is touched: switches and VMs whose Notes hold
+    the line "managed-by: labctl lab=<lab>", the host IP on such a switch, and the NetNat
+    and VHDX files the lab's record says it created. Order: stop VM, remove VM, VHDX,
+    NetNat, host IP, switches. Router backups (they hold the Wi-Fi passphrase) stay in the
+    lab's state directory unless --purge.
+
+    \b
+    labctl down -f playbooks/home-lab.yaml
+    labctl down -y --purge
     """
     from labctl.app import lab as app
 
@@ -230,13 +241,23 @@ def down(playbook: str | None, yes: bool, as_json: bool) -> int:
             echo(render_plan(the_plan, show_noop=True))
         return confirm("Remove these resources?", yes)
 
-    rep = app.down(ctx, confirm=ask, progress=progress_printer(_verbosity() >= 0 and not as_json))
+    rep = app.down(ctx, confirm=ask, progress=progress_printer(_verbosity() >= 0 and not as_json),
+                   purge=purge)
     if as_json:
         emit_json(rep.to_dict())
-    elif not rep.applied:
+        return 0
+    if not rep.applied:
         echo(f"Nothing of lab {rep.plan.lab} is left on the host.")
     else:
         echo(f"Removed {len(rep.plan.pending)} resource(s) of lab {rep.plan.lab}.")
+    for p in rep.purged:
+        echo(f"Purged {p}")
+    if rep.router_backups:
+        echo(f"{len(rep.router_backups)} router backup(s) of lab {rep.plan.lab} stay in "
+             f"{rep.state_dir}/router-backups: they hold the Wi-Fi passphrase.")
+    if rep.secrets_left:
+        echo("Left in the state home (secrets): " + ", ".join(rep.secrets_left))
+        echo("`labctl down --purge` removes them (this lab's files only).")
     return 0
 
 

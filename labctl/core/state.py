@@ -148,11 +148,11 @@ class CreatedRecord:
             if not isinstance(doc, dict) or doc.get("version") != RECORD_VERSION:
                 raise ValueError("not a labctl record")
             out = []
-            for e in doc["created"]:
-                keys = {k: v for k, v in e.items() if k not in ("scope", "kind")}
-                if not all(isinstance(v, str) for v in e.values()):
+            for item in doc["created"]:
+                keys = {k: v for k, v in item.items() if k not in ("scope", "kind")}
+                if not all(isinstance(v, str) for v in item.values()):
                     raise ValueError("a value is not a string")
-                out.append(Created.of(e["scope"], e["kind"], keys))
+                out.append(Created.of(item["scope"], item["kind"], keys))
             return out
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise LabctlError(f"{self.path} is not a labctl record of created resources ({e})",
