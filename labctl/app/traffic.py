@@ -1,0 +1,126 @@
+"""Traffic use cases: build a report from captures (or the sensor's coarse view), keep the
+baseline for new-peer and new-port flags, export flows as JSON lines.
+
+No printing here: the CLI renders what comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from labctl.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from labctl.core.playbook import LoadedPlaybook
+    from labctl.traffic.flows import FlowTable
+
+BASELINE_FILE = "traffic-baseline.json"
+ADHOC_LAB = "adhoc"
+
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+
+
+def parse_duration(text: str, option: str = "--since") -> float:
+    """``90``, ``90s``, ``10m``, ``2h``, ``3d`` -> seconds; anything else is exit 2."""
+    m = _DURATION.match(text.strip())
+    if not m or int(m.group(1)) <= 0:
+        raise UsageError(f"{option} {text!r}: a duration such as 90s, 10m, 2h or 3d")
+    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def _names(loaded: LoadedPlaybook | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if loaded is None:
+        return out
+    pb = loaded.model
+    for d in pb.devices:
+        out[str(d.ip)] = d.name
+    if pb.twin is not None:
+        for td in pb.twin.devices:
+            out[str(td.ip.ip)] = td.name
+    return out
+
+
+def _baseline_path(lab: str) -> Path:
+    from labctl.core.state import lab_state_dir
+
+    return lab_state_dir(lab) / BASELINE_FILE
+
+
+def _read_baseline(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return None  # a damaged baseline is replaced by this report's
+    devices = doc.get("devices") if isinstance(doc, dict) else None
+    return devices if isinstance(devices, dict) else None
+
+
+def report_from_table(table: FlowTable, loaded: LoadedPlaybook | None, *,
+                      device: str | None = None, lab: str | None = None,
+                      keep_baseline: bool = True) -> dict[str, Any]:
+    from labctl.sensor.oui import default_oui
+    from labctl.traffic.ports import default_ports
+    from labctl.traffic.report import Names, build_report, iso
+
+    macs = table.mac_of()
+    oui = default_oui()
+    vendors = {m: v for m in set(macs.values()) if (v := oui.lookup(m))}
+    names = Names(devices=_names(loaded), dns=table.dns_names(), macs=macs, vendors=vendors)
+    lab_name = lab or (loaded.model.lab if loaded is not None else ADHOC_LAB)
+    path = _baseline_path(lab_name)
+    previous = _read_baseline(path)
+    st = table.stats
+    sources = {
+        "kind": "pcap", "files": st.files, "packets": st.packets,
+        "ip_packets": st.ip_packets, "non_ip": st.non_ip, "malformed": st.malformed,
+        "first": iso(st.first), "last": iso(st.last),
+        "partial": bool(st.partial),
+        "partial_reasons": [{"file": f, "offset": o, "what": w} for f, o, w in st.partial],
+        "lab": lab_name, "previous_report": previous is not None,
+    }
+    doc = build_report(table.records(), names, default_ports(), previous=previous,
+                       device=device, sources=sources)
+    baseline = doc.pop("baseline")
+    if keep_baseline and device is None and not st.partial:
+        from labctl.core.state import write_private_json
+
+        write_private_json({"version": 1, "devices": baseline}, path)
+    return doc
+
+
+def traffic_report(pcaps: Sequence[str], loaded: LoadedPlaybook | None, *,
+                   since: str | None = None, device: str | None = None,
+                   partial: bool = False, lab: str | None = None) -> dict[str, Any]:
+    """The report of capture files (see docs/traffic.md)."""
+    from labctl.traffic.flows import read_captures
+
+    if not pcaps:
+        raise UsageError("give at least one capture: --pcap FILE")
+    since_s = parse_duration(since) if since else None
+    table = read_captures(pcaps, partial=partial, since_seconds=since_s)
+    return report_from_table(table, loaded, device=device, lab=lab)
+
+
+def export_jsonl(pcaps: Sequence[str], out: str, *, partial: bool = False,
+                 since: str | None = None) -> int:
+    """Write one JSON object per directed flow to ``out``; returns the number written."""
+    from labctl.traffic.export import flow_documents
+    from labctl.traffic.flows import read_captures
+
+    since_s = parse_duration(since) if since else None
+    table = read_captures(pcaps, partial=partial, since_seconds=since_s)
+    n = 0
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        for doc in flow_documents(table):
+            f.write(json.dumps(doc, sort_keys=True) + "\n")
+            n += 1
+    return n

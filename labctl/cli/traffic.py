@@ -1,0 +1,156 @@
+"""``labctl traffic``: who talks to whom, when, on which ports (report), and export.
+
+rich and the traffic modules are imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from labctl.cli._common import echo, emit_json, json_option, playbook_option
+
+if TYPE_CHECKING:
+    from labctl.core.playbook import LoadedPlaybook
+
+
+def _load_playbook(path: str | None) -> LoadedPlaybook | None:
+    import os
+    from pathlib import Path
+
+    from labctl.core.playbook import load_playbook
+
+    if path or os.environ.get("LABCTL_PLAYBOOK") or Path("labctl.yaml").exists():
+        return load_playbook(path)
+    return None
+
+
+@click.group(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
+def traffic() -> None:
+    """Who talks to whom, when and on which ports; export flows.
+
+    \b
+    labctl traffic report --pcap lab.pcap
+    labctl traffic report --pcap a.pcap.gz b.pcapng --since 2h --device feeder1 --json
+    labctl traffic export --pcap lab.pcap --jsonl flows.jsonl
+    """
+
+
+def _sources(f: Any) -> Any:
+    f = click.option("--pcap", "pcaps", multiple=True, metavar="FILE",
+                     help="A pcap or pcapng file, plain or gzip (repeatable).")(f)
+    f = click.option("--since", metavar="DURATION", default=None,
+                     help="Only packets this recent (90s, 10m, 2h, 3d), counted back from "
+                          "the newest packet of the captures.")(f)
+    f = click.option("--partial", is_flag=True,
+                     help="Report what a truncated or corrupt capture held before the "
+                          "damage, flagged as partial, instead of failing.")(f)
+    return playbook_option(f)
+
+
+@traffic.command("report")
+@_sources
+@click.option("--device", metavar="ADDR|NAME", default=None,
+              help="Only this device (IP, MAC or name).")
+@click.option("--lab", default=None, help="Lab name for the baseline (default: the "
+              "playbook's lab, else 'adhoc').")
+@json_option
+def report_cmd(pcaps: tuple[str, ...], since: str | None, partial: bool,
+               playbook: str | None, device: str | None, lab: str | None,
+               as_json: bool) -> None:
+    """Per device, per conversation and fleet-wide view of the traffic, with flags."""
+    from labctl.app.traffic import traffic_report
+
+    doc = traffic_report(list(pcaps), _load_playbook(playbook), since=since, device=device,
+                         partial=partial, lab=lab)
+    if as_json:
+        emit_json(doc)
+        return
+    _render(doc)
+
+
+@traffic.command("export")
+@_sources
+@click.option("--jsonl", "jsonl", metavar="FILE", required=True,
+              help="Write one JSON object per directed flow to FILE.")
+def export_cmd(pcaps: tuple[str, ...], since: str | None, partial: bool,
+               playbook: str | None, jsonl: str) -> None:
+    """Export flows (JSON lines)."""
+    from labctl.app.traffic import export_jsonl
+
+    n = export_jsonl(list(pcaps), jsonl, partial=partial, since=since)
+    echo(f"{n} flows written to {jsonl}", err=True)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n = n / 1000  # type: ignore[assignment]
+    return str(n)
+
+
+def _render(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(highlight=False)
+    src = doc["sources"]
+    head = (f"{len(src.get('files', []))} capture(s), {src.get('packets', 0)} packets, "
+            f"{src.get('first')} .. {src.get('last')}")
+    con.print(head)
+    if src.get("partial"):
+        for r in src.get("partial_reasons", []):
+            con.print(f"[bold yellow]PARTIAL[/]: {r['file']}: {r['what']} at byte "
+                      f"{r['offset']}; the report covers what came before it")
+    t = Table(title="Devices", show_lines=False)
+    for col in ("device", "mac / vendor", "out", "in", "peers", "first .. last"):
+        t.add_column(col)
+    t.add_column("00h" + " " * 18 + "23h", no_wrap=True, min_width=24)
+    t.add_column("flags")
+    for d in doc["devices"]:
+        name = f"{d['name']} " if d["name"] else ""
+        flags = sorted({f["flag"] for f in d["flags"]})
+        t.add_row(f"{name}{d['ip']}", f"{d['mac'] or '-'}\n{d['vendor'] or ''}",
+                  f"{d['packets_out']} pk\n{_size(d['bytes_out'])}",
+                  f"{d['packets_in']} pk\n{_size(d['bytes_in'])}",
+                  str(len(d["peers"])), f"{d['first_seen']}\n{d['last_seen']}",
+                  f"[cyan]{d['sparkline']}[/]", ", ".join(flags))
+    con.print(t)
+    for d in doc["devices"]:
+        if not (d["periodicity"] or d["flags"]):
+            continue
+        con.print(f"[bold]{d['name'] or d['ip']}[/] ({d['ip']})")
+        for p in d["periodicity"]:
+            con.print(f"  schedule: {p['text']}")
+        for f in d["flags"]:
+            con.print(f"  [yellow]{f['flag']}[/]: {f['detail']}")
+        outs = [p for p in d["peers"] if p["outbound"]]
+        for p in outs[:10]:
+            nm = f" ({p['name']})" if p["name"] else ""
+            con.print(f"  -> {p['ip']}{nm} {p['scope']} {', '.join(p['ports'])} "
+                      f"{p['packets_out']}/{p['packets_in']} pk")
+    fleet = doc["fleet"]
+    t = Table(title="Top external destinations")
+    for col in ("destination", "name", "ports", "devices", "packets", "bytes"):
+        t.add_column(col)
+    for e in fleet["top_external"]:
+        t.add_row(e["ip"], e["name"] or "", ", ".join(e["ports"]), ", ".join(e["devices"]),
+                  str(e["packets"]), _size(e["bytes"]))
+    con.print(t)
+    t = Table(title="Port usage (outbound)")
+    for col in ("port", "service", "devices", "packets", "bytes"):
+        t.add_column(col)
+    for u in fleet["ports"][:20]:
+        t.add_row(f"{u['proto'].lower()}/{u['port']}", u["service"] or "?",
+                  str(len(u["devices"])), str(u["packets"]), _size(u["bytes"]))
+    con.print(t)
+    t = Table(title=f"Conversations ({len(doc['conversations'])})")
+    for col in ("a", "b", "a->b", "b->a", "first .. last"):
+        t.add_column(col)
+    for c in doc["conversations"][:20]:
+        t.add_row(c["a"], c["b"], f"{c['packets_a_to_b']} pk {_size(c['bytes_a_to_b'])}",
+                  f"{c['packets_b_to_a']} pk {_size(c['bytes_b_to_a'])}",
+                  f"{c['first_seen']} .. {c['last_seen']}")
+    con.print(t)

@@ -1,0 +1,513 @@
+"""Capture files to flow records: the aggregation under ``labctl traffic``.
+
+Why here and not in the sensor: the sensor keeps device and alert state, the traffic report
+needs per-flow counters. Both read packets through the same code: the container walk of
+:class:`labctl.sensor.pcap.CaptureFile` and the header layouts and parser of
+:mod:`labctl.sensor.parse` (one parser in the project). What this module adds on top, and
+what should later move into the sensor's reader:
+
+* gzip-compressed captures (decompressed into a temporary file, then read by CaptureFile);
+* the byte offset where a truncated or corrupt file stops (CaptureFile only counts it);
+* a record's original (wire) length, read from the 4 bytes before the frame, which is where
+  pcap, pcapng EPB and SPB all keep it (CaptureFile yields only the captured length);
+* DNS answers (A and AAAA records in UDP from port 53) for names, since the header parser
+  stops at the transport header.
+
+Memory grows with the number of flows and of active minutes per flow, not with packets: a
+flow is one list of counters plus a ``{minute: packets}`` dict.
+
+A flow is directed: ``(vlan, src, dst, proto, sport, dport)``. In the fused loop ports and
+the VLAN id are kept as read by one little-endian ``unpack_from`` (byte-swapped) and swapped
+back once per flow in :meth:`FlowTable.records`.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from labctl.core.errors import UsageError
+from labctl.sensor.parse import (
+    F_DIP,
+    F_DPORT,
+    F_FLAGS,
+    F_KIND,
+    F_PROTO,
+    F_SIP,
+    F_SMAC,
+    F_SPORT,
+    F_VLAN,
+    K_ARP,
+    K_IPV4,
+    K_IPV6,
+    ip_str,
+    mac_str,
+    parse_frame,
+)
+from labctl.sensor.pcap import (
+    FRAME_HEAD,
+    FRAME_HEAD_TAGGED,
+    PCAP_FILE_HEADER_LEN,
+    PCAP_RECORD,
+    PCAP_RECORD_LEN,
+    CaptureFile,
+)
+
+if TYPE_CHECKING:
+    import mmap
+
+#: a record longer than this is corrupt, not a frame (tcpdump's largest snap length)
+MAX_RECORD = 262_144
+
+# flow list slots
+PK, BY, FIRST, LAST, MINS, CURM, CURN, SYN = range(8)
+
+
+class CaptureError(UsageError):
+    """A capture that is truncated or corrupt at a known byte offset."""
+
+    def __init__(self, path: str, offset: int, what: str, compressed: bool = False) -> None:
+        where = f"byte {offset}" + (" of the decompressed stream" if compressed else "")
+        super().__init__(f"{path}: {what} at {where}",
+                         hint="pass --partial to report what was read before it")
+        self.path = path
+        self.offset = offset
+
+
+def _swap(p: int) -> int:
+    return ((p & 0xFF) << 8) | (p >> 8)
+
+
+@dataclass(frozen=True)
+class FlowRecord:
+    """One directed flow, with plain values."""
+
+    vlan: int
+    src: str
+    dst: str
+    proto: int
+    sport: int
+    dport: int
+    packets: int
+    bytes: int
+    first: float
+    last: float
+    #: epoch minute -> packets in that minute
+    minutes: dict[int, int] = field(compare=False)
+    #: a TCP SYN without ACK was sent on this flow (src opened the connection)
+    syn: bool = False
+
+
+@dataclass
+class SourceStats:
+    """What reading the sources found besides flows."""
+
+    files: list[str] = field(default_factory=list)
+    packets: int = 0
+    ip_packets: int = 0
+    non_ip: int = 0
+    malformed: int = 0
+    #: (file, byte offset, what) of each truncated or corrupt file read with --partial
+    partial: list[tuple[str, int, str]] = field(default_factory=list)
+    first: float | None = None
+    last: float | None = None
+
+
+class FlowTable:
+    """Directed flows, MAC addresses and DNS names collected from packets."""
+
+    def __init__(self, since: float | None = None) -> None:
+        self.flows: dict[tuple[int, bytes, bytes, int, int, int], list] = {}  # type: ignore[type-arg]
+        self.macs: dict[bytes, bytes] = {}
+        self.names: dict[bytes, str] = {}
+        self.stats = SourceStats()
+        self.since = since
+
+    # ---- reading -------------------------------------------------------------------
+
+    def add_file(self, path: str | Path, partial: bool = False) -> None:
+        path = str(path)
+        self.stats.files.append(path)
+        tmp: str | None = None
+        compressed = False
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(2)
+        except FileNotFoundError:
+            raise UsageError(f"{path}: file not found") from None
+        except OSError as e:
+            raise UsageError(f"{path}: cannot read: {e.strerror}") from None
+        gz_err: tuple[int, str] | None = None
+        try:
+            if magic == b"\x1f\x8b":
+                compressed = True
+                tmp, gz_err = _gunzip(path)
+                if gz_err is not None and not partial:
+                    raise CaptureError(path, gz_err[0], gz_err[1], compressed=True)
+            try:
+                cap = CaptureFile(tmp or path)
+            except UsageError as e:
+                if tmp:
+                    e.message = e.message.replace(tmp, path)
+                raise
+            cap.path = path
+            self._read(cap, partial, compressed)
+            if gz_err is not None:
+                self.stats.partial.append((path, gz_err[0], gz_err[1]))
+        finally:
+            if tmp:
+                os.unlink(tmp)
+
+    def _read(self, cap: CaptureFile, partial: bool, compressed: bool) -> None:
+        data = cap.data
+        if cap.format == "pcap" and cap.endian == "<" and self.since is None:
+            n, stop = self._fused(cap, data)
+        else:
+            n, stop = self._generic(cap, data)
+        if n == 0 and cap.skipped:
+            raise UsageError(f"{cap.path}: no Ethernet records ({cap.skipped} records of "
+                             "other link types)",
+                             hint="capture on an Ethernet interface (linktype 1)")
+        if stop is not None:
+            if not partial:
+                raise CaptureError(cap.path, stop[0], stop[1], compressed)
+            self.stats.partial.append((cap.path, stop[0], stop[1]))
+
+    def _generic(self, cap: CaptureFile, data: bytes | mmap.mmap
+                 ) -> tuple[int, tuple[int, str] | None]:
+        """Every record through CaptureFile and :func:`parse_frame` (any format)."""
+        orig_of = struct.Struct(cap.endian + "I").unpack_from
+        since = self.since
+        n = 0
+        end = PCAP_FILE_HEADER_LEN if cap.format == "pcap" else 0
+        for ts, off, caplen in cap:
+            if caplen > MAX_RECORD:
+                return n, (off - (PCAP_RECORD_LEN if cap.format == "pcap" else 28),
+                           f"corrupt record (length {caplen})")
+            end = off + caplen
+            if since is not None and ts < since:
+                continue
+            n += 1
+            self._one(data, off, caplen, orig_of(data, off - 4)[0], ts)
+        self.stats.packets += 0  # counted in _one
+        if cap.truncated:
+            if cap.format == "pcap":
+                return n, (end, "truncated record")
+            return n, (_pcapng_stop(data), "truncated or corrupt block")
+        return n, None
+
+    def _one(self, data: bytes | mmap.mmap, off: int, caplen: int, orig: int,
+             ts: float) -> None:
+        st = self.stats
+        st.packets += 1
+        if st.first is None or ts < st.first:
+            st.first = ts
+        if st.last is None or ts > st.last:
+            st.last = ts
+        p = parse_frame(data, off, caplen)
+        if p is None:
+            st.malformed += 1
+            return
+        kind = p[F_KIND]
+        if kind == K_ARP:
+            self.macs.setdefault(p[F_SIP], p[F_SMAC])
+            st.non_ip += 1
+            return
+        if kind != K_IPV4 and kind != K_IPV6:
+            st.non_ip += 1
+            return
+        st.ip_packets += 1
+        proto = p[F_PROTO]
+        sport = p[F_SPORT]
+        dport = p[F_DPORT]
+        if proto in (6, 17) and sport >= 0:
+            sport, dport = _swap(sport), _swap(dport)
+            if proto == 17 and sport == 0x3500:
+                self._dns(data, off, caplen)
+        key = (p[F_VLAN], p[F_SIP], p[F_DIP], proto, sport, dport)
+        syn = proto == 6 and (p[F_FLAGS] & 0x12) == 0x02
+        self._account(key, orig, ts, p[F_SMAC], syn)
+
+    def _account(self, key: tuple[int, bytes, bytes, int, int, int], orig: int, ts: float,
+                 smac: bytes, syn: bool) -> None:
+        m = int(ts) // 60
+        f = self.flows.get(key)
+        if f is None:
+            self.flows[key] = [1, orig, ts, ts, {}, m, 1, syn]
+            self.macs.setdefault(key[1], smac)
+            return
+        f[PK] += 1
+        f[BY] += orig
+        if ts > f[LAST]:
+            f[LAST] = ts
+        if ts < f[FIRST]:
+            f[FIRST] = ts
+        if syn:
+            f[SYN] = True
+        if m == f[CURM]:
+            f[CURN] += 1
+        else:
+            mins = f[MINS]
+            mins[f[CURM]] = mins.get(f[CURM], 0) + f[CURN]
+            f[CURM] = m
+            f[CURN] = 1
+
+    def _fused(self, cap: CaptureFile, data: bytes | mmap.mmap
+               ) -> tuple[int, tuple[int, str] | None]:
+        """Little-endian classic pcap: one ``unpack_from`` reads the record header and the
+        Ethernet/IPv4/TCP-UDP fields (the sensor's layouts); other frames go through
+        :meth:`_one`. Ports and the tag stay byte-swapped in the key."""
+        head = struct.Struct("<" + PCAP_RECORD + FRAME_HEAD).unpack_from
+        tagged = struct.Struct("<" + PCAP_RECORD + FRAME_HEAD_TAGGED)
+        headv = tagged.unpack_from
+        rec = struct.Struct("<" + PCAP_RECORD).unpack_from
+        div = 1e9 if cap.nanos else 1e6
+        flows = self.flows
+        get = flows.get
+        macs = self.macs
+        one = self._one
+        size = len(data)
+        limit = size - tagged.size
+        rlen = PCAP_RECORD_LEN
+        off = PCAP_FILE_HEADER_LEN
+        n = 0
+        fast = 0
+        first = last = None
+        ts = 0.0
+        stop: tuple[int, str] | None = None
+        while off + rlen <= size:
+            start = off
+            if off <= limit:
+                sec, frac, incl, orig, etype, vihl, frag, proto, sip, dip, sport, dport, \
+                    flags = head(data, off)
+                hl = 14
+                vid = 0
+                if etype == 0x0081:
+                    sec, frac, incl, orig, v, etype, vihl, frag, proto, sip, dip, sport, \
+                        dport, flags = headv(data, off)
+                    vid = _swap(v) & 0xFFF
+                    hl = 18
+            else:
+                sec, frac, incl, orig = rec(data, off)
+                etype = 0
+            if incl > MAX_RECORD:
+                stop = (start, f"corrupt record (length {incl})")
+                break
+            pk = off + rlen
+            off = pk + incl
+            if off > size:
+                stop = (start, "truncated record")
+                break
+            n += 1
+            ts = sec + frac / div
+            if first is None:
+                first = last = ts
+            if etype == 0x0008 and vihl == 0x45 and not frag & 0xFF3F and (
+                    (proto == 6 and incl >= hl + 34)
+                    or (proto == 17 and incl >= hl + 28 and sport != 0x3500)):
+                fast += 1
+                if ts > last:
+                    last = ts
+                elif ts < first:
+                    first = ts
+                key = (vid, sip, dip, proto, sport, dport)
+                m = sec // 60
+                f = get(key)
+                if f is None:
+                    flows[key] = [1, orig, ts, ts, {}, m, 1,
+                                  proto == 6 and (flags & 0x12) == 0x02]
+                    if sip not in macs:
+                        macs[sip] = data[pk + 6:pk + 12]
+                    continue
+                f[0] += 1
+                f[1] += orig
+                if ts > f[3]:
+                    f[3] = ts
+                elif ts < f[2]:
+                    f[2] = ts
+                if m == f[5]:
+                    f[6] += 1
+                else:
+                    mins = f[4]
+                    mins[f[5]] = mins.get(f[5], 0) + f[6]
+                    f[5] = m
+                    f[6] = 1
+                if flags & 0x12 == 0x02:
+                    f[7] = True
+                continue
+            one(data, pk, incl, orig, ts)
+        else:
+            if off != size:
+                stop = (off, "truncated record header")
+        st = self.stats
+        st.packets += fast
+        st.ip_packets += fast
+        if first is not None:
+            st.first = first if st.first is None else min(st.first, first)
+            st.last = last if st.last is None else max(st.last, last)  # type: ignore[type-var]
+        return n, stop
+
+    # ---- DNS answers -----------------------------------------------------------------
+
+    def _dns(self, data: bytes | mmap.mmap, off: int, caplen: int) -> None:
+        """Record A/AAAA answers of one DNS response (frame at ``off``); never raises."""
+        end = off + caplen
+        p = off + 12
+        etype = struct.unpack_from("!H", data, p)[0]
+        while etype in (0x8100, 0x88A8, 0x9100) and p + 4 <= end:
+            p += 4
+            etype = struct.unpack_from("!H", data, p)[0]
+        p += 2
+        if etype == 0x0800:
+            p += (data[p] & 0x0F) * 4
+        elif etype == 0x86DD:
+            p += 40
+        else:
+            return
+        p += 8
+        try:
+            for raw, name in dns_answers(bytes(data[p:end])):
+                self.names[raw] = name
+        except (IndexError, struct.error, UnicodeDecodeError):
+            return
+
+    # ---- results ---------------------------------------------------------------------
+
+    def records(self) -> list[FlowRecord]:
+        """The flows as plain records (ports and VLAN swapped back where needed)."""
+        out = []
+        for (vlan, sip, dip, proto, sport, dport), f in self.flows.items():
+            mins = dict(f[MINS])
+            mins[f[CURM]] = mins.get(f[CURM], 0) + f[CURN]
+            if proto in (6, 17) and sport >= 0:
+                sport, dport = _swap(sport), _swap(dport)
+            out.append(FlowRecord(vlan, ip_str(sip), ip_str(dip), proto, sport, dport,
+                                  f[PK], f[BY], f[FIRST], f[LAST], mins, bool(f[SYN])))
+        return out
+
+    def mac_of(self) -> dict[str, str]:
+        return {ip_str(ip): mac_str(mac) for ip, mac in self.macs.items()
+                if len(ip) in (4, 16)}
+
+    def dns_names(self) -> dict[str, str]:
+        return {ip_str(ip): name for ip, name in self.names.items()}
+
+
+def dns_answers(msg: bytes) -> list[tuple[bytes, str]]:
+    """``(address bytes, owner name)`` of the A and AAAA answers of one DNS response.
+
+    The owner name is the question name when answers are CNAME chains (the name the device
+    asked for). Compression pointers are followed at most 16 deep.
+    """
+    if len(msg) < 12:
+        return []
+    flags, qd, an = struct.unpack_from("!2xHHH", msg, 0)
+    if not flags & 0x8000:
+        return []
+
+    def name_at(p: int) -> tuple[str, int]:
+        labels: list[str] = []
+        nxt = -1
+        for _ in range(64):
+            ln = msg[p]
+            if ln & 0xC0 == 0xC0:
+                if nxt < 0:
+                    nxt = p + 2
+                p = ((ln & 0x3F) << 8) | msg[p + 1]
+                continue
+            if ln == 0:
+                return ".".join(labels).lower(), (nxt if nxt >= 0 else p + 1)
+            labels.append(msg[p + 1:p + 1 + ln].decode("ascii"))
+            p += 1 + ln
+        raise IndexError("name too long")
+
+    p = 12
+    qname = ""
+    for i in range(qd):
+        nm, p = name_at(p)
+        if i == 0:
+            qname = nm
+        p += 4
+    out = []
+    for _ in range(an):
+        nm, p = name_at(p)
+        rtype, _cls, _ttl, rdlen = struct.unpack_from("!HHIH", msg, p)
+        p += 10
+        rdata = msg[p:p + rdlen]
+        p += rdlen
+        if (rtype == 1 and rdlen == 4) or (rtype == 28 and rdlen == 16):
+            out.append((rdata, qname or nm))
+    return out
+
+
+def _gunzip(path: str) -> tuple[str, tuple[int, str] | None]:
+    """Decompress ``path`` (one or more gzip members) into a private temporary file; a
+    damaged or cut stream keeps everything decompressed before the damage and returns
+    ``(decompressed offset, what)``."""
+    fd, tmp = tempfile.mkstemp(prefix="labctl-traffic-", suffix=".pcap")
+    err: tuple[int, str] | None = None
+    written = 0
+    fed = 0  # compressed bytes given to the current member's decompressor
+    with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+        d = zlib.decompressobj(wbits=31)
+        try:
+            while chunk := src.read(1 << 20):
+                while chunk:
+                    fed += len(chunk)
+                    piece = d.decompress(chunk)
+                    out.write(piece)
+                    written += len(piece)
+                    chunk = b""
+                    if d.eof:
+                        chunk = d.unused_data
+                        d = zlib.decompressobj(wbits=31)
+                        fed = 0
+            if fed:
+                err = (written, "compressed stream ends early")
+        except zlib.error as e:
+            err = (written, f"compressed stream damaged ({e})")
+    return tmp, err
+
+
+def _pcapng_stop(data: bytes | mmap.mmap) -> int:
+    """Offset of the first pcapng block that does not fit (the block walk of CaptureFile,
+    repeated only to name the offset)."""
+    off = 0
+    n = len(data)
+    end = "<"
+    while off + 12 <= n:
+        btype = struct.unpack_from(end + "I", data, off)[0]
+        if btype == 0x0A0D0D0A:
+            end = "<" if struct.unpack_from("<I", data, off + 8)[0] == 0x1A2B3C4D else ">"
+        blen = struct.unpack_from(end + "I", data, off + 4)[0]
+        if blen < 12 or blen % 4 or off + blen > n:
+            return off
+        off += blen
+    return off
+
+
+def read_captures(paths: Iterable[str | Path], *, partial: bool = False,
+                  since_seconds: float | None = None) -> FlowTable:
+    """Aggregate every capture into one :class:`FlowTable`.
+
+    ``since_seconds`` keeps packets newer than that many seconds before the newest packet of
+    all the files (captures are usually older than now), found in a first pass.
+    """
+    paths = list(paths)
+    cutoff = None
+    if since_seconds is not None:
+        probe = FlowTable(since=float("-inf"))
+        for p in paths:
+            probe.add_file(p, partial=partial)
+        if probe.stats.last is not None:
+            cutoff = probe.stats.last - since_seconds
+    table = FlowTable(since=cutoff)
+    for p in paths:
+        table.add_file(p, partial=partial)
+    return table
