@@ -100,3 +100,32 @@ def test_vlan_list_from_the_host_in_either_form():
     assert not _vlan_matches(want, F.VlanFacts(mode="Trunk", allowed="1-51,53-4094", native=0))
     assert not _vlan_matches(want, F.VlanFacts(mode="Trunk", allowed="1-4094", native=52))
     assert not _vlan_matches(want, F.VlanFacts(mode="Access", access_id=52))
+
+
+@pytest.mark.parametrize("wire,ids", [
+    (list(range(1, 4095)), list(range(1, 4095))),  # Int32[] as ConvertTo-Json prints it
+    ([52], [52]),
+    (52, [52]),  # 5.1 unrolls a one-element array in some pipelines
+    ({"value": [10, 20], "Count": 2}, [10, 20]),  # 5.1's PSObject-wrapped array
+    (None, []),
+    ([], []),
+    ("1-10,52", list(range(1, 11)) + [52]),  # the cmdlet's string form (older readers)
+])
+def test_allowed_vlan_ids_are_read_as_the_int_array_the_cmdlet_returns(wire, ids):
+    v = F.parse_facts({"vms": [{"name": "v", "adapters": [
+        {"name": "Monitor", "vlan": {"mode": "Trunk", "allowed": wire, "native": 0}}]}]}) \
+        .vms[0].adapters[0].vlan
+    assert v.allowed == ids
+
+
+def test_a_boolean_or_an_out_of_range_vlan_list_is_a_remote_error():
+    for bad in (True, [0], [4095], "1-5000"):
+        with pytest.raises(RemoteCommandError, match="allowed"):
+            F.parse_facts({"vms": [{"name": "v", "adapters": [
+                {"name": "M", "vlan": {"mode": "Trunk", "allowed": bad}}]}]})
+
+
+def test_the_facts_script_emits_the_allowed_list_as_an_int_array():
+    body = script_body("facts/read")
+    line = [ln for ln in body.splitlines() if "allowed = " in ln][0]
+    assert "[int[]]" in line and "-join" not in line

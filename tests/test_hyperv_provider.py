@@ -303,3 +303,34 @@ def test_assume_empty_never_builds_a_runner():
     plan = p.plan_up(p.empty_facts())
     assert len(plan.steps) == N_STEPS and not calls
     p.close()
+
+
+def test_vlan_drift_text_shows_ranges_not_the_hosts_int_array():
+    host = FakeHyperVHost.reference()
+    _up(host)
+    mon = [v for v in host.vms if v["name"] == "d4iot-sensor"][0]["adapters"][1]
+    assert mon["vlan"]["allowed"] == list(range(1, 4095))  # what Get-VMNetworkAdapterVlan gives
+    mon["vlan"]["native"] = 7  # the full list stays: only the native VLAN drifted
+    items = {s.resource: s for s in app.status(_ctx(host))}
+    detail = " ".join(items["hyperv.vmnic:d4iot-sensor/Monitor"].details)
+    assert "trunk allowed=1-4094 native=7" in detail and "1,2,3" not in detail
+    assert len(detail) < 200
+    mon["vlan"]["allowed"] = list(range(1, 52)) + list(range(53, 4095))
+    mon["vlan"]["native"] = 0
+    p = _provider(host)
+    change = {c.resource: c for c in p.plan_up(p.read_facts()).changes}[
+        "hyperv.vmnic:d4iot-sensor/Monitor"]
+    assert change.before == {"vlan": "trunk allowed=1-51,53-4094 native=0"}
+    assert change.after == {"vlan": "trunk allowed=1-4094 native=0"}
+    assert _up(host).converged and mon["vlan"]["allowed"] == list(range(1, 4095))
+
+
+def test_the_fake_refuses_an_allowed_list_the_cmdlet_refuses():
+    host = FakeHyperVHost.reference()
+    _up(host)
+    from labctl.hyperv.scripts import rendered
+
+    for bad in ("0-10", "1-4095", "ten", "5-"):
+        with pytest.raises(RemoteCommandError):
+            host.run(rendered("vmnic/vlan", {"VMName": "d4iot-sensor", "Name": "Monitor",
+                                             "Mode": "Trunk", "AllowedVlanIdList": bad}))

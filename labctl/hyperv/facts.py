@@ -114,13 +114,13 @@ def _vlan_ids(v: Any) -> Any:
         v = v["value"]
     if v is None or v == "":
         return []
-    if isinstance(v, bool):
-        raise ValueError("a VLAN id list, not a boolean")
-    if isinstance(v, int):
-        return [v]
     if isinstance(v, str):
         return parse_vlan_list(v)
-    return v
+    items = v if isinstance(v, list) else [v]
+    for i in items:
+        if isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= 4094:
+            raise ValueError(f"VLAN ids are integers 1-4094, got {i!r}")
+    return items
 
 
 class VlanFacts(_F):
