@@ -367,3 +367,21 @@ def test_log_redaction_in_process(tmp_path, caplog):
                 s.close()
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "/api/v1/alerts?" in text and "SECRET-IN-QUERY" not in text
+
+
+def test_rule_event_has_the_documented_title(tmp_path):
+    from labctl.sensor.config import load_config
+    from labctl.sensor.engine import Sensor
+    from labctl.sensor.pcap import CaptureFile
+    from tests.helpers.sensor_pcaps import engines_file
+
+    rules = tmp_path / "r.yaml"
+    rules.write_text("rules:\n  - name: Feeder IRC\n    protocol: TCP\n    conditions: "
+                     "[TCP.dstport == 6667]\n    action: event\n")
+    s = Sensor(load_config(engines_file(tmp_path, rules=[str(rules)])))
+    cap = CaptureFile(write(tmp_path / "e.pcap", [
+        tcp_packet("172.16.1.30", "172.16.1.20", 6667, flags="PA", t=T0)]))
+    s.replay(cap, cap.data)
+    ev = [e for e in s.events if e.type == "USER_DEFINED_RULE_OPERATION"]
+    assert len(ev) == 1 and ev[0].title == "User Defined Rule Operation"
+    assert ev[0].content.startswith("Feeder IRC: ") and ev[0].owner is None

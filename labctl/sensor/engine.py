@@ -382,7 +382,9 @@ class Sensor:
             msg = render_message(r.rule.message or r.rule.name, p)
             self._dedup[key] = Alert(0, ms, r.rule.name, msg, r.rule.severity, r.rule.engine,
                                      None, None, None, None, [], last_time=ms)
-            self._event(ts, "USER_DEFINED_RULE_OPERATION", r.rule.name, "NOTICE", msg)
+            # the documented title of this type; the rule's name leads the content
+            self._event(ts, "USER_DEFINED_RULE_OPERATION", "User Defined Rule Operation",
+                        "NOTICE", f"{r.rule.name}: {msg}")
             return
         det = self._rule_dets.get(id(r))
         if det is None:
