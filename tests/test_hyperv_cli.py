@@ -45,7 +45,7 @@ def pb(tmp_path) -> str:
 def test_help_of_every_lab_command(cli_run):
     for cmd, flags in {"plan": ["--show-steps", "--assume-empty", "--json", "--exit-code"],
                        "up": ["--dry-run", "--only", "-y", "--json"],
-                       "down": ["-y", "--json"], "status": ["--json"]}.items():
+                       "down": ["-y", "--purge", "--json"], "status": ["--json"]}.items():
         r = cli_run(cmd, "--help")
         assert r.exit_code == 0 and "-f, --file FILE" in r.stdout
         for f in flags:

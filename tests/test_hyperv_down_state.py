@@ -143,3 +143,11 @@ def test_purge_happens_only_after_a_down_that_converged(cli_run, tmp_path):
     r = cli_run("down", "-f", pb, "-y", "--purge", overrides=overrides)
     assert r.exit_code != 0
     assert all(f.exists() for f in files)
+
+
+def test_read_only_commands_write_no_record(cli_run, overrides, tmp_path):
+    pb = str(write_playbook(tmp_path))
+    assert cli_run("plan", "-f", pb, overrides=overrides).exit_code == 0
+    assert cli_run("status", "-f", pb, overrides=overrides).exit_code in (0, 4)
+    assert not CreatedRecord.of_lab("homelab").path.exists()
+    assert not Path(str(CreatedRecord.of_lab("homelab").path) + ".lock").exists()

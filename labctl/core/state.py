@@ -191,6 +191,8 @@ class CreatedRecord:
     def keep_only(self, scope: str, kind: str, alive: set[Created]) -> list[Created]:
         """Drop this scope's ``kind`` entries not in ``alive``; returns the dropped ones."""
         dropped: list[Created] = []
+        if not self.path.exists():
+            return dropped  # nothing recorded: a read-only command writes nothing
         with self._locked() as items:
             for c in list(items):
                 if c.scope == scope and c.kind == kind and c not in alive:
