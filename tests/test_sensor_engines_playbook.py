@@ -221,3 +221,15 @@ def test_explicit_flag_still_wins_over_the_file(tmp_path):
         assert svc.sensor.learning is True
     finally:
         svc.store.close()
+
+
+def test_verify_alerts_reads_the_overrides_by_their_attribute_names(tmp_path):
+    from types import SimpleNamespace
+
+    from labctl.app.verify import effective_detections
+
+    pb = _playbook(tmp_path, {"engines": {"port_scan": {"threshold": 8},
+                                          "arp_scan": {"enabled": True}}})
+    dets = effective_detections(SimpleNamespace(playbook=load_playbook(str(pb)).model))
+    assert dets["port_scan"].threshold == 8 and dets["arp_scan"].enabled
+    assert dets["port_scan"].window_seconds == 120 and not dets["icmp_flood"].enabled

@@ -385,3 +385,13 @@ def test_rule_event_has_the_documented_title(tmp_path):
     ev = [e for e in s.events if e.type == "USER_DEFINED_RULE_OPERATION"]
     assert len(ev) == 1 and ev[0].title == "User Defined Rule Operation"
     assert ev[0].content.startswith("Feeder IRC: ") and ev[0].owner is None
+
+
+def test_secrets_at_rest(tmp_path):
+    with running_api(tmp_path / "rest", None) as api:
+        token = api.token
+        state = api.state
+    assert (state.stat().st_mode & 0o777) == 0o700
+    assert (state / "tls" / "cert.key").stat().st_mode & 0o077 == 0
+    db = b"".join(p.read_bytes() for p in state.glob("sensor.db*"))
+    assert db and token.encode() not in db and b"admin" in db  # the user, not a password
