@@ -22,7 +22,11 @@ from labctl.core.playbook.common import (
     Name,
     ShortText,
     Text,
+    _address,
+    _network,
     check_host_address,
+    parse_address,
+    parse_network,
 )
 from labctl.core.playbook.hyperv import VM, HyperVHost, Nic, Switch
 from labctl.core.playbook.router import IotNetwork, Router
@@ -300,9 +304,33 @@ class LoadedPlaybook:
         return Path(self.path).resolve().parent
 
 
+def _precheck(doc: YamlDoc) -> None:
+    """Rules whose model error would name only the enclosing section, checked first on the
+    raw data so that the message names the key: the IoT gateway is a host address of the
+    IoT subnet (the router section validates it too, for ``router iot-net`` flags)."""
+    router = doc.data.get("router")
+    iot = router.get("iot_network") if isinstance(router, dict) else None
+    if not isinstance(iot, dict):
+        return
+    try:
+        subnet = parse_network(iot.get("subnet"))
+        gateway = parse_address(iot.get("gateway"))
+    except ValueError:
+        return  # the model reports a malformed subnet or gateway at its own key
+    loc: Loc = ("router", "iot_network", "gateway")
+    try:
+        if gateway not in subnet:
+            raise ValueError(f"gateway {gateway} is outside subnet {subnet}")
+        check_host_address(gateway, subnet)
+    except ValueError as e:
+        raise ConfigError(f"IoT gateway: {e}", file=doc.path, key=format_key(loc),
+                          line=doc.line_of(loc)) from None
+
+
 def parse_playbook(doc: YamlDoc) -> LoadedPlaybook:
     if not isinstance(doc.data, dict):
         raise ConfigError("a playbook must be a YAML mapping", file=doc.path, line=1)
+    _precheck(doc)
     pb = validate(Playbook, doc)
     try:
         _cross_check(pb)

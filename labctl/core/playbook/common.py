@@ -146,6 +146,18 @@ def _address(v: Any) -> Any:
         raise ValueError(f"{v!r} is not a valid IPv4 address") from None
 
 
+def parse_network(v: Any) -> ipaddress.IPv4Network:
+    """``v`` as a CIDR network under the playbook's rules (ValueError otherwise)."""
+    net: ipaddress.IPv4Network = _network(v)
+    return net
+
+
+def parse_address(v: Any) -> ipaddress.IPv4Address:
+    """``v`` as an ASCII dotted-decimal IPv4 address (ValueError otherwise)."""
+    addr: ipaddress.IPv4Address = _address(v)
+    return addr
+
+
 def check_host_address(ip: ipaddress.IPv4Address,
                        net: ipaddress.IPv4Network | None = None) -> None:
     """ValueError unless ``ip`` can be a host's address (in ``net`` if given): not
@@ -244,11 +256,15 @@ def _hostname(v: Any) -> Any:
         _address(v)
         return v
     if v.startswith("[") or ":" in v:
+        inner = v[1:-1] if v.startswith("[") and v.endswith("]") else v
+        if "[" in inner or "]" in inner or "/" in inner:
+            raise ValueError(f"{v!r} is not a host name or IP address (a URL or a broken "
+                             "IPv6 literal?)")
         try:
-            ipaddress.IPv6Address(v.strip("[]"))
+            ipaddress.IPv6Address(inner)
         except ValueError:
             raise ValueError(f"{v!r} is not a valid IPv6 address") from None
-        return v.strip("[]")
+        return inner
     labels = v.rstrip(".").split(".")
     if len(v) > 253 or not all(_HOST_LABEL.fullmatch(lb) for lb in labels):
         raise ValueError(f"{v!r} is not a host name (ASCII letters, digits and - in dot-"
