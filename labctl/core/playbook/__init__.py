@@ -22,8 +22,6 @@ from labctl.core.playbook.common import (
     Name,
     ShortText,
     Text,
-    _address,
-    _network,
     check_host_address,
     parse_address,
     parse_network,
