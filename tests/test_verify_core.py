@@ -98,7 +98,8 @@ def test_fail_reasons_in_their_documented_order():
 
 def test_learning_mode_explains_a_missing_policy_violation():
     case = _case(id="new-mac", requires="new_asset",
-                 stimulus={"recipe": "new-mac", "host": "{gateway}"},
+                 stimulus={"recipe": "new-mac", "host": "{gateway}",
+                           "source_ip": "172.16.1.201"},
                  expect=[{"title": "New Asset Detected", "engine": "Policy Violation"}])
     r = _eval(case, [], learning=True)
     assert "learning mode" in r.reason

@@ -41,7 +41,7 @@ NEW_MAC = """
 cases:
   - id: new-mac
     requires: new_asset
-    stimulus: {recipe: new-mac, host: "{gateway}"}
+    stimulus: {recipe: new-mac, host: "{gateway}", source_ip: 172.16.1.%d}
     expect:
       - {title: New Asset Detected, engine: Policy Violation, within: 4s}
 """
@@ -111,10 +111,10 @@ def test_a_threshold_above_what_the_stimulus_touched_is_the_reason(twin):
 
 
 def test_learning_mode_withholds_a_policy_violation_and_is_the_reason(twin):
-    [r] = _verify(twin, {"learning_mode": True}, NEW_MAC)
+    [r] = _verify(twin, {"learning_mode": True}, NEW_MAC % 201)
     assert r.verdict == Verdict.FAIL, r.to_dict()
     assert "learning mode" in r.reason
-    [r] = _verify(twin, {"learning_mode": False}, NEW_MAC)
+    [r] = _verify(twin, {"learning_mode": False}, NEW_MAC % 202)
     assert r.verdict == Verdict.PASS, r.to_dict()
 
 

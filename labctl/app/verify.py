@@ -238,7 +238,8 @@ def prepare_cases(ctx: LabContext, exp: ExpectationsFile, *, only: Sequence[str]
             run = recipes.build(st.recipe, host=res(st.host) if st.host else None,
                                 port=st.port, ports=st.ports, count=st.count,
                                 targets=[res(t) for t in st.targets] if st.targets else None,
-                                rate=st.rate)
+                                rate=st.rate,
+                                source_ip=res(st.source_ip) if st.source_ip else None)
         except ValueError as e:
             raise UsageError(f"case {case.id} (cases[{i}].stimulus): {e}") from None
         if guard:

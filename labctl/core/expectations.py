@@ -118,26 +118,31 @@ class Stimulus(Model):
     count: int | None = Field(default=None, ge=1, le=1000)
     targets: list[Template] | None = Field(default=None, min_length=1, max_length=16)
     rate: float | None = Field(default=None, gt=0, le=10000)
+    #: new-mac only: the unused lab address the new device appears with
+    source_ip: Template | None = None
 
     @model_validator(mode="after")
     def _one(self) -> Stimulus:
         if (self.scan is None) == (self.recipe is None):
             raise ValueError("a stimulus is either scan: {profile, targets} or recipe: NAME")
         if self.scan is not None:
-            extra = [k for k in ("host", "port", "ports", "count", "targets", "rate")
-                     if getattr(self, k) is not None]
+            extra = [k for k in ("host", "port", "ports", "count", "targets", "rate",
+                                 "source_ip") if getattr(self, k) is not None]
             if extra:
                 raise ValueError(f"{', '.join(extra)} belong to a recipe, not to a scan")
             return self
         need: dict[str, tuple[str, ...]] = {
             "tcp-connect": ("host", "port"), "port-zero": ("host",),
             "syn-sweep": ("host", "ports"), "address-sweep": ("targets",),
-            "arp-sweep": ("targets",), "icmp-burst": ("host",), "new-mac": ("host",),
+            "arp-sweep": ("targets",), "icmp-burst": ("host",),
+            "new-mac": ("host", "source_ip"),
             "udp-canary": ("host",),
         }
         missing = [k for k in need[str(self.recipe)] if getattr(self, k) is None]
         if missing:
             raise ValueError(f"recipe {self.recipe} needs {', '.join(missing)}")
+        if self.source_ip is not None and self.recipe != "new-mac":
+            raise ValueError("source_ip belongs to the new-mac recipe only")
         return self
 
 

@@ -24,7 +24,9 @@ The recipes:
 - ``arp-sweep``: one ARP request for each of ``count`` addresses of ``targets`` (nmap
   ``-sn -PR``);
 - ``icmp-burst``: ``count`` ICMP echo requests to ``host`` (default 80) at ``rate``;
-- ``new-mac``: UDP datagrams to ``host`` from a random, locally administered MAC address;
+- ``new-mac``: UDP datagrams to ``host`` from a new device: a random, locally administered
+  MAC address and ``source_ip``, an unused address of the lab (it passes the scope guard
+  like every other address; replies go to nobody);
 - ``udp-canary``: one UDP datagram with a unique payload to ``host:port``.
 """
 
@@ -110,7 +112,8 @@ def canary_payload() -> str:
 def build(recipe: str, *, host: str | None = None, port: int | None = None,
           ports: int | None = None, count: int | None = None,
           targets: Sequence[str] | None = None, rate: float | None = None,
-          payload: str | None = None, source_mac: str | None = None) -> RecipeRun:
+          payload: str | None = None, source_mac: str | None = None,
+          source_ip: str | None = None) -> RecipeRun:
     """The nping arguments of ``recipe`` with its (already resolved) parameters."""
     r = f"{rate or DEFAULT_RATE:g}"
     quiet = ("-H",)  # do not print every probe
@@ -144,12 +147,14 @@ def build(recipe: str, *, host: str | None = None, port: int | None = None,
         return RecipeRun(recipe, ("--icmp", "-c", str(n), "--rate", r, *quiet, host),
                          (host,), (), n)
     if recipe == "new-mac":
-        assert host is not None
+        assert host is not None and source_ip is not None
         mac = source_mac or random_mac()
         n = count or 3
+        src = str(ipaddress.IPv4Address(source_ip))
         return RecipeRun(recipe, ("--udp", "-p", str(port or 9), "--send-eth",
-                                  "--source-mac", mac, "-c", str(n), "--rate", r, *quiet,
-                                  host), (host,), (port or 9,), n, source_mac=mac)
+                                  "--source-mac", mac, "--source-ip", src, "-c", str(n),
+                                  "--rate", r, *quiet, host), (host, src), (port or 9,), n,
+                         source_mac=mac)
     if recipe == "udp-canary":
         assert host is not None
         data = payload or canary_payload()
