@@ -61,7 +61,8 @@ def _line_of(text: str, needle: str) -> int:
 @pytest.mark.parametrize(
     "old,new,key,words",
     [
-        ("host_ip: 192.168.0.1/24", "host_ip: 192.168.0.1/33", "switches[0].host_ip", "not a valid"),
+        ("host_ip: 192.168.0.1/24", "host_ip: 192.168.0.1/33", "switches[0].host_ip",
+         "not a valid"),
         ("prefix: 192.168.0.0/24}", "prefix: 192.168.0.0/99}", "switches[0].nat.prefix", "CIDR"),
         ("    vlan: 52\n", "    vlan: 5000\n", "switches[1].vlan", "outside 1-4094"),
         ("ip: 192.168.0.101/24", "ip: 192.168.1.101/24", "vms[0].nics[0].ip", "outside"),
@@ -75,7 +76,8 @@ def _line_of(text: str, needle: str) -> int:
         ("    cpu: 4\n", "    cpu: 2\n", "vms[0]", "smaller than profile L100"),
         ("  auth: negotiate\n", "  auth: negotiate\n  colour: blue\n", "hyperv.colour",
          "unknown key"),
-        ("  token: {env: LABCTL_SENSOR_TOKEN}", "  token: hunter2", "sensor.token", "never written inline"),
+        ("  token: {env: LABCTL_SENSOR_TOKEN}", "  token: hunter2", "sensor.token",
+         "never written inline"),
     ],
 )
 def test_playbook_errors_name_file_key_line(old, new, key, words):
