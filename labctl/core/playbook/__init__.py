@@ -220,6 +220,26 @@ def _address_rules(pb: Playbook) -> None:
                                 f"{format_key(okey[:2])} ({other}): two switches cannot "
                                 "share a subnet")
         nets.append((net, key))
+    for i, s in enumerate(pb.switches):
+        for k, server in enumerate(s.dns):
+            net = s.network
+            try:
+                check_host_address(server, net if net is not None and server in net else None)
+            except ValueError as e:
+                raise _KeyError(("switches", i, "dns", k), f"DNS server: {e}") from None
+    for i, vm in enumerate(pb.vms):
+        for j, nic in enumerate(vm.nics):
+            if nic.gateway is None:
+                continue
+            key = ("vms", i, "nics", j, "gateway")
+            if nic.ip is None:
+                raise _KeyError(key, f"NIC {nic.name}'s gateway needs ip (its own address)")
+            try:
+                check_host_address(nic.gateway, nic.ip.network)
+            except ValueError as e:
+                raise _KeyError(key, f"gateway: {e}") from None
+            if nic.gateway == nic.ip.ip:
+                raise _KeyError(key, f"gateway {nic.gateway} is the NIC's own address")
     iot = pb.router.iot_network if pb.router else None
     lab_nets = [n for n, _ in nets] + ([iot.subnet] if iot is not None else [])
     if iot is not None and iot.gateway is not None:
