@@ -55,15 +55,28 @@ def _sources(f: Any) -> Any:
               help="Only this device (IP, MAC or name).")
 @click.option("--lab", default=None, help="Lab name for the baseline (default: the "
               "playbook's lab, else 'adhoc').")
+@click.option("--html", "html", metavar="FILE", default=None,
+              help="Also write the report as one self-contained HTML file.")
 @json_option
 def report_cmd(pcaps: tuple[str, ...], since: str | None, partial: bool,
                playbook: str | None, device: str | None, lab: str | None,
-               as_json: bool) -> None:
+               html: str | None, as_json: bool) -> None:
     """Per device, per conversation and fleet-wide view of the traffic, with flags."""
     from labctl.app.traffic import traffic_report
 
     doc = traffic_report(list(pcaps), _load_playbook(playbook), since=since, device=device,
                          partial=partial, lab=lab)
+    if html:
+        from labctl.traffic.html import render_html
+
+        try:
+            with open(html, "w", encoding="utf-8") as f:
+                f.write(render_html(doc))
+        except OSError as e:
+            from labctl.core.errors import UsageError
+
+            raise UsageError(f"--html {html}: cannot write: {e.strerror}") from None
+        echo(f"HTML report written to {html}", err=True)
     if as_json:
         emit_json(doc)
         return
