@@ -76,7 +76,7 @@ svg text{font-size:10px}
 </section>
 {% endfor %}
 </body></html>
-"""
+"""  # noqa: E501 (HTML lines)
 
 
 def _shade(v: int, peak: int) -> str:
