@@ -27,8 +27,8 @@ parameter, a bad device id 400 and an unknown one 404 (never 500); a missing or 
 gets 401. HTTPS only, on labctl's one server base (:mod:`labctl.transport.httpserver`: the
 TLS handshake in the worker thread, bounded and drained request bodies, a connection cap),
 with the self-signed certificate of :mod:`labctl.transport.certs`. The request head has a
-whole deadline (:class:`HeadWatchdog`): a client that drips header bytes is cut off after
-``header_timeout`` seconds however often it sends one.
+whole deadline (:class:`labctl.transport.httpserver.HeadWatchdog`): a client that drips
+header bytes is cut off after ``header_timeout`` seconds however often it sends one.
 
 The D4IoT projection of the engine's records (:func:`alert_to_api`, :func:`device_to_api`,
 :func:`event_to_api`, :func:`connections_api`) lives here too: the engine keeps its records,
@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -529,26 +527,6 @@ class _Handler(BaseHandler):
     # no sensor-side PUT, DELETE or PATCH is documented
     do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
 
-    # the request head's whole deadline (see HeadWatchdog)
-    def handle_one_request(self) -> None:
-        watchdog = self.server_watchdog()
-        watchdog.watch(self)
-        try:
-            super().handle_one_request()
-        finally:
-            watchdog.unwatch(self)
-
-    def parse_request(self) -> bool:
-        ok = super().parse_request()  # reads the headers
-        self.server_watchdog().unwatch(self)  # the head is in: the deadline is met
-        return ok
-
-    def server_watchdog(self) -> HeadWatchdog:
-        wd: HeadWatchdog = self.watchdog
-        return wd
-
-    watchdog: HeadWatchdog  # set on the subclass made by make_server
-
     def _run(self, fn: Callable[[], tuple[int, Any]]) -> None:
         try:
             status, body = fn()
@@ -574,61 +552,6 @@ def ensure_certificate(state_dir: str | Path, names: list[str]) -> tuple[Path, P
     return ensure_self_signed(tls, stem="cert", common_name=CERT_COMMON_NAME, names=names)
 
 
-class HeadWatchdog:
-    """Closes connections whose request head is not complete ``timeout`` s after it began.
-
-    Why: the server base's ``header_timeout`` is a socket timeout, which restarts with every
-    byte received, so a client dripping one header byte every few seconds would hold its
-    connection (and a thread) forever. This puts a deadline on the whole head: one thread
-    checks the connections waiting for a head every ``tick`` seconds and shuts down those
-    past their deadline (the blocked read then returns, the handler ends, its slot under
-    the connection cap is freed). A keep-alive connection waiting for its next request is
-    waiting for a head too, so it is closed after ``timeout`` seconds of silence.
-    """
-
-    def __init__(self, timeout: float, tick: float = 0.25) -> None:
-        self.timeout = timeout
-        self.tick = tick
-        self._deadlines: weakref.WeakKeyDictionary[BaseHandler, float] = \
-            weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.cut = 0  # connections closed for a late head (for tests and status)
-
-    def watch(self, handler: BaseHandler) -> None:
-        with self._lock:
-            self._deadlines[handler] = time.monotonic() + self.timeout
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="sensor-api-heads",
-                                                daemon=True)
-                self._thread.start()
-
-    def unwatch(self, handler: BaseHandler) -> None:
-        with self._lock:
-            self._deadlines.pop(handler, None)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.tick):
-            now = time.monotonic()
-            with self._lock:
-                late = [h for h, t in self._deadlines.items() if t <= now]
-                for h in late:
-                    del self._deadlines[h]
-            for h in late:
-                self.cut += 1
-                log.debug("request head from %s not complete within %g s; closing",
-                          h.client_address[0], self.timeout)
-                h.close_connection = True
-                try:  # the plain socket's shutdown: the TLS object stays with its reader
-                    socket.socket.shutdown(h.connection, socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
 def make_server(sensor: Sensor, store: SensorStore, listen: tuple[str, int],
                 state_dir: str | Path,
                 status_fn: Callable[[], dict[str, Any]] | None = None, *,
@@ -642,14 +565,12 @@ def make_server(sensor: Sensor, store: SensorStore, listen: tuple[str, int],
     """
     cert, key = ensure_certificate(state_dir, [listen[0]])
     api = SensorApi(sensor, store, status_fn, guard=guard)
-    watchdog = HeadWatchdog(header_timeout)
-    handler = type("Handler", (_Handler,), {"api": api, "watchdog": watchdog})
+    handler = type("Handler", (_Handler,), {"api": api})
     server = LabHTTPServer(listen, handler, ssl_context=server_context(cert, key),
                            max_body=MAX_BODY, drain_limit=DRAIN_LIMIT,
                            header_timeout=header_timeout, idle_timeout=idle_timeout,
                            handshake_timeout=header_timeout,
                            max_connections=max_connections)
-    server.head_watchdog = watchdog  # type: ignore[attr-defined]
     return server
 
 

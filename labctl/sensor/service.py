@@ -186,11 +186,7 @@ class SensorService:
         finally:
             self.stop_event.set()
             if self.server is not None:
-                self.server.shutdown()
-                self.server.server_close()
-                watchdog = getattr(self.server, "head_watchdog", None)
-                if watchdog is not None:
-                    watchdog.stop()
+                self.server.stop()
             if ticker.is_alive():
                 ticker.join(timeout=5)
             self.flush()

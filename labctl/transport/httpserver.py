@@ -5,8 +5,10 @@ What it guarantees, for every server built on it:
 
 - the TLS handshake runs in the connection's worker thread, never in the accept thread, so a
   client that connects and sends nothing delays nobody else;
-- a deadline for the request head (``header_timeout``): a client dripping header bytes
-  (slowloris) is cut off; idle keep-alive connections are closed after ``idle_timeout``;
+- a deadline for the whole request head (``header_timeout``, kept by one watchdog thread,
+  :class:`HeadWatchdog`): a client dripping header bytes (slowloris) is cut off, since a
+  socket timeout alone restarts with every byte; idle keep-alive connections are closed
+  after ``idle_timeout``;
 - at most ``max_connections`` connections at once; the next ones are closed at once;
 - request bodies are bounded (``max_body``): :meth:`BaseHandler.read_body` refuses larger
   ones, drains moderately large ones so the client reads the answer instead of a reset, and
@@ -21,6 +23,8 @@ import logging
 import socket
 import ssl
 import threading
+import time
+import weakref
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -28,6 +32,58 @@ log = logging.getLogger("labctl.transport.httpserver")
 
 DEFAULT_MAX_BODY = 1 << 20
 DEFAULT_DRAIN_LIMIT = 1 << 20
+
+
+class HeadWatchdog:
+    """Closes connections whose request head is not complete ``timeout`` s after it began.
+
+    One thread checks the connections waiting for a head every ``tick`` seconds and shuts
+    down those past their deadline (the blocked read returns, the handler ends, its slot
+    under the connection cap is freed). A keep-alive connection waiting for its next request
+    is waiting for a head too, so it is closed after ``timeout`` seconds of silence.
+    """
+
+    def __init__(self, timeout: float, tick: float = 0.25) -> None:
+        self.timeout = timeout
+        self.tick = min(tick, max(timeout / 4, 0.01))
+        self._deadlines: weakref.WeakKeyDictionary[BaseHandler, float] = \
+            weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.cut = 0  # connections closed for a late head (for tests and status)
+
+    def watch(self, handler: BaseHandler) -> None:
+        with self._lock:
+            self._deadlines[handler] = time.monotonic() + self.timeout
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="http-heads",
+                                                daemon=True)
+                self._thread.start()
+
+    def unwatch(self, handler: BaseHandler) -> None:
+        with self._lock:
+            self._deadlines.pop(handler, None)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick):
+            now = time.monotonic()
+            with self._lock:
+                late = [h for h, t in self._deadlines.items() if t <= now]
+                for h in late:
+                    del self._deadlines[h]
+            for h in late:
+                self.cut += 1
+                log.debug("request head from %s not complete within %g s; closing",
+                          h.client_address[0], self.timeout)
+                h.close_connection = True
+                try:  # the plain socket's shutdown: the TLS object stays with its reader
+                    socket.socket.shutdown(h.connection, socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 class BodyTooLarge(Exception):
@@ -57,13 +113,19 @@ class BaseHandler(BaseHTTPRequestHandler):
         self.connection.settimeout(self.server.header_timeout)
         self._body_left = 0
         self._body_read = False
-        super().handle_one_request()
+        watchdog = self.server.head_watchdog
+        watchdog.watch(self)
+        try:
+            super().handle_one_request()
+        finally:
+            watchdog.unwatch(self)
         if not self.close_connection:
             self._drain_rest()
             self.connection.settimeout(self.server.idle_timeout)
 
     def parse_request(self) -> bool:
-        ok = super().parse_request()
+        ok = super().parse_request()  # the head is in: its deadline is met
+        self.server.head_watchdog.unwatch(self)
         if ok:
             self.connection.settimeout(self.server.idle_timeout)
             try:
@@ -147,6 +209,7 @@ class LabHTTPServer(ThreadingHTTPServer):
         self.max_connections = max_connections
         self.ssl_context = ssl_context
         self._slots = threading.BoundedSemaphore(max_connections)
+        self.head_watchdog = HeadWatchdog(header_timeout)
         super().__init__(addr, handler)
 
     @property
@@ -206,5 +269,6 @@ class LabHTTPServer(ThreadingHTTPServer):
         return t
 
     def stop(self) -> None:
+        self.head_watchdog.stop()
         self.shutdown()
         self.server_close()
