@@ -42,8 +42,22 @@ def _playbook(tmp_path: Path, sensor_extra: dict, name: str = "pb.yaml") -> Path
 
 
 def _sensor_argv(pb: Path, state: Path) -> tuple[str, ...]:
+    """The sensor's argv, with its configuration written as `up` writes it before starting
+    processes (building the topology alone writes nothing)."""
+    from labctl.netns.topology import write_sensor_config
+
     topo = build(load_playbook(str(pb)), state)
+    for path, text in topo.files.items():
+        write_sensor_config(state, path, text)
     return next(p.argv for p in topo.processes if p.name == "sensor")
+
+
+def test_building_the_topology_writes_nothing(tmp_path):
+    state = tmp_path / "state"
+    pb = _playbook(tmp_path, {"engines": {"port_scan": {"threshold": 8}}})
+    topo = build(load_playbook(str(pb)), state)
+    argv = next(p.argv for p in topo.processes if p.name == "sensor")
+    assert _config_of(argv) in topo.files and not (state / "sensor-config").exists()
 
 
 def _config_of(argv: tuple[str, ...]) -> Path:

@@ -97,6 +97,11 @@ class NetnsProvider:
         return env
 
     def _apply(self, plan: Plan, progress: ProgressFn | None) -> None:
+        from labctl.netns.topology import write_sensor_config
+
+        if any(c.action != "delete" for c in plan.pending):
+            for path, text in self.topology.files.items():
+                write_sensor_config(self.state_dir, path, text)
         steps = plan.steps
         ctx = nops.OpContext(state_dir=self.state_dir, playbook_path=Path(self.loaded.path),
                           child_env=self._child_env)

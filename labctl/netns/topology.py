@@ -7,13 +7,13 @@ The emulator processes (the router's, the sensor's) are not spelled out here: th
 decides where each listens and keeps its state (:class:`~labctl.core.emulator.EmulatorRequest`)
 and the device kind's driver names the command (``emulator_process``).
 
-One exception to "no system calls": the embedded sensor's configuration file (the shipped
-``sensor/engines.yaml`` with the playbook's ``sensor.engines``, ``learning_mode`` and
-``authorized_scanners`` applied) is written here, into ``<state>/sensor-config/``, because
-the sensor's command line names it. Its name carries the digest of its content, so a
-changed playbook changes the sensor's argv and the plan restarts the sensor (a process
-whose argv differs is restarted), while an unchanged one writes nothing and changes
-nothing.
+The embedded sensor's configuration file (the shipped ``sensor/engines.yaml`` with the
+playbook's ``sensor.engines``, ``learning_mode`` and ``authorized_scanners`` applied) is
+computed here and recorded in :attr:`Topology.files`; `up` writes it into
+``<state>/sensor-config/`` before any process starts (``plan``, ``status`` and ``down``
+write nothing). Its name carries the digest of its content, so a changed playbook changes
+the sensor's argv and the plan restarts the sensor (a process whose argv differs is
+restarted), while an unchanged one changes nothing.
 """
 
 from __future__ import annotations
@@ -347,7 +347,7 @@ class _Builder:
                                       ready=em.ready, argv=_labctl_argv(*em.args)))
 
     def sensor_config(self) -> Path:
-        """Write (if new) the embedded sensor's engines file for this playbook; its path."""
+        """The embedded sensor's engines file for this playbook (recorded, not written)."""
         from labctl.sensor.config import effective_engines, render_engines
 
         sensor = self.pb.sensor
@@ -358,7 +358,9 @@ class _Builder:
         text, digest = render_engines(
             data, note=f"the embedded sensor of lab {self.pb.lab}, from {self.loaded.path} "
                        "(sensor.engines, sensor.learning_mode, sensor.authorized_scanners)")
-        return write_sensor_config(self.state_dir, text, digest)
+        path = self.state_dir / SENSOR_CONFIG_DIR / f"engines-{digest[:16]}.yaml"
+        self.t.files[path] = text
+        return path
 
     # -- last: IPv6 off everywhere, segments for status and --json ------------------------
     def finish(self) -> Topology:
@@ -373,11 +375,10 @@ class _Builder:
         return t
 
 
-def write_sensor_config(state_dir: Path, text: str, digest: str) -> Path:
-    """``<state>/sensor-config/engines-<digest>.yaml``, written once (0600, through a new
-    temporary file in that folder, then renamed); earlier versions are removed."""
-    folder = state_dir / SENSOR_CONFIG_DIR
-    path = folder / f"engines-{digest[:16]}.yaml"
+def write_sensor_config(state_dir: Path, path: Path, text: str) -> Path:
+    """Write ``path`` (in ``<state>/sensor-config/``) if its content differs (0600, through a
+    new temporary file in that folder, then renamed); earlier versions are removed."""
+    folder = path.parent
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         folder.mkdir(mode=0o700, exist_ok=True)

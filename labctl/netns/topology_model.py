@@ -22,6 +22,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 IFNAMSIZ = 15
@@ -163,6 +164,8 @@ class Topology:
     nft: list[NftTable] = field(default_factory=list)
     processes: list[Process] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: files the processes read (path -> content), written by `up` before anything starts
+    files: dict[Path, str] = field(default_factory=dict)
     # names for other helpers (scanner namespace, sensor namespace and interfaces)
     host_ns: str = ""
     router_ns: str = ""
