@@ -124,3 +124,39 @@ def export_jsonl(pcaps: Sequence[str], out: str, *, partial: bool = False,
             f.write(json.dumps(doc, sort_keys=True) + "\n")
             n += 1
     return n
+
+
+def export_syslog(pcaps: Sequence[str], url: str, *, fmt: str = "rfc5424",
+                  cafile: str | None = None, partial: bool = False,
+                  since: str | None = None, hostname: str | None = None) -> int:
+    """Send one syslog message per directed flow; returns the number sent.
+
+    The URL is checked before any capture is read or anything is contacted.
+    """
+    import socket
+
+    from labctl.traffic.export import (
+        SyslogSender,
+        flow_documents,
+        format_cef,
+        format_rfc5424,
+        parse_syslog_url,
+    )
+    from labctl.traffic.flows import read_captures
+
+    parse_syslog_url(url)
+    if fmt not in ("cef", "rfc5424"):
+        raise UsageError(f"--format {fmt!r}: cef or rfc5424")
+    since_s = parse_duration(since) if since else None
+    table = read_captures(pcaps, partial=partial, since_seconds=since_s)
+    host = hostname or socket.gethostname() or "-"
+    render = format_cef if fmt == "cef" else format_rfc5424
+    sender = SyslogSender(url, cafile=cafile)
+    n = 0
+    try:
+        for doc in flow_documents(table):
+            sender.send(render(doc, host))
+            n += 1
+    finally:
+        sender.close()
+    return n

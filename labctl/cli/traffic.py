@@ -85,15 +85,38 @@ def report_cmd(pcaps: tuple[str, ...], since: str | None, partial: bool,
 
 @traffic.command("export")
 @_sources
-@click.option("--jsonl", "jsonl", metavar="FILE", required=True,
+@click.option("--jsonl", "jsonl", metavar="FILE", default=None,
               help="Write one JSON object per directed flow to FILE.")
+@click.option("--syslog", "syslog", metavar="URL", default=None,
+              help="Send one message per flow to udp://HOST:PORT, tcp://HOST:PORT or "
+                   "tls://HOST:PORT.")
+@click.option("--format", "fmt", type=click.Choice(["rfc5424", "cef"]), default="rfc5424",
+              show_default=True, help="Syslog message format.")
+@click.option("--ca", "cafile", metavar="FILE", default=None,
+              help="CA certificate(s) that sign the tls:// collector's certificate "
+                   "(default: the system's trust store).")
 def export_cmd(pcaps: tuple[str, ...], since: str | None, partial: bool,
-               playbook: str | None, jsonl: str) -> None:
-    """Export flows (JSON lines)."""
-    from labctl.app.traffic import export_jsonl
+               playbook: str | None, jsonl: str | None, syslog: str | None, fmt: str,
+               cafile: str | None) -> None:
+    """Export flows: JSON lines or syslog."""
+    from labctl.core.errors import UsageError
 
-    n = export_jsonl(list(pcaps), jsonl, partial=partial, since=since)
-    echo(f"{n} flows written to {jsonl}", err=True)
+    if (jsonl is None) == (syslog is None):
+        raise UsageError("give exactly one of --jsonl FILE or --syslog URL")
+    if not pcaps:
+        raise UsageError("give at least one capture: --pcap FILE")
+    if jsonl is not None:
+        from labctl.app.traffic import export_jsonl
+
+        n = export_jsonl(list(pcaps), jsonl, partial=partial, since=since)
+        echo(f"{n} flows written to {jsonl}", err=True)
+        return
+    from labctl.app.traffic import export_syslog
+
+    assert syslog is not None
+    n = export_syslog(list(pcaps), syslog, fmt=fmt, cafile=cafile, partial=partial,
+                      since=since)
+    echo(f"{n} flows sent to {syslog} ({fmt})", err=True)
 
 
 def _size(n: int) -> str:
