@@ -468,3 +468,74 @@ def test_persona_files_are_strict(tmp_path):
         assert f"{p}:2: {key}:" in msg and re.search(words, msg), (body, msg)
     for shipped in (ROOT / "playbooks" / "devices").glob("*.yaml"):
         load_persona(shipped)
+
+
+# -- the classes hold for every field of these models -----------------------------------
+
+def _models_owned_here() -> list[type]:
+    from labctl.core.playbook import VM, HyperVHost, LabDevice, Nic, Playbook, Switch
+    from labctl.core.playbook.common import SecretRef
+    from labctl.core.playbook.hyperv import Nat, VlanAccess, VlanTrunk
+    from labctl.core.playbook.profiles import HardwareProfile
+    from labctl.core.playbook.twin import TwinDevice, TwinScanner, TwinSection
+    from labctl.traffic.persona import Listener, Outbound, Persona
+
+    return [Playbook, HyperVHost, Switch, Nat, VM, Nic, VlanTrunk, VlanAccess, TwinSection,
+            TwinDevice, TwinScanner, LabDevice, SecretRef, HardwareProfile, Listener,
+            Outbound, Persona]
+
+
+#: strings that are protocol bytes a persona sends to a scanner's socket, by design
+BINARY_PAYLOADS = {("Listener", "banner"), ("Listener", "reply")}
+
+
+def _leaf_types(ann: Any) -> set[Any]:
+    import typing
+
+    args = typing.get_args(ann)
+    if typing.get_origin(ann) is typing.Annotated:
+        return _leaf_types(args[0])
+    if args and typing.get_origin(ann) in (typing.Union, __import__("types").UnionType):
+        out: set[Any] = set()
+        for a in args:
+            out |= _leaf_types(a)
+        return out
+    return {ann}
+
+
+def _adapter(field: Any) -> Any:
+    from typing import Annotated
+
+    from pydantic import TypeAdapter
+
+    ann = field.annotation
+    return TypeAdapter(Annotated[(ann, *field.metadata)] if field.metadata else ann)
+
+
+def test_every_scalar_field_is_strict_bounded_and_free_of_control_characters():
+    from pydantic import ValidationError
+
+    checked = 0
+    accepted: list[str] = []
+    for model in _models_owned_here():
+        for name, field in model.model_fields.items():
+            leaves = _leaf_types(field.annotation)
+            ta = _adapter(field)
+            bad: list[Any] = []
+            if str in leaves and (model.__name__, name) not in BINARY_PAYLOADS:
+                bad += ["x\ny", "x\x00", "x\x1b[31m", "x\x85", "x\u2028"]
+            if int in leaves:
+                bad += ["5", "\u0665", "5_0", 5.0, True, 10 ** 12, -(10 ** 12)]
+            if bool in leaves:
+                bad += ["true", "no", 1, 0]
+            if float in leaves:
+                bad += ["10", True, float("nan"), float("inf"), 1e12]
+            for value in bad:
+                try:
+                    ta.validate_python(value)
+                except ValidationError:
+                    checked += 1
+                else:
+                    accepted.append(f"{model.__name__}.{name} = {value!r}")
+    assert accepted == [], "\n".join(accepted)
+    assert checked > 150

@@ -58,24 +58,24 @@ class Listener(Model):
     reply: str = Field(default="", max_length=MAX_PAYLOAD)
 
 
+def _wan_or_ipv4(v: Any) -> Any:
+    if v != "wan":
+        if not isinstance(v, str) or not all(c in "0123456789." for c in v):
+            raise ValueError(f"{v!r} is neither 'wan' nor an IPv4 address")
+        try:
+            ipaddress.IPv4Address(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is neither 'wan' nor an IPv4 address") from None
+    return v
+
+
 class Outbound(Model):
-    to: str = "wan"  # "wan" (the twin's first WAN service address) or an IPv4 address
+    #: "wan" (the twin's first WAN service address) or an IPv4 address
+    to: Annotated[str, BeforeValidator(_wan_or_ipv4)] = "wan"
     port: Annotated[int | Literal["irc"], BeforeValidator(_irc_or_port)] = "irc"
     proto: Literal["tcp"] = "tcp"
     every_seconds: Annotated[float, BeforeValidator(float_in(0.5, 3600))] = 10.0
     lines: list[Text] = Field(default_factory=list, max_length=100)
-
-    @field_validator("to", mode="before")
-    @classmethod
-    def _to(cls, v: Any) -> Any:
-        if v != "wan":
-            if not isinstance(v, str) or not all(c in "0123456789." for c in v):
-                raise ValueError(f"{v!r} is neither 'wan' nor an IPv4 address")
-            try:
-                ipaddress.IPv4Address(v)
-            except ValueError:
-                raise ValueError(f"{v!r} is neither 'wan' nor an IPv4 address") from None
-        return v
 
     @field_validator("lines")
     @classmethod

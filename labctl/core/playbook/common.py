@@ -89,6 +89,7 @@ def check_text(v: Any, label: str = "text") -> str:
 
 
 def _text(v: Any) -> Any:
+    """BeforeValidator form of :func:`check_text` (for ``Annotated[str, ...]``)."""
     return check_text(v, "the value")
 
 
@@ -96,6 +97,8 @@ def _text(v: Any) -> Any:
 Text = Annotated[str, BeforeValidator(_text), Field(max_length=1024)]
 #: short free text (descriptions, notes): no control characters, at most 200
 ShortText = Annotated[str, BeforeValidator(_text), Field(max_length=200)]
+#: an account name (``LAB\\labadmin``, ``admin``): no control characters, at most 256
+UserName = Annotated[str, BeforeValidator(_text), Field(max_length=256)]
 
 _ASCII_V4 = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}")
 _ASCII_V4_PREFIX = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}")

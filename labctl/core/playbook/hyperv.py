@@ -21,6 +21,7 @@ from labctl.core.playbook.common import (
     ShortText,
     Text,
     TimeoutSeconds,
+    UserName,
     VlanId,
     WinPath,
     int_in,
@@ -40,7 +41,7 @@ class HyperVHost(Model):
     host: Hostname = "localhost"
     transport: Literal["winrm", "ssh", "local"] = "winrm"
     port: Port | None = None
-    user: Annotated[str, Field(max_length=256)] | None = None
+    user: UserName | None = None
     password: SecretRef | None = None
     auth: Literal["negotiate", "ntlm", "kerberos", "credssp", "basic"] = "negotiate"
     ssl: Bool = True
@@ -51,13 +52,6 @@ class HyperVHost(Model):
     timeout: TimeoutSeconds = 120
     vm_path: WinPath | None = None
     vhd_path: WinPath = r"C:\ProgramData\Microsoft\Windows\Virtual Hard Disks"
-
-    @field_validator("user", mode="before")
-    @classmethod
-    def _user(cls, v: Any) -> Any:
-        from labctl.core.playbook.common import check_text
-
-        return None if v is None else check_text(v, "user")
 
     @model_validator(mode="after")
     def _tls(self) -> HyperVHost:
