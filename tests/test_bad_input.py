@@ -539,3 +539,17 @@ def test_every_scalar_field_is_strict_bounded_and_free_of_control_characters():
                     accepted.append(f"{model.__name__}.{name} = {value!r}")
     assert accepted == [], "\n".join(accepted)
     assert checked > 150
+
+
+@pytest.mark.parametrize("dotted,value,words", [
+    ("router.iot_network.vlan", "\u0665\u0662", r"must be a YAML integer"),
+    ("router.iot_network.vlan", "5_2", r"must be a YAML integer"),
+    ("router.iot_network.vlan", " 52", r"must be a YAML integer"),
+    ("router.iot_network.vlan", 52.0, r"must be a YAML integer"),
+    ("router.iot_network.lease_seconds", "86400", r"must be a YAML integer"),
+    ("router.iot_network.dhcp", "true", r"must be true or false"),
+    ("router.iot_network.ap_isolation", 0, r"must be true or false"),
+], ids=lambda x: repr(x))
+def test_strict_types_in_the_iot_network(run, host, tmp_path, dotted, value, words):
+    p = _write(tmp_path, mutate(reference_data(keep_router=True), dotted, value))
+    refused(run, host, p, dotted, None, words)

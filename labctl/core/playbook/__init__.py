@@ -330,12 +330,27 @@ def _precheck(doc: YamlDoc) -> None:
     iot = router.get("iot_network") if isinstance(router, dict) else None
     if not isinstance(iot, dict):
         return
+    # the IoT network's numbers and switches are YAML integers and booleans: its model
+    # also serves `router iot-net` flags (text), so it accepts text such as "52"; a playbook
+    # value "\u0665\u0662" or "5_2" would otherwise become VLAN 52
+    for key, kind in (("vlan", int), ("lease_seconds", int), ("dhcp", bool),
+                      ("ap_isolation", bool), ("hidden", bool)):
+        if key not in iot:
+            continue
+        v = iot[key]
+        ok = isinstance(v, bool) if kind is bool else \
+            isinstance(v, int) and not isinstance(v, bool)
+        if not ok:
+            loc: Loc = ("router", "iot_network", key)
+            what = "true or false" if kind is bool else "a YAML integer (no quotes)"
+            raise ConfigError(f"must be {what}, got {v!r}", file=doc.path,
+                              key=format_key(loc), line=doc.line_of(loc))
     try:
         subnet = parse_network(iot.get("subnet"))
         gateway = parse_address(iot.get("gateway"))
     except ValueError:
         return  # the model reports a malformed subnet or gateway at its own key
-    loc: Loc = ("router", "iot_network", "gateway")
+    loc = ("router", "iot_network", "gateway")
     try:
         if gateway not in subnet:
             raise ValueError(f"gateway {gateway} is outside subnet {subnet}")
