@@ -127,3 +127,21 @@ def test_query_strings_never_reach_the_log(server, caplog):
     requests.get(url + "/x?token=SeCrEt-123", verify=ca, timeout=5)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "/x?" in text and "SeCrEt-123" not in text
+
+
+def test_an_existing_shared_state_folder_keeps_its_mode(tmp_path):
+    """`--state DIR` on an existing shared folder: labctl's sensor store and certificate
+    helper create their own folders 0700 and leave the existing one alone."""
+    import os
+    import stat
+
+    from labctl.sensor.store import SensorStore
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o755)
+    store = SensorStore(shared)
+    store.close()
+    ensure_self_signed(shared / "tls", names=["127.0.0.1"])
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+    assert stat.S_IMODE((shared / "tls").stat().st_mode) == 0o700

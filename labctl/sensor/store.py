@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import sqlite3
 import threading
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from labctl.core.errors import LabctlError, UsageError
+from labctl.core.state import ensure_private_dir
 
 Row = dict[str, Any]
 
@@ -78,8 +78,8 @@ class SensorStore:
     def __init__(self, state_dir: str | Path) -> None:
         self.dir = Path(state_dir)
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.dir, 0o700)
+            # only what labctl creates gets 0700: an existing (shared) folder keeps its mode
+            ensure_private_dir(self.dir)
         except OSError as e:
             raise UsageError(f"cannot use sensor state directory {self.dir}: {e.strerror}",
                              hint="pass --state DIR with a writable folder") from None

@@ -19,6 +19,8 @@ import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
+from labctl.core.state import ensure_private_dir
+
 
 def _write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a new 0600 temporary file and a rename."""
@@ -50,7 +52,7 @@ def ensure_self_signed(directory: str | Path, *, stem: str = "cert",
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    d.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(d)
     key = ec.generate_private_key(ec.SECP256R1())
     host = socket.gethostname()
     alt: list[x509.GeneralName] = [x509.DNSName("localhost")]
