@@ -323,14 +323,15 @@ class LoadedPlaybook:
 
 
 def _precheck(doc: YamlDoc) -> None:
-    """Rules whose model error would name only the enclosing section, checked first on the
-    raw data so that the message names the key: the IoT gateway is a host address of the
-    IoT subnet (the router section validates it too, for ``router iot-net`` flags)."""
+    """Rules checked on the raw data before the model: the IoT network's numbers and on/off
+    keys are YAML integers and booleans, and its gateway is a host address of its subnet
+    (the router section validates the gateway too, for ``router iot-net`` flags, but its
+    error names only the section)."""
     router = doc.data.get("router")
     iot = router.get("iot_network") if isinstance(router, dict) else None
     if not isinstance(iot, dict):
         return
-    # the IoT network's numbers and switches are YAML integers and booleans: its model
+    # the IoT network's numbers and on/off keys are YAML integers and booleans: its model
     # also serves `router iot-net` flags (text), so it accepts text such as "52"; a playbook
     # value "\u0665\u0662" or "5_2" would otherwise become VLAN 52
     for key, kind in (("vlan", int), ("lease_seconds", int), ("dhcp", bool),
