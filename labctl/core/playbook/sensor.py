@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field
 
 from labctl.core.playbook.common import Address, Model, Network, SecretRef, VlanId, secret_env
+from labctl.core.playbook.sensor_access import SensorAccess
 
 
 class MonitoredSubnet(Model):
@@ -70,6 +71,9 @@ class SensorSection(Model):
     wait_seconds: int = Field(default=2400, ge=1, le=86400)
     expectations: str = "nmap-default"
     activation_file: str | None = None
+    #: how labctl reaches the management address (direct, ssh-tunnel through the Hyper-V
+    #: host, or a NetNat static mapping on the host)
+    access: SensorAccess = Field(default_factory=SensorAccess)
 
     @property
     def base_url(self) -> str:
