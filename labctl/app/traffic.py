@@ -160,3 +160,30 @@ def export_syslog(pcaps: Sequence[str], url: str, *, fmt: str = "rfc5424",
     finally:
         sender.close()
     return n
+
+
+def export_sentinel(pcaps: Sequence[str], loaded: LoadedPlaybook | None, *,
+                    credential: Any = None, verify: str | bool = True,
+                    partial: bool = False, since: str | None = None) -> int:
+    """Upload one record per directed flow to the playbook's ``sentinel:`` data collection
+    rule; returns the number uploaded. The playbook is checked before anything is read."""
+    from labctl.traffic.export import flow_documents, upload_sentinel
+    from labctl.traffic.flows import read_captures
+
+    sec = loaded.model.sentinel if loaded is not None else None
+    if sec is None or not sec.data_collection_endpoint or not sec.dcr_immutable_id:
+        where = loaded.path if loaded is not None else "the playbook"
+        raise UsageError(f"{where}: sentinel.data_collection_endpoint and "
+                         "sentinel.dcr_immutable_id are needed for --sentinel",
+                         hint="see docs/traffic.md for the DCR and its stream")
+    since_s = parse_duration(since) if since else None
+    table = read_captures(pcaps, partial=partial, since_seconds=since_s)
+    if credential is None:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    docs = list(flow_documents(table))
+    upload_sentinel(docs, endpoint=sec.data_collection_endpoint,
+                    rule_id=sec.dcr_immutable_id, stream=sec.stream_name,
+                    credential=credential, verify=verify)
+    return len(docs)

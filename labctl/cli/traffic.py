@@ -95,16 +95,26 @@ def report_cmd(pcaps: tuple[str, ...], since: str | None, partial: bool,
 @click.option("--ca", "cafile", metavar="FILE", default=None,
               help="CA certificate(s) that sign the tls:// collector's certificate "
                    "(default: the system's trust store).")
+@click.option("--sentinel", is_flag=True,
+              help="Upload to Microsoft Sentinel through the playbook's sentinel: data "
+                   "collection rule (Logs Ingestion API, azure-identity sign-in).")
 def export_cmd(pcaps: tuple[str, ...], since: str | None, partial: bool,
                playbook: str | None, jsonl: str | None, syslog: str | None, fmt: str,
-               cafile: str | None) -> None:
-    """Export flows: JSON lines or syslog."""
+               cafile: str | None, sentinel: bool) -> None:
+    """Export flows: JSON lines, syslog or Microsoft Sentinel."""
     from labctl.core.errors import UsageError
 
-    if (jsonl is None) == (syslog is None):
-        raise UsageError("give exactly one of --jsonl FILE or --syslog URL")
+    if [jsonl is not None, syslog is not None, sentinel].count(True) != 1:
+        raise UsageError("give exactly one of --jsonl FILE, --syslog URL or --sentinel")
     if not pcaps:
         raise UsageError("give at least one capture: --pcap FILE")
+    if sentinel:
+        from labctl.app.traffic import export_sentinel
+
+        n = export_sentinel(list(pcaps), _load_playbook(playbook),
+                            verify=cafile or True, partial=partial, since=since)
+        echo(f"{n} flows uploaded to Sentinel", err=True)
+        return
     if jsonl is not None:
         from labctl.app.traffic import export_jsonl
 
