@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -187,3 +187,36 @@ def export_sentinel(pcaps: Sequence[str], loaded: LoadedPlaybook | None, *,
                     rule_id=sec.dcr_immutable_id, stream=sec.stream_name,
                     credential=credential, verify=verify)
     return len(docs)
+
+
+#: the longest live capture one command runs
+MAX_LIVE_SECONDS = 24 * 3600
+
+
+def traffic_live(interface: str, duration: str, loaded: LoadedPlaybook | None, *,
+                 device: str | None = None, lab: str | None = None,
+                 clock: Callable[[], float] | None = None) -> dict[str, Any]:
+    """Capture on ``interface`` for ``duration`` (bounded), then report."""
+    import time
+
+    from labctl.sensor.capture import open_capture
+    from labctl.traffic.flows import FlowTable
+
+    seconds = parse_duration(duration, "--duration")
+    if seconds > MAX_LIVE_SECONDS:
+        raise UsageError(f"--duration {duration}: at most 24h")
+    now = clock or time.monotonic
+    table = FlowTable()
+    table.stats.files.append(f"interface:{interface}")
+    cap = open_capture(interface, ring_mb=0)
+    try:
+        deadline = now() + seconds
+        while now() < deadline:
+            table.add_frames(cap.recv_batch())
+        stats = cap.stats()
+    finally:
+        cap.close()
+    doc = report_from_table(table, loaded, device=device, lab=lab)
+    doc["sources"].update({"kind": "interface", "interface": interface,
+                           "duration_seconds": seconds, "capture": stats})
+    return doc

@@ -55,17 +55,34 @@ def _sources(f: Any) -> Any:
               help="Only this device (IP, MAC or name).")
 @click.option("--lab", default=None, help="Lab name for the baseline (default: the "
               "playbook's lab, else 'adhoc').")
+@click.option("--interface", metavar="IFACE", default=None,
+              help="Capture live on IFACE (Linux, root) instead of reading captures.")
+@click.option("--duration", metavar="D", default=None,
+              help="How long to capture on --interface (10s, 10m, 2h; at most 24h).")
 @click.option("--html", "html", metavar="FILE", default=None,
               help="Also write the report as one self-contained HTML file.")
 @json_option
 def report_cmd(pcaps: tuple[str, ...], since: str | None, partial: bool,
                playbook: str | None, device: str | None, lab: str | None,
-               html: str | None, as_json: bool) -> None:
+               interface: str | None, duration: str | None, html: str | None,
+               as_json: bool) -> None:
     """Per device, per conversation and fleet-wide view of the traffic, with flags."""
-    from labctl.app.traffic import traffic_report
+    from labctl.core.errors import UsageError
 
-    doc = traffic_report(list(pcaps), _load_playbook(playbook), since=since, device=device,
-                         partial=partial, lab=lab)
+    if interface is not None:
+        if pcaps:
+            raise UsageError("give --pcap FILE or --interface IFACE, not both")
+        if duration is None:
+            raise UsageError("--interface needs --duration (a live capture is bounded)")
+        from labctl.app.traffic import traffic_live
+
+        doc = traffic_live(interface, duration, _load_playbook(playbook), device=device,
+                           lab=lab)
+    else:
+        from labctl.app.traffic import traffic_report
+
+        doc = traffic_report(list(pcaps), _load_playbook(playbook), since=since,
+                             device=device, partial=partial, lab=lab)
     if html:
         from labctl.traffic.html import render_html
 

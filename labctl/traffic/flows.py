@@ -353,6 +353,16 @@ class FlowTable:
             st.last = last if st.last is None else max(st.last, last)  # type: ignore[type-var]
         return n, stop
 
+    def add_frames(self, batch: Iterable[tuple[bytes, float]]) -> None:
+        """Frames from a live capture (``(frame, timestamp)``, no record header): the
+        captured length is the wire length as far as the report knows."""
+        one = self._one
+        since = self.since
+        for frame, ts in batch:
+            if since is not None and ts < since:
+                continue
+            one(frame, 0, len(frame), len(frame), ts)
+
     # ---- DNS answers -----------------------------------------------------------------
 
     def _dns(self, data: bytes | mmap.mmap, off: int, caplen: int) -> None:
