@@ -78,15 +78,16 @@ def pins_file() -> Path:
     return state_home() / "pins.json"
 
 
-def write_private_json(doc: Any, path: Path) -> Path:
-    """Write ``doc`` to ``path`` as a new 0600 file: a temporary file created with O_EXCL in
-    the same folder, flushed, then renamed over ``path`` (readers see the old or the new
-    document, never half of one; a symlink at ``path`` is replaced, not followed)."""
+def write_private(data: bytes, path: Path) -> Path:
+    """Write ``data`` to ``path`` as a new 0600 file: a temporary file created with O_EXCL in
+    the same folder, flushed and synced, then renamed over ``path`` (readers see the old or
+    the new content, never half of it; an existing file keeps neither its mode nor its
+    inode; a symlink at ``path`` is replaced, not followed)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
         os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -97,6 +98,11 @@ def write_private_json(doc: Any, path: Path) -> Path:
             pass
         raise
     return path
+
+
+def write_private_json(doc: Any, path: Path) -> Path:
+    """:func:`write_private` of ``doc`` as indented, sorted JSON."""
+    return write_private(json.dumps(doc, indent=1, sort_keys=True).encode("utf-8"), path)
 
 
 @dataclass(frozen=True)

@@ -13,26 +13,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
-import os
 import socket
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
-from labctl.core.state import ensure_private_dir
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a new 0600 temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+from labctl.core.state import ensure_private_dir, write_private
 
 
 def ensure_self_signed(directory: str | Path, *, stem: str = "cert",
@@ -84,9 +70,9 @@ def ensure_self_signed(directory: str | Path, *, stem: str = "cert",
             .add_extension(x509.SubjectAlternativeName(alt), critical=False)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
-    _write_private(key_path, key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+    write_private(key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()), key_path)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 

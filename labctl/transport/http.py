@@ -29,10 +29,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import socket
 import ssl
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -43,7 +41,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from labctl.core.errors import ConnectTimeout, HostUnreachable, TransportError, UsageError
-from labctl.core.state import pins_file
+from labctl.core.state import pins_file, write_private
 from labctl.transport.netns import netns_context
 
 log = logging.getLogger("labctl.transport.http")
@@ -115,18 +113,8 @@ class PinStore:
 
     def _write(self, pins: dict[str, str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".pins.", dir=str(self.path.parent))
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(pins, f, indent=2, sort_keys=True)
-                f.write("\n")
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_private((json.dumps(pins, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+                      self.path)
 
 
 def fetch_peer_certificate(host: str, port: int, timeout: float,

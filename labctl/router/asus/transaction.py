@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,21 +74,9 @@ def _write_secret_json(doc: dict[str, Any], path: Path) -> Path:
     Backups hold Wi-Fi passphrases."""
     if path.is_dir():
         raise ConfigError("is a directory, not a file", file=str(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    from labctl.core.state import write_private_json
+
+    return write_private_json(doc, path)
 
 
 def write_backup(values: dict[str, str], directory: Path, label: str = "sdn-backup") -> Path:
