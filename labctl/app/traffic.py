@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from labctl.core.errors import UsageError
 
 if TYPE_CHECKING:
+    from labctl.core.context import LabContext
     from labctl.core.playbook import LoadedPlaybook
     from labctl.traffic.flows import FlowTable
 
@@ -220,3 +221,29 @@ def traffic_live(interface: str, duration: str, loaded: LoadedPlaybook | None, *
     doc["sources"].update({"kind": "interface", "interface": interface,
                            "duration_seconds": seconds, "capture": stats})
     return doc
+
+
+def traffic_sensor(ctx: LabContext, *, device: str | None = None,
+                   driver: Any = None) -> dict[str, Any]:
+    """The coarse report from the playbook's sensor (devices and connections), as a real
+    Defender for IoT sensor offers it; ``sources.missing`` says what it lacks."""
+    from labctl.sensor.oui import default_oui
+    from labctl.traffic.ports import default_ports
+    from labctl.traffic.report import Names, build_sensor_report
+
+    if driver is None:
+        from labctl.app.sensor import open_sensor
+
+        driver = open_sensor(ctx)
+    devices = driver.devices()
+    connections = driver.connections()
+    oui = default_oui()
+    macs = {d.ip_addresses[0]: d.mac_addresses[0].lower() for d in devices
+            if d.ip_addresses and d.mac_addresses}
+    vendors = {m: v for m in set(macs.values()) if (v := oui.lookup(m))}
+    names = Names(devices=_names(ctx.loaded), macs=macs, vendors=vendors)
+    sources = {"kind": "sensor", "sensor": driver.name, "devices": len(devices),
+               "connections": len(connections), "partial": False, "partial_reasons": [],
+               "lab": ctx.playbook.lab, "files": [], "packets": None}
+    return build_sensor_report(devices, connections, names, default_ports(),
+                               sources=sources, device=device)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from labctl.cli._common import echo, emit_json, json_option, playbook_option
+from labctl.cli._common import CliState, echo, emit_json, json_option, playbook_option
 
 if TYPE_CHECKING:
     from labctl.core.playbook import LoadedPlaybook
@@ -59,17 +59,31 @@ def _sources(f: Any) -> Any:
               help="Capture live on IFACE (Linux, root) instead of reading captures.")
 @click.option("--duration", metavar="D", default=None,
               help="How long to capture on --interface (10s, 10m, 2h; at most 24h).")
+@click.option("--sensor", is_flag=True,
+              help="Use the playbook's sensor (devices and connections: a coarse view).")
 @click.option("--html", "html", metavar="FILE", default=None,
               help="Also write the report as one self-contained HTML file.")
 @json_option
 def report_cmd(pcaps: tuple[str, ...], since: str | None, partial: bool,
                playbook: str | None, device: str | None, lab: str | None,
-               interface: str | None, duration: str | None, html: str | None,
-               as_json: bool) -> None:
+               interface: str | None, duration: str | None, sensor: bool,
+               html: str | None, as_json: bool) -> None:
     """Per device, per conversation and fleet-wide view of the traffic, with flags."""
     from labctl.core.errors import UsageError
 
-    if interface is not None:
+    if sensor:
+        if pcaps or interface:
+            raise UsageError("give one source: --pcap, --interface or --sensor")
+        from labctl.app.traffic import traffic_sensor
+        from labctl.core.context import LabContext
+
+        loaded = _load_playbook(playbook)
+        if loaded is None:
+            raise UsageError("--sensor needs a playbook with a sensor: section (-f FILE)")
+        state = click.get_current_context().find_object(CliState)
+        overrides = state.overrides if state is not None else {}
+        doc = traffic_sensor(LabContext(loaded=loaded, **overrides), device=device)
+    elif interface is not None:
         if pcaps:
             raise UsageError("give --pcap FILE or --interface IFACE, not both")
         if duration is None:
@@ -146,7 +160,9 @@ def export_cmd(pcaps: tuple[str, ...], since: str | None, partial: bool,
     echo(f"{n} flows sent to {syslog} ({fmt})", err=True)
 
 
-def _size(n: int) -> str:
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -163,6 +179,9 @@ def _render(doc: dict[str, Any]) -> None:
     head = (f"{len(src.get('files', []))} capture(s), {src.get('packets', 0)} packets, "
             f"{src.get('first')} .. {src.get('last')}")
     con.print(head)
+    if src.get("missing"):
+        con.print(f"[yellow]coarse view from {src.get('sensor')}[/]: the sensor's devices and "
+                  f"connections give no {', '.join(src['missing'])}")
     if src.get("partial"):
         for r in src.get("partial_reasons", []):
             con.print(f"[bold yellow]PARTIAL[/]: {r['file']}: {r['what']} at byte "
@@ -176,10 +195,12 @@ def _render(doc: dict[str, Any]) -> None:
         name = f"{d['name']} " if d["name"] else ""
         flags = sorted({f["flag"] for f in d["flags"]})
         t.add_row(f"{name}{d['ip']}", f"{d['mac'] or '-'}\n{d['vendor'] or ''}",
-                  f"{d['packets_out']} pk\n{_size(d['bytes_out'])}",
-                  f"{d['packets_in']} pk\n{_size(d['bytes_in'])}",
+                  f"{d['packets_out'] if d['packets_out'] is not None else '-'} pk\n"
+                  f"{_size(d['bytes_out'])}",
+                  f"{d['packets_in'] if d['packets_in'] is not None else '-'} pk\n"
+                  f"{_size(d['bytes_in'])}",
                   str(len(d["peers"])), f"{d['first_seen']}\n{d['last_seen']}",
-                  f"[cyan]{d['sparkline']}[/]", ", ".join(flags))
+                  f"[cyan]{d['sparkline'] or ''}[/]", ", ".join(flags))
     con.print(t)
     for d in doc["devices"]:
         if not (d["periodicity"] or d["flags"]):
@@ -194,6 +215,9 @@ def _render(doc: dict[str, Any]) -> None:
             nm = f" ({p['name']})" if p["name"] else ""
             con.print(f"  -> {p['ip']}{nm} {p['scope']} {', '.join(p['ports'])} "
                       f"{p['packets_out']}/{p['packets_in']} pk")
+        if src.get("missing"):
+            for p in d["peers"]:
+                con.print(f"  <-> {p['ip']} {p['scope']} ports {', '.join(p['ports'])}")
     fleet = doc["fleet"]
     t = Table(title="Top external destinations")
     for col in ("destination", "name", "ports", "devices", "packets", "bytes"):
@@ -206,14 +230,15 @@ def _render(doc: dict[str, Any]) -> None:
     for col in ("port", "service", "devices", "packets", "bytes"):
         t.add_column(col)
     for u in fleet["ports"][:20]:
-        t.add_row(f"{u['proto'].lower()}/{u['port']}", u["service"] or "?",
+        t.add_row(f"{(u['proto'] or '?').lower()}/{u['port']}", u["service"] or "?",
                   str(len(u["devices"])), str(u["packets"]), _size(u["bytes"]))
     con.print(t)
     t = Table(title=f"Conversations ({len(doc['conversations'])})")
     for col in ("a", "b", "a->b", "b->a", "first .. last"):
         t.add_column(col)
     for c in doc["conversations"][:20]:
-        t.add_row(c["a"], c["b"], f"{c['packets_a_to_b']} pk {_size(c['bytes_a_to_b'])}",
-                  f"{c['packets_b_to_a']} pk {_size(c['bytes_b_to_a'])}",
+        t.add_row(c["a"], c["b"], f"{c['packets_a_to_b'] or '-'} pk "
+                  f"{_size(c['bytes_a_to_b'])}",
+                  f"{c['packets_b_to_a'] or '-'} pk {_size(c['bytes_b_to_a'])}",
                   f"{c['first_seen']} .. {c['last_seen']}")
     con.print(t)

@@ -394,3 +394,122 @@ def _fleet(devices: list[dict[str, Any]], top: int) -> dict[str, Any]:
                    "rows": [{"ip": d["ip"], "name": d["name"], "hours": d["hours"]}
                             for d in devices]},
     }
+
+
+#: what a sensor's devices/connections view cannot give (the report says so)
+SENSOR_MISSING = ("packets and bytes in each direction", "first seen per peer",
+                  "hour-of-day activity", "periodicity", "which side opened a connection",
+                  "DNS names of peers")
+
+
+def build_sensor_report(devices: list[Any], connections: list[Any], names: Names,
+                        ports: Mapping[int, PortInfo], *, sources: Mapping[str, Any],
+                        device: str | None = None, top: int = 10) -> dict[str, Any]:
+    """The coarse report from a sensor's inventory (``labctl.sensor.base.Device``) and
+    connections (``Connection``: device pair, ports, discovered, last seen), as a real
+    Defender for IoT sensor gives them. Counters it lacks are None; ports are flagged from
+    the port list for both protocols, since a connection's ports carry no protocol."""
+    by_id = {d.id: d for d in devices}
+    out: dict[str, dict[str, Any]] = {}
+
+    def ip_of(dev: Any) -> str | None:
+        return dev.ip_addresses[0] if dev is not None and dev.ip_addresses else None
+
+    for d in devices:
+        ip = ip_of(d)
+        if ip is None or classify(ip) != "internal":
+            continue
+        mac = d.mac_addresses[0].lower() if d.mac_addresses else names.macs.get(ip)
+        out[ip] = {"ip": ip, "mac": mac, "vendor": d.vendor or names.vendors.get(mac or ""),
+                   "name": names.devices.get(ip) or d.name, "packets_out": None,
+                   "bytes_out": None, "packets_in": None, "bytes_in": None,
+                   "first_seen": None, "last_seen": None, "_peers": {}, "_ports": {},
+                   "periodicity": [], "flags": [], "hours": None, "sparkline": None,
+                   "protocols": sorted(d.protocols)}
+    convs: dict[tuple[str, str], dict[str, Any]] = {}
+    for c in connections:
+        a, b = ip_of(by_id.get(c.first_device_id)), ip_of(by_id.get(c.second_device_id))
+        if a is None or b is None:
+            continue
+        x, y = sorted((a, b), key=_ip_key)
+        cv = convs.setdefault((x, y), {"a": x, "b": y, "packets_a_to_b": None,
+                                        "bytes_a_to_b": None, "packets_b_to_a": None,
+                                        "bytes_b_to_a": None, "packets": None,
+                                        "bytes": None, "first_seen": None, "last_seen": None,
+                                        "ports": set()})
+        cv["ports"].update(c.ports)
+        first = c.discovered / 1000 if c.discovered else None
+        last = c.last_seen / 1000 if c.last_seen else None
+        for me, other in ((a, b), (b, a)):
+            d = out.get(me)
+            if d is None:
+                continue
+            p = d["_peers"].setdefault(other, {
+                "ip": other, "scope": classify(other), "name": names.devices.get(other),
+                "outbound": None, "packets_out": None, "bytes_out": None,
+                "packets_in": None, "bytes_in": None, "ports": set()})
+            p["ports"].update(str(x) for x in c.ports)
+            for port in c.ports:
+                d["_ports"].setdefault(port, set()).add(other)
+            for key, val, pick in (("first_seen", first, min), ("last_seen", last, max)):
+                if val is not None:
+                    d[key] = val if d[key] is None else pick(d[key], val)
+        for key, val, pick in (("first_seen", first, min), ("last_seen", last, max)):
+            if val is not None:
+                cv[key] = val if cv[key] is None else pick(cv[key], val)
+    devices_out = []
+    for _ip, d in sorted(out.items(), key=lambda kv: _ip_key(kv[0])):
+        peers = sorted(d.pop("_peers").values(), key=lambda p: _ip_key(p["ip"]))
+        for p in peers:
+            p["ports"] = sorted(p["ports"], key=int)
+        port_rows = []
+        for port, peer_ips in sorted(d.pop("_ports").items()):
+            info = ports.get(port)
+            plist = sorted(peer_ips, key=_ip_key)
+            port_rows.append({"direction": None, "proto": None, "port": port,
+                              "service": info.service if info else None, "packets": None,
+                              "bytes": None, "peers": plist})
+            if info is not None and info.flag:
+                d["flags"].append({"flag": info.flag, "port": port, "proto": None,
+                                   "detail": f"port {port} ({info.service}) with "
+                                             + ", ".join(plist)})
+            if info is not None and info.cleartext:
+                d["flags"].append({"flag": "cleartext", "port": port, "proto": None,
+                                   "detail": f"{info.service} on port {port} with "
+                                             + ", ".join(plist)})
+        ext = [p["ip"] for p in peers if p["scope"] == "external"]
+        if ext:
+            d["flags"].append({"flag": "internet", "detail": "with " + ", ".join(ext)})
+        d["first_seen"], d["last_seen"] = iso(d["first_seen"]), iso(d["last_seen"])
+        d["peers"], d["ports"] = peers, port_rows
+        d["outbound"] = [p["ip"] for p in peers if p["scope"] == "external"]
+        devices_out.append(d)
+    conv_list = []
+    for cv in sorted(convs.values(), key=lambda c: (_ip_key(c["a"]), _ip_key(c["b"]))):
+        cv["ports"] = sorted(cv["ports"])
+        cv["first_seen"], cv["last_seen"] = iso(cv["first_seen"]), iso(cv["last_seen"])
+        conv_list.append(cv)
+    if device is not None:
+        wanted = {d["ip"] for d in devices_out if device in (d["ip"], d["mac"], d["name"])}
+        if not wanted:
+            from labctl.core.errors import UsageError
+
+            raise UsageError(f"--device {device}: no such device in the sensor's inventory")
+        devices_out = [d for d in devices_out if d["ip"] in wanted]
+        conv_list = [c for c in conv_list if c["a"] in wanted or c["b"] in wanted]
+    ext_rows: dict[str, dict[str, Any]] = {}
+    for d in devices_out:
+        for p in d["peers"]:
+            if p["scope"] == "external":
+                e = ext_rows.setdefault(p["ip"], {"ip": p["ip"], "name": p["name"],
+                                                  "bytes": None, "packets": None,
+                                                  "devices": [], "ports": set()})
+                e["devices"].append(d["ip"])
+                e["ports"].update(p["ports"])
+    for e in ext_rows.values():
+        e["ports"] = sorted(e["ports"], key=int)
+    fleet = {"top_talkers": [], "top_external": sorted(ext_rows.values(),
+                                                       key=lambda e: _ip_key(e["ip"]))[:top],
+             "ports": [], "matrix": {"hours": list(range(24)), "rows": []}}
+    return {"sources": {**sources, "missing": list(SENSOR_MISSING)}, "devices": devices_out,
+            "conversations": conv_list, "fleet": fleet}
