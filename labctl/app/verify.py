@@ -323,30 +323,10 @@ def _sleep_until(deadline: float, delay: float, ctx: LabContext) -> None:
 # ---------------------------------------------------------------------------- the flow
 
 def open_sensor(ctx: LabContext) -> Any:
-    """The sensor driver of the playbook, with its API token and certificate pin.
+    """The playbook's sensor driver, token and pin: :func:`labctl.app.sensor.open_sensor`."""
+    from labctl.app.sensor import open_sensor as _open
 
-    The token comes from the playbook's ``sensor.token`` (environment or prompt); for the
-    twin's embedded sensor without one, labctl creates one in the sensor's state (the twin
-    made that sensor, so it may).
-    """
-    import dataclasses
-
-    from labctl.app.sensor import make_driver, sensor_target
-
-    pb = ctx.playbook
-    target = sensor_target(ctx.loaded)
-    try:
-        token = pb.sensor.token.resolve("sensor API token", prompt_fn=ctx.prompt_fn,
-                                        environ=dict(ctx.environ))
-    except UsageError:
-        if not (pb.provider == "netns" and pb.sensor.kind == "embedded"):
-            raise
-        from labctl.app.twin import create_sensor_token
-        from labctl.core.secrets import Secret
-        from labctl.core.state import lab_state_dir
-
-        token = Secret(create_sensor_token(lab_state_dir(pb.lab)), source="twin sensor")
-    return make_driver(ctx, dataclasses.replace(target, token=token))
+    return _open(ctx)
 
 
 def open_sentinel(ctx: LabContext) -> Any:
@@ -554,16 +534,24 @@ def _devices_by_id(drv: Any) -> dict[int, Any]:
         return {}
 
 
+def _connections_of(drv: Any, address: str) -> tuple[set[int], list[Any]] | None:
+    """The sensor's device ids of ``address`` and all its connections (None: unreadable)."""
+    try:
+        devices = _devices_by_id(drv)
+        conns = list(drv.connections())
+    except LabctlError:
+        return None
+    return {i for i, d in devices.items() if address in d.ip_addresses}, conns
+
+
 def _source_seen(drv: Any, address: str | None, since: float) -> bool | None:
     """Whether the sensor shows a connection of ``address`` active since ``since``."""
     if address is None:
         return None
-    try:
-        devices = _devices_by_id(drv)
-        conns = drv.connections()
-    except LabctlError:
+    view = _connections_of(drv, address)
+    if view is None:
         return None
-    mine = {i for i, d in devices.items() if address in d.ip_addresses}
+    mine, conns = view
     if not mine:
         return False
     since_ms = int((since - 1.0) * 1000)
@@ -576,12 +564,10 @@ def _touched_from_sensor(drv: Any, address: str | None, pc: PreparedCase,
     """For a scan, what the sensor's connections say it touched (ports per host, peers)."""
     if pc.kind != "scan" or address is None:
         return touched
-    try:
-        devices = _devices_by_id(drv)
-        conns = drv.connections()
-    except LabctlError:
+    view = _connections_of(drv, address)
+    if view is None:
         return touched
-    mine = {i for i, d in devices.items() if address in d.ip_addresses}
+    mine, conns = view
     peers = 0
     ports = 0
     for c in conns:
