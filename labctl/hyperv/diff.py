@@ -11,6 +11,9 @@ VHDX it created, NAT, IP, switches). Ownership is proven per resource kind:
 - host IP: the address the playbook gives a switch of ours, on that switch's vNIC;
 - NetNat (no Notes): the lab's record (:class:`labctl.core.state.CreatedRecord`) names it
   with the same name and prefix;
+- NetNat static mapping (``sensor.access.mode: netnat``, the host port published to the
+  sensor's management address, port 443): the record names it with the same NAT, protocol,
+  external port, internal address and internal port;
 - VHDX (a file): the record names its path, or a VM of ours is its only user and it sits
   at the path labctl plans for that VM; a VHDX attached to a VM that is not ours never is.
 """
@@ -28,7 +31,14 @@ from labctl.core.playbook import Playbook
 from labctl.core.playbook.common import format_vlan_list, parse_vlan_list
 from labctl.core.playbook.hyperv import VM, Nic, Switch
 from labctl.core.state import Created
-from labctl.hyperv.facts import HostFacts, VmFacts, marker, notes_with_marker, owned_by
+from labctl.hyperv.facts import (
+    HostFacts,
+    NatMappingFacts,
+    VmFacts,
+    marker,
+    notes_with_marker,
+    owned_by,
+)
 from labctl.hyperv.scripts import step
 
 PROVIDER = "hyperv"
@@ -68,6 +78,71 @@ def nat_entry(scope: str, name: str, prefix: str) -> Created:
     return Created.of(scope, "netnat", {"name": name.lower(), "prefix": _prefix(prefix)})
 
 
+def mapping_entry(scope: str, nat: str, protocol: str, external_port: int, internal_ip: str,
+                  internal_port: int) -> Created:
+    """The record entry of a NetNat static mapping (NAT names and protocols compare
+    case-insensitively, as Windows does)."""
+    return Created.of(scope, "netnat-mapping", {
+        "nat": nat.lower(), "protocol": protocol.lower(), "external_port": str(external_port),
+        "internal_ip": internal_ip, "internal_port": str(internal_port)})
+
+
+def mapping_entry_of(scope: str, m: NatMappingFacts) -> Created:
+    return mapping_entry(scope, m.nat, m.protocol, m.external_port, m.internal_ip,
+                         m.internal_port)
+
+
+@dataclass(frozen=True)
+class WantedMapping:
+    """The static mapping ``sensor.access.mode: netnat`` asks for."""
+
+    nat: str
+    external_port: int
+    internal_ip: str
+    internal_port: int = 443
+    protocol: str = "TCP"
+    external_ip: str = "0.0.0.0"
+
+    def matches(self, m: NatMappingFacts) -> bool:
+        return (m.nat.lower() == self.nat.lower() and m.protocol.lower() == self.protocol.lower()
+                and m.external_port == self.external_port and m.internal_ip == self.internal_ip
+                and m.internal_port == self.internal_port)
+
+    def add_params(self) -> dict[str, Any]:
+        return {"NatName": self.nat, "Protocol": self.protocol,
+                "ExternalIPAddress": self.external_ip, "ExternalPort": self.external_port,
+                "InternalIPAddress": self.internal_ip, "InternalPort": self.internal_port}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"nat": self.nat, "protocol": self.protocol,
+                "external": f"{self.external_ip}:{self.external_port}",
+                "internal": f"{self.internal_ip}:{self.internal_port}"}
+
+
+def _remove_mapping_params(m: NatMappingFacts) -> dict[str, Any]:
+    return {"NatName": m.nat, "Protocol": m.protocol, "ExternalPort": m.external_port,
+            "InternalIPAddress": m.internal_ip, "InternalPort": m.internal_port}
+
+
+def _mapping_text(m: NatMappingFacts) -> str:
+    return (f"{m.protocol} {m.external_ip}:{m.external_port} -> {m.internal_ip}:"
+            f"{m.internal_port} on NetNat {m.nat}")
+
+
+def wanted_mapping(pb: Playbook) -> WantedMapping | None:
+    """The mapping the playbook wants, or None when ``sensor.access.mode`` is not netnat.
+
+    The NAT is the one whose prefix holds the sensor's management address (the Core NAT of
+    the reference lab). Raises ValueError when no switch's NAT covers it."""
+    if pb.sensor is None or pb.sensor.access.mode != "netnat":
+        return None
+    ip = ipaddress.ip_address(str(pb.sensor.management_ip))
+    for sw in pb.switches:
+        if sw.nat is not None and ip in ipaddress.ip_network(str(sw.nat.prefix), strict=False):
+            return WantedMapping(sw.nat.name, pb.sensor.access.host_port, str(ip))
+    raise ValueError(f"no switch's nat covers the sensor's management address {ip}")
+
+
 def vhd_entry(scope: str, path: str) -> Created:
     """The record entry of the VHDX at ``path`` (Windows paths compare case-insensitively)."""
     return Created.of(scope, "vhd", {"path": path.lower()})
@@ -89,6 +164,9 @@ class Recorded:
 
     def vhd(self, path: str) -> bool:
         return vhd_entry(self.scope, path) in self.entries
+
+    def mapping(self, m: NatMappingFacts) -> bool:
+        return mapping_entry_of(self.scope, m) in self.entries
 
     @property
     def nats(self) -> list[Created]:
@@ -348,6 +426,68 @@ class _Builder:
                 step("netnat/create", res, "create", {"Name": sw.nat.name, "Prefix": want},
                      description="New-NetNat"),
             ])
+
+    def nat_mapping(self) -> None:
+        """The sensor's published port (``sensor.access.mode: netnat``). A mapping this lab
+        recorded that the playbook no longer wants is removed by ``up`` too: a stale port
+        forward to the sensor is an exposure, not a convenience."""
+        try:
+            want = wanted_mapping(self.pb)
+        except ValueError as e:
+            self.block(f"sensor.access.mode is netnat but {e}",
+                       "give the switch that holds sensor.management_ip a nat: section, or use "
+                       "sensor.access.mode ssh-tunnel")
+            want = None
+        rec = self.recorded
+        maps = self.facts.nat_mappings
+        if want is None:
+            for m in maps:
+                if rec.mapping(m):
+                    res = f"hyperv.netnat-mapping:{m.external_port}"
+                    self.add(res, "delete", f"{_mapping_text(m)} was created by this lab and "
+                             "the playbook no longer asks for it", {"mapping": _mapping_text(m)},
+                             None, [step("netnat/static-remove", res, "delete",
+                                         _remove_mapping_params(m),
+                                         description="Remove-NetNatStaticMapping")])
+            return
+        res = f"hyperv.netnat-mapping:{want.external_port}"
+        taken = [m for m in maps if m.protocol.lower() == want.protocol.lower()
+                 and m.external_port == want.external_port]
+        stale = [m for m in maps if rec.mapping(m) and not want.matches(m)]
+        remove = [step("netnat/static-remove", res, "delete", _remove_mapping_params(m),
+                       description="Remove-NetNatStaticMapping") for m in stale]
+        exact = [m for m in taken if want.matches(m)]
+        if exact:
+            if remove:
+                self.add(res, "update", "other mappings this lab created are no longer wanted",
+                         {"mappings": [_mapping_text(m) for m in stale]}, want.to_dict(), remove)
+            elif rec.mapping(exact[0]):
+                self.add(res, "noop", f"{_mapping_text(exact[0])} is published")
+            else:
+                self.add(res, "noop", f"{_mapping_text(exact[0])} exists but this lab did not "
+                         "create it: used as it is, `labctl down` leaves it",
+                         state=Ownership.FOREIGN)
+            return
+        foreign = [m for m in taken if not rec.mapping(m)]
+        if foreign:
+            self.block(f"host port {want.protocol} {want.external_port} is already mapped "
+                       f"({_mapping_text(foreign[0])}) and this lab did not create that mapping",
+                       "pick another sensor.access.host_port, or remove the mapping yourself "
+                       f"(Remove-NetNatStaticMapping -NatName '{foreign[0].nat}' "
+                       f"-StaticMappingID {foreign[0].id})")
+            self.add(res, "noop", "the host port is mapped by someone else (left alone)",
+                     {"mapping": _mapping_text(foreign[0])}, want.to_dict(),
+                     state=Ownership.FOREIGN)
+            return
+        add = step("netnat/static-add", res, "create", want.add_params(),
+                   description="Add-NetNatStaticMapping")
+        if remove:
+            self.add(res, "replace", "the published port's target differs",
+                     {"mappings": [_mapping_text(m) for m in stale]}, want.to_dict(),
+                     [*remove, add])
+        else:
+            self.add(res, "create", f"host port {want.external_port} is not published",
+                     None, want.to_dict(), [add])
 
     def span(self, sw: Switch, exists: bool) -> None:
         if not sw.span_source:
@@ -640,6 +780,7 @@ def plan_up(pb: Playbook, facts: HostFacts, recorded: Recorded | None = None) ->
     for sw in pb.switches:
         b.host_net(sw, bool(facts.switches_named(sw.name)) and exists[sw.name])
         b.nat(sw)
+    b.nat_mapping()
     for sw in pb.switches:
         if exists[sw.name]:
             b.span(sw, bool(facts.switches_named(sw.name)))
@@ -748,6 +889,20 @@ def plan_down(pb: Playbook, facts: HostFacts, recorded: Recorded | None = None) 
     for dres, path, reason in disks:
         add(dres, "delete", reason, [step("vhd/remove", dres, "delete", {"Path": path},
                                           description="delete the VHDX labctl created")])
+    want_map: WantedMapping | None
+    try:
+        want_map = wanted_mapping(pb)
+    except ValueError:
+        want_map = None
+    for m in facts.nat_mappings:  # before the NATs: a mapping lives inside one
+        res = f"hyperv.netnat-mapping:{m.external_port}"
+        if rec.mapping(m):
+            add(res, "delete", f"{_mapping_text(m)} was created by this lab",
+                [step("netnat/static-remove", res, "delete", _remove_mapping_params(m),
+                      description="Remove-NetNatStaticMapping")])
+        elif want_map is not None and m.external_port == want_map.external_port:
+            add(res, "noop", f"{_mapping_text(m)} was not created by this lab (not in its "
+                "record): left alone", [], Ownership.FOREIGN)
     nat_seen: set[Created] = set()
     for sw in reversed(pb.switches):
         if sw.nat is None:

@@ -106,6 +106,18 @@ class NatFacts(_F):
     prefix: str
 
 
+class NatMappingFacts(_F):
+    """One ``Get-NetNatStaticMapping`` row: a host port forwarded into a NetNat."""
+
+    id: int = 0
+    nat: str
+    protocol: str = "TCP"
+    external_ip: str = "0.0.0.0"
+    external_port: int
+    internal_ip: str
+    internal_port: int
+
+
 def _vlan_ids(v: Any) -> Any:
     """``AllowedVlanIdList`` as Get-VMNetworkAdapterVlan returns it: an int array. Also
     accepted: what ConvertTo-Json on 5.1 makes of one (a single number, ``null``, or a
@@ -204,6 +216,7 @@ class HostFacts(_F):
     switches: list[SwitchFacts] = Field(default_factory=list)
     host_vnics: list[HostVnic] = Field(default_factory=list)
     nats: list[NatFacts] = Field(default_factory=list)
+    nat_mappings: list[NatMappingFacts] = Field(default_factory=list)
     vms: list[VmFacts] = Field(default_factory=list)
     disk: DiskFacts = Field(default_factory=DiskFacts)
     isos: list[PathFacts] = Field(default_factory=list)
@@ -211,7 +224,8 @@ class HostFacts(_F):
     #: True for ``--assume-empty`` facts: nothing was read, existence checks are unknown.
     assumed: bool = False
 
-    _l = field_validator("net_adapters", "switches", "host_vnics", "nats", "vms", "isos",
+    _l = field_validator("net_adapters", "switches", "host_vnics", "nats", "nat_mappings", "vms",
+                         "isos",
                          "vhd_files", mode="before")(lambda cls, v: _listify(v))
 
     def switches_named(self, name: str) -> list[SwitchFacts]:

@@ -6,9 +6,9 @@ and applies a plan step by step through a
 :class:`~labctl.transport.powershell.PowerShellRunner`. The runner is created lazily, so
 ``plan --assume-empty`` never resolves a secret or opens a connection.
 
-NetNat and VHDX carry no ownership marker, so the provider keeps the lab's record of them
-(:class:`~labctl.core.state.CreatedRecord`): an entry is written *before* the step that
-creates the resource runs (a create whose answer is lost is still recorded), removed after
+NetNat, its static mappings and VHDX carry no ownership marker, so the provider keeps the
+lab's record of them (:class:`~labctl.core.state.CreatedRecord`): an entry is written
+*before* the step that creates the resource runs (a create whose answer is lost is still recorded), removed after
 the step that deletes it succeeds, and every fact read drops the entries whose resource no
 longer exists on the host (a create that never took effect leaves no claim behind).
 """
@@ -82,6 +82,10 @@ class HyperVProvider:
         nats = {_diff.nat_entry(self.scope, n.name, n.prefix) for n in facts.nats}
         for gone in self.record.keep_only(self.scope, "netnat", nats):
             log.info("record: NetNat %s is gone from the host", gone.get("name"))
+        maps = {_diff.mapping_entry_of(self.scope, m) for m in facts.nat_mappings}
+        for gone in self.record.keep_only(self.scope, "netnat-mapping", maps):
+            log.info("record: NetNat static mapping on port %s is gone from the host",
+                     gone.get("external_port"))
         vhds = {e for e in self.record.entries(self.scope, "vhd")
                 if not any(f.path.lower() == e.get("path") and not f.exists
                            for f in facts.vhd_files)}
@@ -91,6 +95,11 @@ class HyperVProvider:
     def _entry(self, s: Step) -> Created | None:
         if s.name in ("netnat/create", "netnat/remove"):
             return _diff.nat_entry(self.scope, str(s.params["Name"]), str(s.params["Prefix"]))
+        if s.name in ("netnat/static-add", "netnat/static-remove"):
+            p = s.params
+            return _diff.mapping_entry(self.scope, str(p["NatName"]), str(p["Protocol"]),
+                                       int(p["ExternalPort"]), str(p["InternalIPAddress"]),
+                                       int(p["InternalPort"]))
         if s.name in ("vhd/create", "vhd/remove"):
             return _diff.vhd_entry(self.scope, str(s.params["Path"]))
         return None

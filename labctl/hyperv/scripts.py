@@ -22,7 +22,7 @@ SCRIPT_NAMES: tuple[str, ...] = (
     "facts/read",
     "vmswitch/create", "vmswitch/update", "vmswitch/span", "vmswitch/remove",
     "hostnet/ip_set", "hostnet/ip_remove", "hostnet/dns_set",
-    "netnat/create", "netnat/remove",
+    "netnat/create", "netnat/remove", "netnat/static-add", "netnat/static-remove",
     "vhd/create", "vhd/remove",
     "vm/create", "vm/memory", "vm/processor", "vm/dvd", "vm/firmware", "vm/disk_attach",
     "vm/start", "vm/stop", "vm/remove",

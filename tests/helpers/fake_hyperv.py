@@ -75,6 +75,7 @@ class FakeHyperVHost:
     switches: list[dict[str, Any]] = field(default_factory=list)
     vnics: list[dict[str, Any]] = field(default_factory=list)
     nats: list[dict[str, Any]] = field(default_factory=list)
+    nat_mappings: list[dict[str, Any]] = field(default_factory=list)  # Get-NetNatStaticMapping
     vms: list[dict[str, Any]] = field(default_factory=list)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # lower(path) -> vhd info
     isos: set[str] = field(default_factory=set)
@@ -214,7 +215,7 @@ class FakeHyperVHost:
         failing = write and self.fail_at is not None and k == self.fail_at
         if failing and not self.fault_after_effect:
             self._raise(script.name, self.fault)
-        handler = getattr(self, "_do_" + script.name.replace("/", "_"))
+        handler = getattr(self, "_do_" + script.name.replace("/", "_").replace("-", "_"))
         try:
             snapshot = copy.deepcopy(self._state()) if write else None
             result = handler(params)
@@ -238,7 +239,8 @@ class FakeHyperVHost:
         raise RemoteCommandError(name, [f"injected failure{leak}"])
 
     def _state(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("switches", "vnics", "nats", "vms", "files")}
+        return {k: getattr(self, k) for k in ("switches", "vnics", "nats", "nat_mappings", "vms",
+                                             "files")}
 
     def _restore(self, snap: dict[str, Any]) -> None:
         for k, v in snap.items():
@@ -259,6 +261,7 @@ class FakeHyperVHost:
             "switches": self.switches if hv else [],
             "host_vnics": self.vnics if hv else [],
             "nats": self.nats,
+            "nat_mappings": self.nat_mappings,
             "vms": [{k: v for k, v in vm.items() if k != "dvd_drives"} for vm in self.vms]
             if hv else [],
             "disk": {"path": vhd_path, "exists": True, "free_gb": self.free_gb.get(drive)},
@@ -382,7 +385,55 @@ class FakeHyperVHost:
                                               n["prefix"] == p["Prefix"])]
         changed = len(keep) != len(self.nats)
         self.nats = keep
+        if changed:  # a NAT's static mappings go with it
+            self.nat_mappings = [m for m in self.nat_mappings
+                                 if m["nat"].lower() != p["Name"].lower()]
         return {"changed": changed, "name": p["Name"]}
+
+    # -- NetNat static mappings (Add-/Get-/Remove-NetNatStaticMapping) ------------------------
+    def add_static_mapping(self, nat: str, protocol: str, external_ip: str, external_port: int,
+                           internal_ip: str, internal_port: int) -> dict[str, Any]:
+        """Add-NetNatStaticMapping as WinNAT behaves: the NAT must exist, the protocol is TCP
+        or UDP, and an external port is taken host-wide (WinNAT refuses a second mapping of
+        the same protocol and port, whatever the NAT)."""
+        if not any(n["name"].lower() == nat.lower() for n in self.nats):
+            raise _PsError(f"No MSFT_NetNat objects found with property 'Name' equal to '{nat}'")
+        if protocol.upper() not in ("TCP", "UDP"):
+            raise _PsError(f"Cannot bind parameter 'Protocol': '{protocol}' is not TCP or UDP")
+        if not 1 <= int(external_port) <= 65535 or not 1 <= int(internal_port) <= 65535:
+            raise _PsError("The parameter is incorrect. (port out of range)")
+        for m in self.nat_mappings:
+            if m["protocol"].upper() == protocol.upper() and m["external_port"] == int(
+                    external_port):
+                raise _PsError("The process cannot access the file because it is being used "
+                               "by another process. (the external port is already mapped)")
+        self._ids += 1
+        m = {"id": self._ids, "nat": next(n["name"] for n in self.nats
+                                          if n["name"].lower() == nat.lower()),
+             "protocol": protocol.upper(), "external_ip": external_ip,
+             "external_port": int(external_port), "internal_ip": internal_ip,
+             "internal_port": int(internal_port)}
+        self.nat_mappings.append(m)
+        return m
+
+    def _do_netnat_static_add(self, p: dict[str, Any]) -> dict[str, Any]:
+        m = self.add_static_mapping(p["NatName"], p["Protocol"], p["ExternalIPAddress"],
+                                    p["ExternalPort"], p["InternalIPAddress"], p["InternalPort"])
+        return {"changed": True, "id": m["id"], "nat": m["nat"],
+                "external_port": m["external_port"], "internal_ip": m["internal_ip"],
+                "internal_port": m["internal_port"]}
+
+    def _do_netnat_static_remove(self, p: dict[str, Any]) -> dict[str, Any]:
+        def ours(m: dict[str, Any]) -> bool:
+            return bool(m["nat"].lower() == p["NatName"].lower()
+                        and m["protocol"] == p["Protocol"].upper()
+                        and m["external_port"] == int(p["ExternalPort"])
+                        and m["internal_ip"] == p["InternalIPAddress"]
+                        and m["internal_port"] == int(p["InternalPort"]))
+        keep = [m for m in self.nat_mappings if not ours(m)]
+        removed = len(self.nat_mappings) - len(keep)
+        self.nat_mappings = keep
+        return {"changed": removed > 0, "removed": removed}
 
     # -- VHDX -----------------------------------------------------------------------------------
     def _do_vhd_create(self, p: dict[str, Any]) -> dict[str, Any]:
