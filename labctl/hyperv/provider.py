@@ -9,8 +9,9 @@ and applies a plan step by step through a
 NetNat, its static mappings and VHDX carry no ownership marker, so the provider keeps the
 lab's record of them (:class:`~labctl.core.state.CreatedRecord`): an entry is written
 *before* the step that creates the resource runs (a create whose answer is lost is still
-recorded), removed after the step that deletes it succeeds, and every fact read drops the entries whose resource no
-longer exists on the host (a create that never took effect leaves no claim behind).
+recorded), removed after the step that deletes it succeeds, and every fact read drops the
+entries whose resource no longer exists on the host (a create that never took effect leaves
+no claim behind).
 """
 
 from __future__ import annotations
