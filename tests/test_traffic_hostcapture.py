@@ -97,3 +97,20 @@ def test_templates_parse_and_follow_the_contract(name: str) -> None:
     # PowerShell 5.1: no ternary, no null-coalescing, no pipeline chain operators
     for token in (" ?? ", " ? ", "&&", "||", "ForEach-Object -Parallel"):
         assert token not in body
+
+
+def test_app_host_capture_reports_the_switch_traffic(tmp_path: Path) -> None:
+    from labctl.app.traffic import traffic_host_capture
+    from labctl.core.context import LabContext
+    from labctl.core.playbook import load_playbook
+    from tests.test_traffic_report import FEEDER
+
+    host, _ = _host(tmp_path)
+    pb = tmp_path / "lab.yaml"
+    pb.write_text("version: 1\nlab: home\nprovider: netns\n")
+    ctx = LabContext(loaded=load_playbook(str(pb)), sleep=lambda s: None)
+    doc = traffic_host_capture(ctx, "Default Switch", "10m", runner=host)
+    assert doc["sources"]["kind"] == "host-capture"
+    f = {d["ip"]: d for d in doc["devices"]}[FEEDER]
+    assert f["packets_out"] == 54
+    assert f["periodicity"][0]["text"].endswith("daily at about 01:00, 09:00 and 18:00")

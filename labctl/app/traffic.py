@@ -247,3 +247,34 @@ def traffic_sensor(ctx: LabContext, *, device: str | None = None,
                "lab": ctx.playbook.lab, "files": [], "packets": None}
     return build_sensor_report(devices, connections, names, default_ports(),
                                sources=sources, device=device)
+
+
+def traffic_host_capture(ctx: LabContext, switch: str, duration: str, *,
+                         device: str | None = None, runner: Any = None,
+                         sleep: Callable[[float], None] | None = None) -> dict[str, Any]:
+    """Capture on the Hyper-V host's ``switch`` with pktmon (bounded), fetch the pcapng,
+    then report it. ``runner`` replaces the playbook's PowerShell transport (tests)."""
+    import tempfile
+
+    from labctl.traffic.flows import read_captures
+    from labctl.traffic.hostcapture import host_capture
+
+    seconds = parse_duration(duration, "--duration")
+    if seconds > MAX_LIVE_SECONDS:
+        raise UsageError(f"--duration {duration}: at most 24h")
+    pb = ctx.playbook
+    if runner is None:
+        if pb.hyperv is None:
+            raise UsageError(f"{ctx.loaded.path}: --host-capture needs the hyperv: section")
+        from labctl.transport.runners import make_runner
+
+        runner = make_runner(pb.hyperv, ctx.prompt_fn)
+    with tempfile.TemporaryDirectory(prefix="labctl-hostcap-") as tmp:
+        dest = Path(tmp) / "host.pcapng"
+        got = host_capture(runner, switch, seconds, dest, sleep=sleep or ctx.sleep)
+        table = read_captures([dest])
+        table.stats.files = [f"{pb.hyperv.host if pb.hyperv else 'host'}:{got['remote']}"]
+        doc = report_from_table(table, ctx.loaded, device=device)
+    doc["sources"].update({"kind": "host-capture", "switch": switch,
+                           "duration_seconds": seconds, "sha256": got["sha256"]})
+    return doc

@@ -59,6 +59,10 @@ def _sources(f: Any) -> Any:
               help="Capture live on IFACE (Linux, root) instead of reading captures.")
 @click.option("--duration", metavar="D", default=None,
               help="How long to capture on --interface (10s, 10m, 2h; at most 24h).")
+@click.option("--host-capture", is_flag=True,
+              help="Capture on the Hyper-V host with pktmon (Windows Server 2022+).")
+@click.option("--switch", metavar="NAME", default=None,
+              help="The virtual switch for --host-capture.")
 @click.option("--sensor", is_flag=True,
               help="Use the playbook's sensor (devices and connections: a coarse view).")
 @click.option("--html", "html", metavar="FILE", default=None,
@@ -66,7 +70,8 @@ def _sources(f: Any) -> Any:
 @json_option
 def report_cmd(pcaps: tuple[str, ...], since: str | None, partial: bool,
                playbook: str | None, device: str | None, lab: str | None,
-               interface: str | None, duration: str | None, sensor: bool,
+               interface: str | None, duration: str | None, host_capture: bool,
+               switch: str | None, sensor: bool,
                html: str | None, as_json: bool) -> None:
     """Per device, per conversation and fleet-wide view of the traffic, with flags."""
     from labctl.core.errors import UsageError
@@ -83,6 +88,20 @@ def report_cmd(pcaps: tuple[str, ...], since: str | None, partial: bool,
         state = click.get_current_context().find_object(CliState)
         overrides = state.overrides if state is not None else {}
         doc = traffic_sensor(LabContext(loaded=loaded, **overrides), device=device)
+    elif host_capture:
+        if pcaps or interface or not switch or duration is None:
+            raise UsageError("--host-capture needs --switch NAME and --duration D, and no "
+                             "other source")
+        from labctl.app.traffic import traffic_host_capture
+        from labctl.core.context import LabContext
+
+        loaded = _load_playbook(playbook)
+        if loaded is None:
+            raise UsageError("--host-capture needs a playbook with a hyperv: section")
+        state = click.get_current_context().find_object(CliState)
+        overrides = state.overrides if state is not None else {}
+        doc = traffic_host_capture(LabContext(loaded=loaded, **overrides), switch, duration,
+                                   device=device)
     elif interface is not None:
         if pcaps:
             raise UsageError("give --pcap FILE or --interface IFACE, not both")
