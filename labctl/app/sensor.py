@@ -113,3 +113,376 @@ def sensor_stage(ctx: LabContext, *, confirm: Callable[[Any], bool],
     if s.kind == "d4iot":
         report.notes.append(ACTIVATION_NOTE)
     return report
+
+
+# ---- looking at the sensor ---------------------------------------------------------------
+
+def open_sensor(ctx: LabContext) -> SensorDriver:
+    """The sensor driver of the playbook, with its API token and certificate pin.
+
+    The token comes from the playbook's ``sensor.token`` (environment or prompt); for the
+    twin's embedded sensor without one, labctl creates one in the sensor's state (the twin
+    made that sensor, so it may).
+    """
+    import dataclasses
+
+    from labctl.core.errors import UsageError
+
+    pb = ctx.playbook
+    target = sensor_target(ctx.loaded)
+    try:
+        token = pb.sensor.token.resolve("sensor API token", prompt_fn=ctx.prompt_fn,
+                                        environ=dict(ctx.environ))
+    except UsageError:
+        if not _is_twin_sensor(ctx.loaded):
+            raise
+        token = Secret(_create_twin_token(ctx.loaded), source="twin sensor")
+    return make_driver(ctx, dataclasses.replace(target, token=token))
+
+
+def _is_twin_sensor(loaded: LoadedPlaybook) -> bool:
+    s = loaded.model.sensor
+    return bool(s is not None and loaded.model.provider == "netns" and s.kind == "embedded")
+
+
+def _create_twin_token(loaded: LoadedPlaybook, description: str = "twin demo") -> str:
+    from labctl.app.twin import create_sensor_token
+    from labctl.core.state import lab_state_dir
+
+    del description  # the twin's helper names its tokens itself
+    return create_sensor_token(lab_state_dir(loaded.model.lab))
+
+
+def _require_sensor(ctx: LabContext) -> Any:
+    from labctl.core.errors import ConfigError
+
+    s = ctx.playbook.sensor
+    if s is None:
+        raise ConfigError(f"{ctx.loaded.path}: the playbook has no sensor section",
+                          hint="add sensor: {kind: d4iot, management_ip: 192.168.0.101}")
+    return s
+
+
+def _client(driver: SensorDriver) -> Any:
+    """The D4IoT REST client behind a driver (both kinds today speak the D4IoT API)."""
+    from labctl.core.errors import UsageError
+
+    client = getattr(driver, "client", None)
+    if client is None:
+        raise UsageError(f"{driver.name} has no D4IoT REST client",
+                         hint="the sensor commands need a sensor that speaks the D4IoT API")
+    return client
+
+
+def pinned_fingerprint(ctx: LabContext, target: SensorTarget) -> str | None:
+    """The fingerprint labctl enforces for the sensor: the playbook's, else the stored pin."""
+    if target.fingerprint:
+        return target.fingerprint
+    from labctl.core.state import pins_file
+    from labctl.transport.http import PinStore, host_port, pin_key
+
+    host, port = host_port(target.base_url)
+    return PinStore(pins_file()).get(pin_key(host, port))
+
+
+def sensor_status(ctx: LabContext) -> dict[str, Any]:
+    """What the sensor says about itself; ``reachable`` False when it did not answer.
+
+    A changed certificate is not "unreachable": it raises (TransportError with a hint).
+    """
+    from labctl.core.errors import ApiError, AuthError, HostUnreachable
+    from labctl.core.errors import ConnectTimeout as Timeout
+
+    s = _require_sensor(ctx)
+    driver = open_sensor(ctx)
+    target: SensorTarget = getattr(driver, "target", SensorTarget(base_url=driver.base_url))
+    doc: dict[str, Any] = {"url": driver.base_url, "kind": s.kind,
+                           "access": s.access.mode, "reachable": False, "error": None,
+                           "version": None, "activation": None, "learning_mode": None,
+                           "monitor_interfaces": None, "token_accepted": None,
+                           "fingerprint": None}
+    client = _client(driver)
+    try:
+        st = driver.status()
+        doc["reachable"] = st.reachable
+        doc["token_accepted"] = True
+        doc["learning_mode"] = st.learning_mode
+        details = dict(st.details)
+        doc["version"] = details.get("version")
+        ifaces = details.get("interface") or details.get("interfaces")
+        if ifaces:
+            doc["monitor_interfaces"] = [ifaces] if isinstance(ifaces, str) else list(ifaces)
+        for k in ("packets", "devices", "alerts", "kernel_drops"):
+            doc[k] = getattr(st, k)
+        if not details:
+            # a real sensor (no labctl status endpoint): a data call proves the token
+            import time as _time
+
+            client.alerts(version=1, from_time=int(_time.time() * 1000))
+    except AuthError as e:
+        doc["reachable"], doc["token_accepted"], doc["error"] = True, False, e.message
+    except (HostUnreachable, Timeout) as e:
+        doc["error"] = e.message
+    if doc["reachable"]:
+        try:
+            act = client.labctl_activation()
+            doc["activation"] = "activated" if act.get("activated") else "not activated"
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            # a real sensor has no activation API: its data API answering the user's token
+            # is the evidence there is
+            doc["activation"] = ("activated (the data API accepts the token)"
+                                 if doc["token_accepted"] else "unknown")
+        except AuthError:
+            doc["activation"] = "unknown"
+    doc["fingerprint"] = pinned_fingerprint(ctx, target)
+    return doc
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``10m``, ``2h``, ``1d`` (or plain seconds) -> seconds; UsageError otherwise."""
+    import re
+
+    from labctl.core.errors import UsageError
+
+    m = re.fullmatch(r"([0-9]{1,9})([smhd]?)", text.strip())
+    if not m:
+        raise UsageError(f"--since {text!r} is not a duration",
+                         hint="use a number with s, m, h or d, e.g. --since 30m")
+    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def sensor_alerts(ctx: LabContext, *, since: str | None = None, state: str | None = None,
+                  title: str | None = None) -> list[dict[str, Any]]:
+    """The sensor's alerts (v2 shape where the sensor has it), newest last."""
+    import time as _time
+
+    from labctl.core.errors import ApiError
+
+    _require_sensor(ctx)
+    from_ms = int((_time.time() - parse_duration(since)) * 1000) if since else None
+    client = _client(open_sensor(ctx))
+    try:
+        docs = client.alerts(version=2, state=state, from_time=from_ms)
+    except ApiError as e:
+        if e.status != 404:
+            raise
+        docs = client.alerts(version=1, state=state, from_time=from_ms)
+    if title:
+        docs = [d for d in docs if title.lower() in str(d.get("title", "")).lower()]
+    return sorted(docs, key=lambda d: int(d.get("time") or 0))
+
+
+def sensor_devices(ctx: LabContext, *, authorized: bool | None = None) -> list[dict[str, Any]]:
+    _require_sensor(ctx)
+    docs: list[dict[str, Any]] = _client(open_sensor(ctx)).devices(authorized=authorized)
+    return docs
+
+
+def sensor_connections(ctx: LabContext, *, device: str | None = None) -> list[dict[str, Any]]:
+    """Connections; ``device`` (an IP or MAC address) limits them to that device's."""
+    from labctl.core.errors import UsageError
+
+    _require_sensor(ctx)
+    client = _client(open_sensor(ctx))
+    if device is None:
+        docs: list[dict[str, Any]] = client.connections()
+        return docs
+    want = device.strip().lower()
+    for d in client.devices():
+        addrs = [str(a).lower() for a in (d.get("ipAddresses") or []) +
+                 (d.get("macAddresses") or [])]
+        if want in addrs:
+            found: list[dict[str, Any]] = client.connections(device_id=int(d["id"]))
+            return found
+    raise UsageError(f"--device {device}: the sensor knows no device with that address",
+                     hint="see `labctl sensor devices` for the addresses it has seen")
+
+
+def sensor_events(ctx: LabContext, *, minutes: int = 60,
+                  type: str | None = None) -> list[dict[str, Any]]:  # noqa: A002
+    _require_sensor(ctx)
+    docs: list[dict[str, Any]] = _client(open_sensor(ctx)).events(minutes=minutes, type=type)
+    return docs
+
+
+# ---- token ---------------------------------------------------------------------------------
+
+TOKEN_HOWTO = ("System Settings > Integrations > Access Tokens > Generate token (the token is "
+               "shown once)")
+
+
+def sensor_token(ctx: LabContext) -> dict[str, Any]:
+    """For the twin's embedded sensor: a new API token (``created`` True, ``token`` set).
+    For a real sensor: where to create one and which variable to set (no API creates one).
+    """
+    s = _require_sensor(ctx)
+    env = s.token.env or "LABCTL_SENSOR_TOKEN"
+    doc: dict[str, Any] = {"url": s.base_url, "kind": s.kind, "env": env, "created": False,
+                           "token": None}
+    if _is_twin_sensor(ctx.loaded):
+        doc["token"] = Secret(_create_twin_token(ctx.loaded), source="twin sensor")
+        doc["created"] = True
+        return doc
+    doc["instructions"] = [
+        f"open {s.base_url} and sign in as {s.admin_user}",
+        TOKEN_HOWTO,
+        f"export {env}=<the token>  (labctl sends it raw as `Authorization: <token>`)",
+    ]
+    return doc
+
+
+# ---- activation ----------------------------------------------------------------------------
+
+ACTIVATION_PAGE = "System settings > Sensor management > Subscription & Activation mode"
+#: ``progress(event)``: ``{"phase": "instructions"|"uploaded"|"waiting"|"activated", ...}``
+ActivationProgress = Callable[[dict[str, Any]], None]
+
+
+def activation_file(ctx: LabContext, given: str | None = None) -> Any:
+    """The activation file to use, checked (:func:`labctl.sensor.activation.check_activation_file`):
+    ``given`` (the command line), else ``sensor.activation_file`` (relative to the playbook),
+    else the one ``sensor.azure`` downloaded into the lab's state folder."""
+    import time as _time
+    from pathlib import Path
+
+    from labctl.core.errors import ConfigError, UsageError
+    from labctl.sensor.activation import check_activation_file
+
+    s = _require_sensor(ctx)
+    loaded = ctx.loaded
+    if given is not None:
+        return check_activation_file(Path(given), now=_time.time(), file=None,
+                                     key="--activation-file")
+    if s.activation_file:
+        p = Path(s.activation_file)
+        if not p.is_absolute():
+            p = loaded.base_dir / p
+        line = loaded.doc.line_of(("sensor", "activation_file"))
+        return check_activation_file(p, now=_time.time(), file=loaded.path,
+                                     key="sensor.activation_file", line=line)
+    downloaded = azure_activation_path(loaded)
+    if downloaded.is_file():
+        return check_activation_file(downloaded, now=_time.time())
+    if getattr(s, "azure", None) is not None:
+        raise UsageError("no activation file has been downloaded yet",
+                         hint="run `labctl sensor azure` (or `labctl up`) to create the sensor "
+                              "in Azure and download it")
+    raise ConfigError("no activation file", file=loaded.path, key="sensor.activation_file",
+                      hint="set sensor.activation_file to the ZIP from the Azure portal, or "
+                           "pass --activation-file")
+
+
+def azure_activation_path(loaded: LoadedPlaybook) -> Any:
+    from labctl.core.state import lab_state_dir
+
+    return lab_state_dir(loaded.model.lab) / "sensor-activation.zip"
+
+
+@dataclass
+class ActivationReport:
+    url: str
+    file: dict[str, Any]
+    uploaded: bool
+    activated: bool
+    waited_seconds: float
+    instructions: list[str] = field(default_factory=list)
+    evidence: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "file": self.file, "uploaded": self.uploaded,
+                "activated": self.activated, "waited_seconds": round(self.waited_seconds, 1),
+                "instructions": self.instructions, "evidence": self.evidence}
+
+
+def sensor_activate(ctx: LabContext, *, given: str | None = None,
+                    progress: ActivationProgress | None = None,
+                    timeout: float | None = None, interval: float = 10.0) -> ActivationReport:
+    """Activate the sensor with its activation file, then wait until it reports activation.
+
+    The embedded sensor takes the ZIP on labctl's own endpoint (``/api/labctl/activation``).
+    A real sensor has no documented upload API: the instructions (the exact URL, the page
+    and the file) go to ``progress`` first, then labctl polls until the sensor's data API
+    answers the user's token. TransportError (exit 5) for a sensor that never answers;
+    ConvergenceError (exit 4) when the deadline passes.
+    """
+    from labctl.core.errors import ApiError, AuthError, ConvergenceError, TransportError
+    from labctl.core.waiting import WaitTimeout, wait_until
+
+    s = _require_sensor(ctx)
+    emit = progress or (lambda _e: None)
+    act = activation_file(ctx, given)
+    driver = open_sensor(ctx)
+    client = _client(driver)
+    deadline = float(timeout if timeout is not None else s.activation_wait_seconds)
+    uploaded = False
+    instructions: list[str] = []
+    # the embedded sensor has labctl's activation endpoint; a real sensor answers 404 there
+    # (or 401 while its token is not accepted yet): then the human path
+    try:
+        already = bool(client.labctl_activation().get("activated"))
+        embedded = True
+    except ApiError as e:
+        if e.status != 404:
+            raise
+        already, embedded = False, False
+    except AuthError:
+        if s.kind == "embedded":
+            raise
+        already, embedded = False, False
+    if embedded and not already:
+        client.upload_activation(act.path.read_bytes())
+        uploaded = True
+        emit({"phase": "uploaded", "file": str(act.path)})
+    elif not embedded:
+        instructions = [f"open {s.base_url.rstrip('/')}/ and sign in as {s.admin_user}",
+                        f"go to {ACTIVATION_PAGE} > Upload",
+                        f"choose {act.path}", "tick the terms and select Activate"]
+        emit({"phase": "instructions", "url": s.base_url, "page": ACTIVATION_PAGE,
+              "file": str(act.path), "steps": instructions})
+    start = ctx.clock()
+    observed = {"last": ""}
+
+    def activated() -> bool:
+        if embedded:
+            ok = bool(client.labctl_activation().get("activated"))
+            observed["last"] = "activation endpoint: " + ("activated" if ok else "not yet")
+        else:
+            import time as _time
+
+            try:
+                client.alerts(version=1, from_time=int(_time.time() * 1000))
+                ok = True
+                observed["last"] = "the data API accepts the token"
+            except AuthError as e:
+                ok = False
+                observed["last"] = f"token refused ({e.message})"
+        emit({"phase": "activated" if ok else "waiting",
+              "elapsed": ctx.clock() - start, "deadline": deadline,
+              "observed": observed["last"]})
+        return ok
+
+    def _tracked() -> bool:
+        try:
+            return activated()
+        except TransportError as e:
+            observed["last"] = e.message
+            emit({"phase": "waiting", "elapsed": ctx.clock() - start, "deadline": deadline,
+                  "observed": observed["last"]})
+            raise
+
+    try:
+        wait_until(_tracked, timeout=deadline, interval=interval, clock=ctx.clock,
+                   sleep=ctx.sleep, ignore=(TransportError,))
+    except WaitTimeout:
+        raise ConvergenceError(
+            f"the sensor at {s.base_url} did not report activation within {deadline:g} s "
+            f"(last seen: {observed['last'] or 'nothing'})",
+            hint=("upload the file on " + ACTIVATION_PAGE + "; if the wizard reports time "
+                  "drift, sync the sensor's clock first (`ntp enable <ip>` in its CLI)")
+            if not embedded else "see the embedded sensor's log in the lab's state folder"
+        ) from None
+    return ActivationReport(url=s.base_url, file=act.to_dict(), uploaded=uploaded,
+                            activated=True, waited_seconds=ctx.clock() - start,
+                            instructions=instructions, evidence=observed["last"])

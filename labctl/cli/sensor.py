@@ -1,16 +1,19 @@
-"""``labctl sensor``: the embedded passive sensor (serve, replay, tokens).
+"""``labctl sensor``: look at the lab's sensor (status, alerts, devices, connections,
+events), its API token and activation, and the embedded passive sensor (serve, replay).
 
-Click only: parse, call one function in :mod:`labctl.sensor`, render.
+Click only: parse, call one function in :mod:`labctl.app.sensor` (or :mod:`labctl.sensor`
+for the embedded sensor's own commands), render.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
-from labctl.cli._common import echo, emit_json, json_option
+from labctl.cli._common import echo, emit_json, json_option, playbook_option
 
 
 def _state_dir(state: str | None) -> Path:
@@ -98,9 +101,36 @@ def replay(pcap: str, config: str | None, learning: bool | None, scanners: tuple
          + (f" = {pps:,} packets/s" if pps else ""))
 
 
-@sensor.group(help="API access tokens (stored hashed; shown once).")
-def token() -> None:
-    pass
+@sensor.group(invoke_without_command=True,
+              help="The sensor's API token. Without a subcommand: for the playbook's real "
+                   "sensor, where to create one and which variable to set; for the twin's "
+                   "embedded sensor, create one and print it once.")
+@playbook_option
+@json_option
+@click.pass_context
+def token(cctx: click.Context, playbook: str | None, as_json: bool) -> None:
+    if cctx.invoked_subcommand is not None:
+        return
+    from labctl.app.sensor import sensor_token
+
+    doc = sensor_token(_ctx(playbook))
+    if doc["created"]:
+        value = doc["token"].reveal()
+        if as_json:
+            # compact, unscrubbed: the one place the token is shown
+            click.echo(json.dumps({"token": value, "env": doc["env"], "url": doc["url"]}))
+        else:
+            click.echo(value)
+            echo(f"Store it now: it is not shown again. export {doc['env']}=<token>",
+                 err=True)
+        return
+    if as_json:
+        emit_json({k: v for k, v in doc.items() if k != "token"})
+        return
+    echo(f"No API creates a token on a Defender for IoT sensor ({doc['url']}); create one in "
+         "its web UI:")
+    for i, step in enumerate(doc["instructions"], 1):
+        echo(f"  {i}. {step}")
 
 
 @token.command("create", help="Create an API access token and print it once.")
@@ -142,3 +172,203 @@ def token_list(state: str | None, as_json: bool) -> None:
         echo("no tokens; create one with `labctl sensor token create`")
     for r in rows:
         echo(f"{r['id']}  {r['description']:<30} used: {r['used'] or 'N/A'}")
+
+
+# ---- looking at the lab's sensor ---------------------------------------------------------
+
+def _ctx(playbook: str | None) -> Any:
+    from labctl.cli.lab import make_context
+    from labctl.core.playbook import load_playbook
+
+    return make_context(load_playbook(playbook))
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_cell(x) for x in v) or "-"
+    if isinstance(v, dict):
+        return str(v.get("name") or v)
+    return str(v).replace("\n", " ")
+
+
+def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str]], empty: str,
+           width: int = 60) -> None:
+    if not rows:
+        echo(empty)
+        return
+    cells = [[_cell(r.get(k))[:width] for k, _ in cols] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(cols)]
+    echo("  ".join(h.ljust(w) for (_, h), w in zip(cols, widths, strict=True)).rstrip())
+    for c in cells:
+        echo("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)).rstrip())
+
+
+def _when(ms: Any) -> str:
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromtimestamp(int(ms) / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "-"
+
+
+@sensor.command(help="Reachability, URL, version, activation, learning mode, monitor "
+                     "interfaces and the pinned certificate of the playbook's sensor.")
+@playbook_option
+@json_option
+def status(playbook: str | None, as_json: bool) -> int:
+    from labctl.app.sensor import sensor_status
+
+    doc = sensor_status(_ctx(playbook))
+    if as_json:
+        emit_json(doc)
+    else:
+        rows = [("sensor", f"{doc['kind']} {doc['url']} (access: {doc['access']})"),
+                ("reachable", "yes" if doc["reachable"] else f"no ({doc['error']})"),
+                ("token", {True: "accepted", False: f"refused ({doc['error']})",
+                           None: "-"}[doc["token_accepted"]]),
+                ("version", doc["version"] or "unknown (the sensor API does not report it)"),
+                ("activation", doc["activation"] or "unknown"),
+                ("learning mode", {True: "on", False: "off", None: "unknown"}[
+                    doc["learning_mode"]]),
+                ("monitor interfaces", _cell(doc["monitor_interfaces"])
+                 if doc["monitor_interfaces"] else "unknown"),
+                ("certificate", f"sha256 {doc['fingerprint']}" if doc["fingerprint"]
+                 else "not pinned yet")]
+        for k, v in rows:
+            echo(f"{k + ':':<20} {v}")
+    return 0 if doc["reachable"] else 5  # ExitCode.UNREACHABLE
+
+
+@sensor.command(help="The sensor's alerts (v2 with addresses where the sensor has it).")
+@playbook_option
+@click.option("--since", metavar="DURATION", default=None,
+              help="Only alerts detected in the last DURATION (30s, 10m, 2h, 1d).")
+@click.option("--state", type=click.Choice(["handled", "unhandled"]), default=None,
+              help="Only handled or unhandled alerts (the API's state= filter).")
+@click.option("--title", metavar="TEXT", default=None,
+              help="Only alerts whose title contains TEXT (any letter case).")
+@json_option
+def alerts(playbook: str | None, since: str | None, state: str | None, title: str | None,
+           as_json: bool) -> None:
+    from labctl.app.sensor import parse_duration, sensor_alerts
+
+    if since is not None:
+        parse_duration(since)  # bad input is refused before the playbook is read
+    docs = sensor_alerts(_ctx(playbook), since=since, state=state, title=title)
+    if as_json:
+        emit_json(docs)
+        return
+    for d in docs:
+        d["when"] = _when(d.get("time"))
+    _table(docs, [("id", "ID"), ("when", "TIME (UTC)"), ("severity", "SEVERITY"),
+                  ("engine", "ENGINE"), ("title", "TITLE"),
+                  ("sourceDeviceAddress", "SOURCE"), ("destinationDeviceAddress", "DEST")],
+           "no alerts")
+
+
+@sensor.command(help="The devices in the sensor's inventory.")
+@playbook_option
+@click.option("--authorized/--unauthorized", "authorized", default=None,
+              help="Only authorized (or unauthorized) devices.")
+@json_option
+def devices(playbook: str | None, authorized: bool | None, as_json: bool) -> None:
+    from labctl.app.sensor import sensor_devices
+
+    docs = sensor_devices(_ctx(playbook), authorized=authorized)
+    if as_json:
+        emit_json(docs)
+        return
+    _table(docs, [("id", "ID"), ("ipAddresses", "IP"), ("macAddresses", "MAC"),
+                  ("name", "NAME"), ("vendor", "VENDOR"), ("type", "TYPE"),
+                  ("authorized", "AUTHORIZED"), ("scanner", "SCANNER")], "no devices")
+
+
+@sensor.command(help="Connections the sensor saw (one device's with --device).")
+@playbook_option
+@click.option("--device", "device", metavar="ADDR", default=None,
+              help="Only this device's connections (an IP or MAC address it has).")
+@json_option
+def connections(playbook: str | None, device: str | None, as_json: bool) -> None:
+    from labctl.app.sensor import sensor_connections
+
+    docs = sensor_connections(_ctx(playbook), device=device)
+    if as_json:
+        emit_json(docs)
+        return
+    for d in docs:
+        d["seen"] = _when(d.get("lastSeen"))
+    _table(docs, [("firstDeviceId", "DEVICE A"), ("secondDeviceId", "DEVICE B"),
+                  ("ports", "PORTS"), ("protocols", "PROTOCOLS"), ("seen", "LAST SEEN (UTC)")],
+           "no connections")
+
+
+@sensor.command(help="The sensor's latest events (at most 100, newest first).")
+@playbook_option
+@click.option("--minutes", type=click.IntRange(1, 4320), default=60, show_default=True,
+              help="Events of the last N minutes (the API's maximum is 4320).")
+@click.option("--type", "etype", metavar="TYPE", default=None,
+              help="Only events of TYPE (e.g. ALERT_REPORTED, DEVICE_CREATE).")
+@json_option
+def events(playbook: str | None, minutes: int, etype: str | None, as_json: bool) -> None:
+    from labctl.app.sensor import sensor_events
+
+    docs = sensor_events(_ctx(playbook), minutes=minutes, type=etype)
+    if as_json:
+        emit_json(docs)
+        return
+    for d in docs:
+        d["when"] = _when(d.get("timestamp"))
+    _table(docs, [("when", "TIME (UTC)"), ("type", "TYPE"), ("severity", "SEVERITY"),
+                  ("title", "TITLE"), ("content", "CONTENT")], "no events")
+
+
+@sensor.command(help="Activate the sensor with its activation file and wait until it reports "
+                     "activation (the embedded sensor is activated through labctl's own "
+                     "endpoint; a real one in its web UI, whose URL and page are printed).")
+@playbook_option
+@click.option("--activation-file", "given", metavar="ZIP", default=None,
+              help="The activation file (default: sensor.activation_file, else the one "
+                   "sensor.azure downloaded).")
+@click.option("--timeout", type=click.IntRange(1, 86400), default=None,
+              help="Seconds to wait (default: sensor.activation_wait_seconds).")
+@json_option
+def activate(playbook: str | None, given: str | None, timeout: int | None,
+             as_json: bool) -> None:
+    from labctl.app.sensor import sensor_activate
+
+    state = {"phase": ""}
+
+    def progress(ev: dict[str, Any]) -> None:
+        if ev["phase"] == "instructions":
+            echo("Upload the activation file in the sensor's web UI:", err=True)
+            for i, step in enumerate(ev["steps"], 1):
+                echo(f"  {i}. {step}", err=True)
+            echo(f"URL:  {ev['url']}", err=True)
+            echo(f"File: {ev['file']}", err=True)
+        elif ev["phase"] == "uploaded":
+            echo(f"uploaded {ev['file']} to the embedded sensor", err=True)
+        elif ev["phase"] != state["phase"] or ev["phase"] == "waiting":
+            if ev["phase"] == "waiting" and state["phase"] == "waiting" and \
+                    not _is_tty_err():
+                return  # non-interactive: one line per phase change
+            echo(f"{ev['phase']}: {ev['elapsed']:.0f}/{ev['deadline']:.0f} s; "
+                 f"{ev['observed']}", err=True)
+        state["phase"] = ev["phase"]
+
+    report = sensor_activate(_ctx(playbook), given=given, progress=progress, timeout=timeout)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    echo(f"activated: {report.url} ({report.evidence}) after {report.waited_seconds:.0f} s")
+
+
+def _is_tty_err() -> bool:
+    import sys
+
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False

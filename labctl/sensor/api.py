@@ -18,6 +18,9 @@ Paths, parameters and shapes come from ../shared/reference/defender-for-iot.md Â
   URI the reference's headings print), with the documented success and failure messages
   (sensor-auth-apis.md, ms.date 06/13/2022) and a lockout after repeated failures (labctl's
   choice, as the reference documents none: see :class:`LoginGuard`);
+* ``GET``/``POST /api/labctl/activation`` (a labctl extension, token required; Microsoft
+  documents no activation API): POST the activation ZIP, GET ``{"activated": ...}``. The
+  state is kept in ``<state>/activation.json``, so it survives a restart;
 * ``GET /api/labctl/status`` (a labctl extension, token required): packet, malformed and
   kernel drop counters (``PACKET_STATISTICS``), devices, alerts, learning mode.
 
@@ -183,9 +186,11 @@ class SensorApi:
 
     def __init__(self, sensor: Sensor, store: SensorStore,
                  status_fn: Callable[[], dict[str, Any]] | None = None,
-                 guard: LoginGuard | None = None) -> None:
+                 guard: LoginGuard | None = None, state_dir: str | Path | None = None) -> None:
         self.sensor = sensor
         self.store = store
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self._activation: dict[str, Any] | None = None
         self.status_fn = status_fn
         self.guard = guard or LoginGuard()
 
@@ -196,6 +201,53 @@ class SensorApi:
         if self.status_fn is not None:
             doc.update(self.status_fn())
         return 200, doc
+
+    # ---- activation (a labctl extension: Microsoft documents no activation API) --------
+
+    def _activation_path(self) -> Path | None:
+        return self.state_dir / "activation.json" if self.state_dir is not None else None
+
+    def activation_state(self) -> tuple[int, Any]:
+        """``GET /api/labctl/activation``: ``{"activated": bool, ...}``."""
+        path = self._activation_path()
+        if path is not None and path.is_file():
+            try:
+                doc = json.loads(path.read_text())
+            except (OSError, ValueError):
+                doc = None
+            if isinstance(doc, dict):
+                return 200, {**doc, "activated": True}
+        with self.sensor.lock:
+            mem = dict(self._activation) if self._activation else None
+        return 200, ({**mem, "activated": True} if mem else {"activated": False})
+
+    def activate(self, raw: bytes) -> tuple[int, Any]:
+        """``POST /api/labctl/activation``: the body is the activation ZIP. It must be a ZIP
+        with at least one regular file; the sensor keeps its digest and member names."""
+        import hashlib
+        import io
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+                names = [i.filename for i in zf.infolist() if not i.is_dir()]
+                bad = zf.testzip()
+        except (zipfile.BadZipFile, ValueError, OSError):
+            return 400, {"error": "the activation file is not a ZIP archive"}
+        if bad is not None:
+            return 400, {"error": f"the activation file is damaged (CRC error in {bad})"}
+        if not names:
+            return 400, {"error": "the activation file is an empty ZIP"}
+        doc = {"activated_at": int(time.time() * 1000),
+               "sha256": hashlib.sha256(raw).hexdigest(), "files": names[:20]}
+        with self.sensor.lock:
+            self._activation = doc
+        path = self._activation_path()
+        if path is not None:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(doc))
+            tmp.replace(path)
+        return 200, {**doc, "activated": True}
 
     # each returns (status, body)
     def alerts(self, version: int, q: dict[str, list[str]]) -> tuple[int, Any]:
@@ -476,6 +528,7 @@ class _Handler(BaseHandler):
             "/api/v1/devices/connections": lambda: self.api.connections(q),
             "/api/v1/events": lambda: self.api.events(q),
             "/api/labctl/status": self.api.status,
+            "/api/labctl/activation": self.api.activation_state,
         }
         handler = routes.get(path)
         if handler is None and path.startswith("/api/v1/devices/") and \
@@ -500,6 +553,9 @@ class _Handler(BaseHandler):
             "/api/external/authentication/set_password_by_admin":
                 self.api.set_password_by_admin,
         }
+        if path == "/api/labctl/activation":
+            self._post_activation()
+            return
         fn = routes.get(path)
         if fn is None:
             self._send(404, {"error": f"no such endpoint: POST {path}"})
@@ -519,6 +575,16 @@ class _Handler(BaseHandler):
             return
         client = str(self.client_address[0])
         self._run(lambda: fn(body, client))
+
+    def _post_activation(self) -> None:
+        if not self._authorized():
+            return
+        try:
+            raw = self.read_body()
+        except BodyTooLarge:
+            self._send(400, {"error": f"bad Content-Length (at most {MAX_BODY} bytes)"})
+            return
+        self._run(lambda: self.api.activate(raw))
 
     def _not_allowed(self) -> None:
         self._send(405, {"error": f"method {self.command} is not supported on "
@@ -564,7 +630,7 @@ def make_server(sensor: Sensor, store: SensorStore, listen: tuple[str, int],
     tests pass small ones.
     """
     cert, key = ensure_certificate(state_dir, [listen[0]])
-    api = SensorApi(sensor, store, status_fn, guard=guard)
+    api = SensorApi(sensor, store, status_fn, guard=guard, state_dir=state_dir)
     handler = type("Handler", (_Handler,), {"api": api})
     server = LabHTTPServer(listen, handler, ssl_context=server_context(cert, key),
                            max_body=MAX_BODY, drain_limit=DRAIN_LIMIT,

@@ -90,8 +90,11 @@ class D4IoTClient:
     # ---- plumbing --------------------------------------------------------------------
 
     def _request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-                 json_body: dict[str, Any] | None = None, auth: bool = True) -> Any:
+                 json_body: dict[str, Any] | None = None, auth: bool = True,
+                 data: bytes | None = None, content_type: str | None = None) -> Any:
         headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
         if auth:
             if self.token is None:
                 raise AuthError(f"no access token for {self.base_url}",
@@ -101,7 +104,7 @@ class D4IoTClient:
             headers["Authorization"] = _reveal(self.token)  # raw token, no "Bearer"
         url = self.base_url + path
         try:
-            r = self.session.request(method, url, params=params, json=json_body,
+            r = self.session.request(method, url, params=params, json=json_body, data=data,
                                      headers=headers, timeout=self.timeout)
         except LabctlError:  # already translated (labctl's HTTP session)
             raise
@@ -175,6 +178,19 @@ class D4IoTClient:
         """``/api/labctl/status``: the embedded sensor's counters (a labctl extension; a real
         sensor answers 404, raised as ApiError)."""
         doc = self._request("GET", "/api/labctl/status")
+        return doc if isinstance(doc, dict) else {}
+
+    def labctl_activation(self) -> dict[str, Any]:
+        """``GET /api/labctl/activation``: the embedded sensor's activation state (a labctl
+        extension, token required; a real sensor answers 404, raised as ApiError)."""
+        doc = self._request("GET", "/api/labctl/activation")
+        return doc if isinstance(doc, dict) else {}
+
+    def upload_activation(self, zip_bytes: bytes) -> dict[str, Any]:
+        """``POST /api/labctl/activation`` with the activation ZIP as the body (labctl's
+        endpoint on the embedded sensor; Microsoft documents no activation API)."""
+        doc = self._request("POST", "/api/labctl/activation", data=zip_bytes,
+                            content_type="application/zip")
         return doc if isinstance(doc, dict) else {}
 
     # ---- authentication APIs (no token) ----------------------------------------------

@@ -71,6 +71,8 @@ class SensorSection(Model):
     wait_seconds: int = Field(default=2400, ge=1, le=86400)
     expectations: str = "nmap-default"
     activation_file: str | None = None
+    #: how long `labctl sensor activate` waits for the sensor to report activation
+    activation_wait_seconds: int = Field(default=1800, ge=1, le=86400, strict=True)
     #: how labctl reaches the management address (direct, ssh-tunnel through the Hyper-V
     #: host, or a NetNat static mapping on the host)
     access: SensorAccess = Field(default_factory=SensorAccess)
