@@ -486,3 +486,72 @@ def sensor_activate(ctx: LabContext, *, given: str | None = None,
     return ActivationReport(url=s.base_url, file=act.to_dict(), uploaded=uploaded,
                             activated=True, waited_seconds=ctx.clock() - start,
                             instructions=instructions, evidence=observed["last"])
+
+
+# ---- Azure (optional) ------------------------------------------------------------------------
+
+@dataclass
+class AzureReport:
+    results: list[dict[str, Any]]
+    activation_file: str | None
+    downloaded: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"results": self.results, "activation_file": self.activation_file,
+                "downloaded": self.downloaded}
+
+
+def arm_client(ctx: LabContext, *, credential: Any = None, verify: Any = True) -> Any:
+    from labctl.sensor.arm import ArmClient
+
+    s = _require_sensor(ctx)
+    az = s.azure
+    if az is None:
+        from labctl.core.errors import ConfigError
+
+        raise ConfigError("no Azure section", file=ctx.loaded.path, key="sensor.azure",
+                          hint="add sensor.azure: {subscription, location, site, sensor_name,"
+                               " zone}")
+    return ArmClient(az.subscription, az.location, credential=credential,
+                     endpoint=az.endpoint, verify=verify, sleep=ctx.sleep)
+
+
+def azure_onboard(ctx: LabContext, *, dry_run: bool = False, credential: Any = None,
+                  verify: Any = True, refresh: bool = False) -> AzureReport:
+    """Create (or find) the site and the OT sensor in Azure, then download the activation
+    file into the lab's state folder (0600). An existing file younger than the 14-day
+    validity is kept unless ``refresh``. A second run sends no PUT and downloads nothing."""
+    import os
+    import tempfile
+    import time as _time
+
+    from labctl.core.state import ensure_private_dir
+    from labctl.sensor.activation import WARN_DAYS
+
+    s = _require_sensor(ctx)
+    az = s.azure
+    client = arm_client(ctx, credential=credential, verify=verify)
+    results = [client.ensure_site(az.site, az.site_display_name or az.site, dry_run=dry_run),
+               client.ensure_sensor(az.site, az.sensor_name, zone=az.zone,
+                                    ti_automatic_updates=az.ti_automatic_updates,
+                                    dry_run=dry_run)]
+    path = azure_activation_path(ctx.loaded)
+    fresh = path.is_file() and (_time.time() - path.stat().st_mtime) < WARN_DAYS * 86400
+    downloaded = False
+    if not dry_run and (refresh or not fresh):
+        data = client.download_activation(az.site, az.sensor_name)
+        ensure_private_dir(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=".activation.", dir=str(path.parent))
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        downloaded = True
+    return AzureReport(results=[r.to_dict() for r in results],
+                       activation_file=str(path) if path.is_file() else None,
+                       downloaded=downloaded)

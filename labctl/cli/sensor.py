@@ -37,7 +37,8 @@ scanner_option = click.option(
     help="Authorize a device as a network scanner (no scan alerts); repeatable.")
 
 
-@click.group(help="Embedded passive sensor with a D4IoT-compatible API.")
+@click.group(help="The lab's sensor (status, alerts, devices, connections, events, token, "
+                  "activate, azure) and the embedded passive sensor (serve, replay).")
 def sensor() -> None:
     pass
 
@@ -372,3 +373,25 @@ def _is_tty_err() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+@sensor.command("azure", help="Create the site and the OT sensor in Azure (sensor.azure, over "
+                              "ARM with DefaultAzureCredential) and download the activation "
+                              "file into the lab's state folder. A second run changes nothing.")
+@playbook_option
+@click.option("--dry-run", is_flag=True, help="Show what would be created; change nothing.")
+@click.option("--refresh", is_flag=True,
+              help="Download a new activation file even if the one there is still fresh.")
+@json_option
+def azure(playbook: str | None, dry_run: bool, refresh: bool, as_json: bool) -> None:
+    from labctl.app.sensor import azure_onboard
+
+    report = azure_onboard(_ctx(playbook), dry_run=dry_run, refresh=refresh)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    for r in report.results:
+        echo(f"{r['resource']:<7} {r['name']:<30} {r['action']}")
+    if report.activation_file:
+        echo(f"activation file: {report.activation_file}"
+             + (" (downloaded)" if report.downloaded else " (kept)"))

@@ -53,6 +53,29 @@ class EngineOverride(Model):
     window_seconds: float | None = Field(default=None, gt=0, le=86400, strict=True)
 
 
+_ARM_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class SensorAzure(Model):
+    """Defender for IoT's Azure side: labctl creates the site and the OT sensor over ARM
+    (Microsoft.IoTSecurity, api-version 2021-09-01-preview, subscription-scoped, so no
+    resource group) and downloads the activation file into the lab's state folder."""
+
+    subscription: str = Field(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+    location: str = Field(default="eastus", pattern=r"^[a-z][a-z0-9]{1,39}$")
+    site: str = Field(pattern=_ARM_NAME)
+    #: the site's displayName (default: the site name)
+    site_display_name: str | None = Field(default=None, max_length=128,
+                                          pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$")
+    sensor_name: str = Field(pattern=_ARM_NAME)
+    zone: str = Field(default="Default", max_length=128,
+                      pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$")
+    ti_automatic_updates: bool = Field(default=True, strict=True)
+    #: ARM's endpoint (another cloud's, e.g. https://management.usgovcloudapi.net)
+    endpoint: str = Field(default="https://management.azure.com",
+                          pattern=r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+
+
 class SensorSection(Model):
     kind: Literal["d4iot", "embedded"] = "d4iot"
     vm: str | None = None  # the VM (or twin namespace) that runs the sensor
@@ -71,6 +94,8 @@ class SensorSection(Model):
     wait_seconds: int = Field(default=2400, ge=1, le=86400)
     expectations: str = "nmap-default"
     activation_file: str | None = None
+    #: optional: create the site and sensor in Azure and download the activation file
+    azure: SensorAzure | None = None
     #: how long `labctl sensor activate` waits for the sensor to report activation
     activation_wait_seconds: int = Field(default=1800, ge=1, le=86400, strict=True)
     #: how labctl reaches the management address (direct, ssh-tunnel through the Hyper-V

@@ -1,0 +1,186 @@
+"""Defender for IoT's Azure side over ARM against a local HTTPS fake of the management
+endpoint (tests/helpers/fake_arm.py, shapes from the REST spec's examples), with a fake
+credential: site and sensor created once, a second run sends no PUT, a 409 for an existing
+site, a 429 with Retry-After, the activation file downloaded 0600 and checked."""
+
+from __future__ import annotations
+
+import ssl
+import stat
+import time
+
+import pytest
+
+pytest.importorskip("azure.identity")
+
+from azure.core.credentials import AccessToken  # noqa: E402
+
+from labctl.app.sensor import activation_file, azure_activation_path, azure_onboard  # noqa: E402
+from labctl.core.context import LabContext  # noqa: E402
+from labctl.core.errors import ApiError, AuthError  # noqa: E402
+from labctl.core.playbook import load_playbook  # noqa: E402
+from tests.helpers.fake_arm import TOKEN, FakeArm, serve  # noqa: E402
+
+SUB = "20ff7fc3-e762-44dd-bd96-b71116dcdc23"
+
+
+class FakeCredential:
+    def __init__(self, token: str = TOKEN) -> None:
+        self.token = token
+        self.scopes: list[tuple[str, ...]] = []
+
+    def get_token(self, *scopes, **kw):
+        self.scopes.append(scopes)
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+
+@pytest.fixture
+def arm():
+    import trustme
+
+    ca = trustme.CA()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    fake = FakeArm(SUB)
+    srv = serve(fake, ctx)
+    with ca.cert_pem.tempfile() as ca_path:
+        yield fake, f"https://127.0.0.1:{srv.server_address[1]}", ca_path
+    srv.stop()
+
+
+def _ctx(tmp_path, url, sleeps=None, zone="Home Lab"):
+    p = tmp_path / "lab.yaml"
+    p.write_text(f"""lab: az
+provider: hyperv
+hyperv: {{host: hv.example, transport: winrm}}
+sensor:
+  kind: d4iot
+  azure:
+    subscription: {SUB}
+    location: eastus
+    site: homelab
+    site_display_name: Home lab
+    sensor_name: d4iot-sensor
+    zone: {zone}
+    endpoint: {url}
+""")
+    sl = sleeps if sleeps is not None else []
+    return LabContext(load_playbook(str(p)), environ={}, sleep=sl.append)
+
+
+def test_creates_site_and_sensor_then_a_second_run_is_a_noop(tmp_path, arm):
+    fake, url, ca = arm
+    cred = FakeCredential()
+    rep = azure_onboard(_ctx(tmp_path, url), credential=cred, verify=ca)
+    assert [r["action"] for r in rep.results] == ["created", "created"]
+    site = fake.resources[fake.prefix + "/sites/homelab"]
+    assert site == {"displayName": "Home lab", "tags": {}}
+    sensor = fake.resources[fake.prefix + "/sites/homelab/sensors/d4iot-sensor"]
+    assert {k: sensor[k] for k in ("sensorType", "zone", "tiAutomaticUpdates")} == \
+        {"sensorType": "Ot", "zone": "Home Lab", "tiAutomaticUpdates": True}
+    assert cred.scopes[0] == (url + "/.default",)
+    # the activation file: in the lab's state folder, 0600, and it passes the check
+    path = azure_activation_path(_ctx(tmp_path, url).loaded)
+    assert rep.downloaded and rep.activation_file == str(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    act = activation_file(_ctx(tmp_path, url))
+    assert act.members == ("d4iot-sensor.conf",)
+    # second run: reads only, no PUT, no second download
+    n_put = len(fake.methods("PUT"))
+    again = azure_onboard(_ctx(tmp_path, url), credential=cred, verify=ca)
+    assert [r["action"] for r in again.results] == ["noop", "noop"]
+    assert len(fake.methods("PUT")) == n_put and not again.downloaded
+    assert len(fake.methods("POST")) == 1
+
+
+def test_a_changed_zone_updates_the_sensor(tmp_path, arm):
+    fake, url, ca = arm
+    azure_onboard(_ctx(tmp_path, url), credential=FakeCredential(), verify=ca)
+    rep = azure_onboard(_ctx(tmp_path, url, zone="Other"), credential=FakeCredential(),
+                        verify=ca, dry_run=True)
+    assert [r["action"] for r in rep.results] == ["noop", "would-update"]
+    assert fake.resources[fake.prefix + "/sites/homelab/sensors/d4iot-sensor"]["zone"] == \
+        "Home Lab"  # dry run: unchanged
+    rep = azure_onboard(_ctx(tmp_path, url, zone="Other"), credential=FakeCredential(),
+                        verify=ca)
+    assert [r["action"] for r in rep.results] == ["noop", "updated"]
+    assert fake.resources[fake.prefix + "/sites/homelab/sensors/d4iot-sensor"]["zone"] == \
+        "Other"
+
+
+def test_409_for_an_existing_site_is_read_back(tmp_path, arm):
+    fake, url, ca = arm
+    site = fake.prefix + "/sites/homelab"
+    # made by someone else with other properties; the GET before the PUT sees it and ARM
+    # refuses the PUT with 409
+    fake.resources[site] = {"displayName": "Someone's", "tags": {}}
+    fake.conflict_on_put.add(site)
+    with pytest.raises(ApiError) as ei:
+        azure_onboard(_ctx(tmp_path, url), credential=FakeCredential(), verify=ca)
+    assert ei.value.status == 409 and "differs from the playbook" in ei.value.message
+    assert TOKEN not in ei.value.message + (ei.value.hint or "")
+    # the same properties: 409 is a noop
+    fake.resources[site] = {"displayName": "Home lab", "tags": {}}
+    rep = azure_onboard(_ctx(tmp_path, url), credential=FakeCredential(), verify=ca)
+    assert rep.results[0]["action"] == "noop"
+
+
+def test_409_on_put_after_a_concurrent_create_is_a_noop(tmp_path, arm):
+    from labctl.sensor.arm import ArmClient
+
+    fake, url, ca = arm
+    site = fake.prefix + "/sites/homelab"
+    client = ArmClient(SUB, "eastus", credential=FakeCredential(), endpoint=url, verify=ca,
+                       sleep=lambda s: None)
+    original = client.request
+
+    def racing(method, path, body=None):
+        if method == "PUT" and path == "/sites/homelab":
+            # another run created it between our GET and our PUT
+            fake.resources[site] = {"displayName": "Home lab", "tags": {}}
+            fake.conflict_on_put.add(site)
+        return original(method, path, body)
+
+    client.request = racing
+    assert client.ensure_site("homelab", "Home lab").action == "noop"
+
+
+def test_429_is_retried_after_retry_after(tmp_path, arm):
+    fake, url, ca = arm
+    fake.throttle = 2
+    sleeps: list[float] = []
+    rep = azure_onboard(_ctx(tmp_path, url, sleeps), credential=FakeCredential(), verify=ca)
+    assert [r["action"] for r in rep.results] == ["created", "created"]
+    assert sleeps == [7.0, 7.0]
+    # a service that keeps throttling: bounded retries, then an error naming the call
+    fake.throttle = 100
+    sleeps.clear()
+    with pytest.raises(ApiError) as ei:
+        azure_onboard(_ctx(tmp_path, url, sleeps), credential=FakeCredential(), verify=ca,
+                      refresh=True)
+    assert ei.value.status == 429 and len(sleeps) == 4
+
+
+def test_a_refused_token_is_an_auth_error_without_the_token(tmp_path, arm):
+    fake, url, ca = arm
+    with pytest.raises(AuthError) as ei:
+        azure_onboard(_ctx(tmp_path, url), credential=FakeCredential("wrong-secret-token"),
+                      verify=ca)
+    assert "401" in ei.value.message
+    assert "wrong-secret-token" not in ei.value.message + (ei.value.hint or "")
+    assert not fake.resources
+
+
+def test_bad_azure_section_is_exit_2(cli_run, tmp_path):
+    p = tmp_path / "lab.yaml"
+    p.write_text("""lab: az
+provider: hyperv
+hyperv: {host: hv.example, transport: winrm}
+sensor:
+  azure:
+    subscription: not-a-guid
+    site: homelab
+    sensor_name: s
+""")
+    r = cli_run("sensor", "status", "-f", str(p))
+    assert r.exit_code == 2 and "sensor.azure.subscription" in r.stderr
