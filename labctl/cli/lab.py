@@ -38,7 +38,12 @@ _SIGN = {"create": "+", "update": "~", "replace": "-/+", "delete": "-", "start":
 def _context(playbook: str | None) -> LabContext:
     from labctl.core.playbook import load_playbook
 
-    return make_context(load_playbook(playbook))
+    loaded = load_playbook(playbook)
+    hv = loaded.model.hyperv
+    warning = hv.tls_warning if hv is not None else None
+    if warning:  # loudly, before anything connects
+        echo(f"WARNING: {warning}", err=True, fg="yellow", bold=True)
+    return make_context(loaded)
 
 
 def make_context(loaded: LoadedPlaybook) -> LabContext:

@@ -62,11 +62,13 @@ def _labctl_argv(*args: str) -> tuple[str, ...]:
 def persona_path(loaded: LoadedPlaybook, persona: str) -> Path:
     """``<playbook dir>/devices/<persona>.yaml``, else the packaged ``playbooks/devices``."""
     from labctl.core.assets import asset_path
+    from labctl.traffic.persona import persona_file
 
-    local = loaded.base_dir / "devices" / f"{persona}.yaml"
+    # persona_file refuses a name that is a path or resolves outside its folder
+    local = persona_file(loaded.base_dir / "devices", persona)
     if local.is_file():
         return local
-    return asset_path("playbooks", "devices", f"{persona}.yaml")
+    return persona_file(asset_path("playbooks", "devices"), persona)
 
 
 # -- emulator processes, named by the device kind's driver ----------------------------------

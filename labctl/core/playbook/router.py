@@ -19,9 +19,17 @@ import unicodedata
 from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 from urllib.parse import urlsplit
 
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import Discriminator, Field, StrictInt, Tag, field_validator, model_validator
 
-from labctl.core.playbook.common import Address, Model, Network, SecretRef, secret_env
+from labctl.core.playbook.common import (
+    Address,
+    Bool,
+    Model,
+    Network,
+    SecretRef,
+    ShortText,
+    secret_env,
+)
 
 Band = Literal["2.4", "5", "6", "2.4+5", "5+6", "2.4+5+6", "2.4+6"]
 Auth = Literal["wpa2-personal", "wpa-wpa2-personal", "wpa2-wpa3-personal", "wpa3-personal"]
@@ -85,11 +93,10 @@ def check_router_url(url: str, label: str = "url") -> str:
 
 def _iot_vlan(v: Any) -> Any:
     """An IoT network's VLAN: a VLAN id (1-4094) that is not the default LAN (1)."""
+    if isinstance(v, str) and v.isascii() and v.isdigit():
+        v = int(v, 10)  # a command-line flag: ASCII digits only (never "٥٢" or "5_2")
     if isinstance(v, bool) or not isinstance(v, int):
-        try:
-            v = int(str(v), 10)
-        except ValueError:
-            raise ValueError(f"VLAN id must be a whole number, got {v!r}") from None
+        raise ValueError(f"VLAN id must be a whole number written in ASCII digits, got {v!r}")
     if v == 1:
         raise ValueError("vlan 1 is the router's default LAN; use 2-4094")
     if not 1 <= v <= 4094:
@@ -108,13 +115,13 @@ class IotNetwork(Model):
     auth: Auth = "wpa2-personal"
     subnet: Network
     gateway: Address | None = None
-    dhcp: bool = True
+    dhcp: Bool = True
     dhcp_range: tuple[Address, Address] | None = None
-    lease_seconds: int = Field(default=86400, ge=120)
+    lease_seconds: StrictInt = Field(default=86400, ge=120, le=31536000)
     vlan: int
     dns: list[Address] = Field(default_factory=list)
-    ap_isolation: bool = False
-    hidden: bool = False
+    ap_isolation: Bool = False
+    hidden: Bool = False
 
     @field_validator("vlan", mode="before")
     @classmethod
@@ -169,7 +176,7 @@ class RouterSection(Model):
     url: str = "https://192.168.50.1:8443"
     user: str = "admin"
     password: SecretRef = Field(default_factory=lambda: secret_env("LABCTL_ROUTER_PASSWORD"))
-    allow_http: bool = False
+    allow_http: Bool = False
     lan: Network = Field(default="192.168.50.0/24")  # type: ignore[assignment]
     iot_network: IotNetwork | None = None
 
@@ -214,8 +221,8 @@ class AsusRouter(RouterSection):
     """An ASUSWRT 3.0.0.6 router (ZenWiFi Pro ET12 class), configured through its web API."""
 
     kind: Literal["asus"] = "asus"
-    model: str = "ZenWiFi Pro ET12"
-    firmware: str = "3.0.0.6"
+    model: ShortText = "ZenWiFi Pro ET12"
+    firmware: ShortText = "3.0.0.6"
     login: Literal["auto", "v1", "v2"] = "auto"
 
     #: ``<`` starts an nvram record and ``>`` separates its fields

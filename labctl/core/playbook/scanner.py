@@ -7,7 +7,7 @@ import re
 
 from pydantic import Field, field_validator
 
-from labctl.core.playbook.common import Address, Model, Network
+from labctl.core.playbook.common import Address, Model, Network, ShortText, Text
 
 # Where a lab lives: private (RFC 1918, IPv6 unique local fc00::/7), link-local and
 # documentation space (RFC 5737, RFC 3849). None of it is routed on the internet, so a scan
@@ -38,8 +38,8 @@ SPEC_RE = re.compile(r"^(local|netns:[A-Za-z0-9_.-]+|ssh://[A-Za-z0-9_.-]+@[A-Za
 
 class ScannerSection(Model):
     spec: str = "local"  # local | ssh://user@host[:port] | netns:NAME
-    profile: str = "smart"
-    ssh_key: str | None = None
+    profile: ShortText = "smart"
+    ssh_key: Text | None = None
     ip: Address | None = None  # the scanner's own address in the lab (Kali)
     scope: list[Network] = Field(default_factory=list)  # extra networks it may scan
     exclude: list[Address] = Field(default_factory=list)  # never scanned (fragile OT devices)

@@ -9,7 +9,7 @@ the newer host name; both are accepted), with tokens for ``https://api.loganalyt
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, StrictInt, field_validator
 
 from labctl.core.playbook.common import Model
 
@@ -19,6 +19,8 @@ GUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 def _https(v: str | None) -> str | None:
     if v is None:
         return v
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in v):
+        raise ValueError("control characters are not allowed in a URL")
     from urllib.parse import urlsplit
 
     try:
@@ -39,7 +41,7 @@ class SentinelSection(Model):
     #: the Log Analytics query endpoint
     query_endpoint: str = "https://api.loganalytics.io"
     #: how long verify-alerts waits for an alert to reach Sentinel (seconds)
-    alert_deadline_seconds: int = Field(default=1800, ge=10, le=86400)
+    alert_deadline_seconds: StrictInt = Field(default=1800, ge=10, le=86400)
     #: Logs Ingestion (traffic export): data collection endpoint, DCR immutable id, stream
     data_collection_endpoint: str | None = None
     dcr_immutable_id: str | None = Field(default=None, pattern=r"^dcr-[0-9a-fA-F]{32}$")
