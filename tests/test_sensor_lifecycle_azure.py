@@ -184,3 +184,43 @@ sensor:
 """)
     r = cli_run("sensor", "status", "-f", str(p))
     assert r.exit_code == 2 and "sensor.azure.subscription" in r.stderr
+
+
+def test_activate_with_azure_polls_sensor_status_and_connectivity_time(tmp_path, arm):
+    """A real sensor with sensor.azure: after the instructions, labctl polls ARM until the
+    sensor is Ok with a connectivityTime (the fake flips it after two polls)."""
+    from labctl.app.sensor import sensor_activate
+    from tests.helpers import fake_d4iot
+
+    fake, url, ca = arm
+    cred = FakeCredential()
+    azure_onboard(_ctx(tmp_path, url), credential=cred, verify=ca)
+    srv, sensor_url, _ = fake_d4iot.serve(fake_d4iot.FakeSensor(), tmp_path / "d4")
+    try:
+        ctx = _ctx(tmp_path, url)
+        text = (tmp_path / "lab.yaml").read_text().replace(
+            "  kind: d4iot\n", f"  kind: d4iot\n  url: {sensor_url}\n")
+        (tmp_path / "lab.yaml").write_text(text)
+        now = [0.0]
+        sleeps: list[float] = []
+        path = fake.prefix + "/sites/homelab/sensors/d4iot-sensor"
+
+        def sleep(s: float) -> None:
+            sleeps.append(s)
+            now[0] += s
+            if len(sleeps) == 2:
+                fake.resources[path].update(sensorStatus="Ok",
+                                            connectivityTime="2026-12-02T05:00:00Z")
+
+        ctx = LabContext(load_playbook(str(tmp_path / "lab.yaml")),
+                         environ={"LABCTL_SENSOR_TOKEN": fake_d4iot.TOKEN},
+                         clock=lambda: now[0], sleep=sleep)
+        events: list[dict] = []
+        rep = sensor_activate(ctx, progress=events.append, credential=cred, verify=ca)
+        assert events[0]["phase"] == "instructions"
+        assert [e["phase"] for e in events[1:]] == ["waiting", "waiting", "activated"]
+        assert "sensorStatus Unavailable" in events[1]["observed"]
+        assert rep.activated and "connectivityTime 2026-12-02T05:00:00Z" in rep.evidence
+    finally:
+        srv.shutdown()
+        srv.server_close()

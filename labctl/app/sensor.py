@@ -398,14 +398,16 @@ class ActivationReport:
 
 def sensor_activate(ctx: LabContext, *, given: str | None = None,
                     progress: ActivationProgress | None = None,
-                    timeout: float | None = None, interval: float = 10.0) -> ActivationReport:
+                    timeout: float | None = None, interval: float = 10.0,
+                    credential: Any = None, verify: Any = True) -> ActivationReport:
     """Activate the sensor with its activation file, then wait until it reports activation.
 
     The embedded sensor takes the ZIP on labctl's own endpoint (``/api/labctl/activation``).
     A real sensor has no documented upload API: the instructions (the exact URL, the page
     and the file) go to ``progress`` first, then labctl polls until the sensor's data API
-    answers the user's token. TransportError (exit 5) for a sensor that never answers;
-    ConvergenceError (exit 4) when the deadline passes.
+    answers the user's token, or, with ``sensor.azure``, until ARM reports the sensor's
+    ``sensorStatus`` Ok with a ``connectivityTime``. TransportError (exit 5) for a sensor
+    that never answers; ConvergenceError (exit 4) when the deadline passes.
     """
     from labctl.core.errors import ApiError, AuthError, ConvergenceError, TransportError
     from labctl.core.waiting import WaitTimeout, wait_until
@@ -443,9 +445,16 @@ def sensor_activate(ctx: LabContext, *, given: str | None = None,
               "file": str(act.path), "steps": instructions})
     start = ctx.clock()
     observed = {"last": ""}
+    arm = arm_client(ctx, credential=credential, verify=verify) \
+        if (not embedded and s.azure is not None) else None
 
     def activated() -> bool:
-        if embedded:
+        if arm is not None:
+            props = arm.get_sensor(s.azure.site, s.azure.sensor_name) or {}
+            ok = props.get("sensorStatus") == "Ok" and bool(props.get("connectivityTime"))
+            observed["last"] = (f"Azure: sensorStatus {props.get('sensorStatus') or '-'}, "
+                                f"connectivityTime {props.get('connectivityTime') or '-'}")
+        elif embedded:
             ok = bool(client.labctl_activation().get("activated"))
             observed["last"] = "activation endpoint: " + ("activated" if ok else "not yet")
         else:
