@@ -1,6 +1,6 @@
 """The twin demo end to end, with verify-alerts: wall time per phase and detection latency.
 
-Goals (issue: verify-alerts): the whole demo at most 60 s on this machine, median
+Goals: the whole demo at most 60 s on this machine, median
 detection latency at most 1 s, worst at most 3 s. Latency is what a user waits for: from
 the end of a case's stimulus to the first matching alert (the alert's own time, and when
 labctl saw it through the API, which adds the poll interval).
