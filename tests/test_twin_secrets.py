@@ -48,3 +48,24 @@ def test_twin_secrets_meet_the_sensor_password_policy(tmp_path):
     for i in range(200):
         value = twin_secret(tmp_path, f"s{i}").reveal()
         assert password_problems(value) == [], value
+
+
+def test_twin_secrets_never_follow_a_planted_symlink(tmp_path):
+    """The old writer opened the fixed name twin-secrets.tmp with O_TRUNC, following a
+    symlink planted there; the secrets file itself must not follow one either."""
+    import os
+    import stat
+
+    from labctl.netns.credentials import FILE, twin_secret
+
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / (FILE.rsplit(".", 1)[0] + ".tmp")).symlink_to(victim)
+    (state / FILE).symlink_to(tmp_path / "elsewhere.json")
+    twin_secret(state, "router_password")
+    assert victim.read_text() == "keep me"
+    assert not (tmp_path / "elsewhere.json").exists()
+    assert not (state / FILE).is_symlink()
+    assert stat.S_IMODE(os.stat(state / FILE).st_mode) == 0o600

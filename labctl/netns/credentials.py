@@ -18,7 +18,7 @@ from pathlib import Path
 
 from labctl.core.playbook import LoadedPlaybook
 from labctl.core.secrets import Secret
-from labctl.core.state import lab_state_dir
+from labctl.core.state import ensure_private_dir, lab_state_dir, write_private_json
 
 FILE = "twin-secrets.json"
 ROUTER_PASSWORD_ENV = "LABCTL_TWIN_ROUTER_PASSWORD"  # handed to the router twin process
@@ -44,12 +44,10 @@ def twin_secret(state_dir: Path, name: str) -> Secret:
         values = {}
     if not isinstance(values.get(name), str):
         values[name] = _new_value()
-        state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(values, fh)
-        tmp.replace(path)
+        ensure_private_dir(state_dir)
+        # a new 0600 file made with O_EXCL, then renamed: a planted symlink (at the file
+        # or at a fixed temporary name) is never followed
+        write_private_json(values, path)
     return Secret(values[name], source=f"twin state {name}")
 
 
