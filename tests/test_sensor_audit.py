@@ -196,3 +196,37 @@ def test_cli_json_and_exit_codes(env, tmp_path, capsys):
         out = capsys.readouterr()
         assert "mirror: DEAD" in out.out and "problem:" in out.err
         assert PASSWORD not in out.out + out.err
+
+
+def test_through_the_hyperv_host_when_access_goes_through_it(env, tmp_path):
+    """sensor.access ssh-tunnel: the SSH session to the admin CLI rides a direct-tcpip
+    channel from a real OpenSSH server (the Hyper-V host's stand-in); the sensor's host key
+    is checked under the sensor's own address."""
+    from tests.helpers.sshd import sshd_server
+
+    with sshd_server(tmp_path / "sshd") as srv, \
+            FakeSensorCli(password=PASSWORD, kernel_package="5.10.209-2") as fake:
+        data = reference_data(keep_sensor=True)
+        data["sensor"]["url"] = "https://127.0.0.1"
+        data["sensor"]["access"] = {"mode": "ssh-tunnel"}
+        data["hyperv"] = {"host": srv.host, "transport": "ssh", "port": srv.port,
+                          "user": srv.user, "ssh_key": str(srv.key_path),
+                          "ssh_known_hosts": str(srv.known_hosts),
+                          "vhd_path": data["hyperv"]["vhd_path"], "timeout": 20}
+        ctx = LabContext(loaded=parse_playbook(parse_yaml(yaml.safe_dump(data), "lab.yaml")),
+                         sleep=lambda s: None)
+        kh = fake.write_known_hosts(tmp_path / "known_hosts")
+        rep = A.run_audit(ctx, known_hosts=str(kh), port=fake.port)
+        assert rep.version == "22.2.5.9-r-2121448" and rep.mirror_alive
+        assert fake.commands == ["system version", "system sanity", "network list",
+                                 "network list"]
+        assert srv.commands() == []  # the host ran no command: a forward, not a shell
+        # the sensor's key is checked under its own name, through the tunnel too
+        other = FakeSensorCli().start()
+        try:
+            bad = other.write_known_hosts(tmp_path / "kh_other")
+            bad.write_text(bad.read_text().replace(f":{other.port}", f":{fake.port}"))
+            with pytest.raises(HostKeyError):
+                A.run_audit(ctx, known_hosts=str(bad), port=fake.port)
+        finally:
+            other.stop()

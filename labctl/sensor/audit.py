@@ -29,6 +29,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -306,9 +307,12 @@ def check_kernel(kernel: str | None, table: Iterable[KnownCve]) -> list[CveFindi
 class AdminCli:
     """One SSH login to the sensor's admin CLI, driven through an interactive channel."""
 
-    def __init__(self, target: SshTarget, *, timeout: float = COMMAND_TIMEOUT,
+    def __init__(self, target: SshTarget, *, via: SshTarget | None = None,
+                 timeout: float = COMMAND_TIMEOUT,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.target = target
+        self.via = via
+        self._stack = ExitStack()
         self.timeout = timeout
         self.clock = clock
         self.banner = ""
@@ -317,8 +321,12 @@ class AdminCli:
 
     def __enter__(self) -> AdminCli:
         from labctl.transport.sshexec import connect_client
+        from labctl.transport.tunnel import ssh_through
 
-        self._client = connect_client(self.target)
+        if self.via is not None:
+            self._client = self._stack.enter_context(ssh_through(self.via, self.target))
+        else:
+            self._client = connect_client(self.target)
         try:
             transport = self._client.get_transport()
             chan = transport.open_session(timeout=self.target.timeout)
@@ -344,6 +352,7 @@ class AdminCli:
         if self._client is not None:
             self._client.close()
             self._client = None
+        self._stack.close()
 
     def run(self, command: str) -> str:
         """Send one command, return its output (the echoed command and prompt removed)."""
@@ -409,6 +418,21 @@ def sensor_ssh_target(ctx: LabContext, *, known_hosts: str | None = None,
                      password=password, timeout=30.0)
 
 
+def jump_host(ctx: LabContext) -> SshTarget | None:
+    """The Hyper-V host's SSH login when ``sensor.access`` goes through it (``ssh-tunnel``;
+    ``netnat`` too, since it publishes only the web port), else None."""
+    pb = ctx.loaded.model
+    if pb.sensor is None or pb.sensor.access.mode == "direct":
+        return None
+    if pb.hyperv is None:
+        raise UsageError(f"sensor.access.mode {pb.sensor.access.mode} goes through the "
+                         "Hyper-V host, but the playbook has no hyperv: section",
+                         hint="add hyperv: (host, user, ssh_key, ssh_known_hosts)")
+    from labctl.transport.tunnel import host_ssh_target
+
+    return host_ssh_target(pb.hyperv, ctx.prompt_fn)
+
+
 def audit_cli(cli: AdminCli, *, interval: float, sleep: Callable[[float], None],
               kernel: str | None = None, table: list[KnownCve] | None = None) -> AuditReport:
     """Run the documented commands on an open admin CLI and build the report."""
@@ -441,8 +465,11 @@ def run_audit(ctx: LabContext, *, target: SshTarget | None = None,
               overrides: Mapping[str, Any] | None = None) -> AuditReport:
     """``labctl sensor audit``: SSH to the sensor's admin CLI and audit it.
 
-    ``target`` replaces the login built from the playbook (tests; another address).
-    Host keys are checked as for every SSH login of labctl: ``known_hosts`` or the user's."""
+    ``target`` replaces the login built from the playbook (tests; another address). When
+    ``sensor.access`` goes through the Hyper-V host, the SSH session to the sensor rides a
+    ``direct-tcpip`` channel from the host (:func:`labctl.transport.tunnel.ssh_through`).
+    Host keys are checked as for every SSH login of labctl: ``known_hosts`` or the user's,
+    the sensor's under its own address."""
     if kernel is not None:
         parse_kernel_version(kernel)  # bad input fails before anything is contacted
     if not 1 <= port <= 65535:
@@ -451,5 +478,6 @@ def run_audit(ctx: LabContext, *, target: SshTarget | None = None,
         raise UsageError(f"interval {interval:g} s is out of range", hint="use 1-600 seconds")
     table = load_cves(cves)
     tgt = target or sensor_ssh_target(ctx, known_hosts=known_hosts, port=port)
-    with AdminCli(tgt, clock=ctx.clock, **dict(overrides or {})) as cli:
+    via = jump_host(ctx)
+    with AdminCli(tgt, via=via, clock=ctx.clock, **dict(overrides or {})) as cli:
         return audit_cli(cli, interval=interval, sleep=ctx.sleep, kernel=kernel, table=table)

@@ -236,6 +236,50 @@ def _pump(conn: socket.socket, chan: Any, stop: threading.Event) -> None:
 
 
 @contextmanager
+def ssh_through(jump: SshTarget, target: SshTarget) -> Iterator[paramiko.SSHClient]:
+    """An SSH login to ``target`` as the ``jump`` host reaches it (``ssh -J``): one
+    ``direct-tcpip`` channel from the jump host to ``target.host:target.port`` carries the
+    second SSH session. The target's host key is checked under its own name and port (its
+    known_hosts entry), never under a local address; both logins close in ``finally``."""
+    import paramiko
+
+    from labctl.transport import sshexec
+
+    jump_client = connect_client(jump)
+    client = paramiko.SSHClient()
+    try:
+        transport = jump_client.get_transport()
+        if transport is None:  # pragma: no cover - connect_client returns a live client
+            raise TransportError(f"the SSH login to {jump.where} is gone")
+        try:
+            chan = transport.open_channel("direct-tcpip", (target.host, target.port),
+                                          (LOOPBACK, 0), timeout=jump.timeout)
+        except Exception as e:  # paramiko's ChannelException, SSHException, EOFError
+            raise TransportError(
+                REDACTOR.scrub(f"{jump.where} could not open a channel to {target.host}:"
+                               f"{target.port}: {e}"),
+                hint="is the sensor up, and its SSH port reachable from the host?") from None
+        sshexec._load_host_keys(client, target)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        key = target.key_filename
+        password = target.password.reveal() if target.password is not None else None
+        try:
+            client.connect(target.host, port=target.port, username=target.user,
+                           password=password, key_filename=key, timeout=target.timeout,
+                           banner_timeout=target.timeout, auth_timeout=target.timeout,
+                           channel_timeout=target.timeout, allow_agent=key is None,
+                           look_for_keys=False, sock=chan)
+        except Exception as e:  # translated at the boundary
+            raise sshexec._translate_connect_error(target, e) from None
+        finally:
+            password = None
+        yield client
+    finally:
+        client.close()
+        jump_client.close()
+
+
+@contextmanager
 def open_tunnel(target: SshTarget, dest_host: str, dest_port: int, *, local_port: int = 0,
                 max_connections: int = MAX_CONNECTIONS) -> Iterator[SshTunnel]:
     """Forward ``127.0.0.1:<local_port>`` to ``dest_host:dest_port`` through ``target`` for
