@@ -169,9 +169,8 @@ def main() -> int:
         sys.exit("tshark is not installed (apt-get install tshark)")
     work = tempfile.mkdtemp(prefix="labctl-bench-traffic-")
     env = {**os.environ, "LABCTL_STATE_DIR": work}
-    # labctl's CLI, with the traffic command registered if this checkout does not yet
-    launcher = ("import sys; from labctl.cli import COMMANDS, run; "
-                "COMMANDS.setdefault('traffic', ('labctl.cli.traffic:traffic', '')); "
+    # labctl's CLI, in this checkout
+    launcher = ("import sys; from labctl.cli import run; "
                 "sys.exit(run(sys.argv[1:]))")
     labctl = [sys.executable, "-c", launcher, "traffic", "report", "--json", "--lab", "bench",
               "--pcap"]

@@ -15,18 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from labctl.cli import COMMANDS, run
+from labctl.cli import run
 from tests.helpers.traffic_pcaps import write_pcap
 from tests.test_traffic_report import FEEDER, VACUUM, frames
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-@pytest.fixture(autouse=True)
-def _registered(monkeypatch):
-    monkeypatch.setitem(COMMANDS, "traffic", ("labctl.cli.traffic:traffic", "traffic"))
 
 
 class _Dom(html.parser.HTMLParser):

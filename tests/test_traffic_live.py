@@ -14,8 +14,7 @@ from tests.helpers.sensor_netns import ROOT, SCANNER_IP, TARGET_IP, new_pair, sh
 
 pytestmark = [pytest.mark.netns]
 
-LAUNCH = ("import sys; from labctl.cli import COMMANDS, run; "
-          "COMMANDS.setdefault('traffic', ('labctl.cli.traffic:traffic', '')); "
+LAUNCH = ("import sys; from labctl.cli import run; "
           "sys.exit(run(sys.argv[1:]))")
 SEND = ("import socket, time\n"
         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
@@ -61,9 +60,8 @@ def test_live_capture_counts_the_packets(tmp_path) -> None:
 
 
 def test_interface_needs_a_duration(capsys) -> None:
-    from labctl.cli import COMMANDS, run
+    from labctl.cli import run
 
-    COMMANDS.setdefault("traffic", ("labctl.cli.traffic:traffic", ""))
     assert run(["traffic", "report", "--interface", "lo"]) == 2
     assert "--duration" in capsys.readouterr().err
     assert run(["traffic", "report", "--interface", "lo", "--duration", "25h"]) == 2

@@ -7,9 +7,7 @@ import json
 import struct
 from pathlib import Path
 
-import pytest
-
-from labctl.cli import COMMANDS, run
+from labctl.cli import run
 from tests.helpers.traffic_pcaps import (
     DAY,
     T0,
@@ -31,12 +29,6 @@ CLOUD = "198.51.100.10"
 
 SYN_LEN = 14 + 4 + 20 + 20  # tagged Ethernet, IPv4, TCP
 DATA_LEN = SYN_LEN + 100
-
-
-@pytest.fixture(autouse=True)
-def _registered(monkeypatch):
-    """The command as the lead registers it in labctl.cli.COMMANDS."""
-    monkeypatch.setitem(COMMANDS, "traffic", ("labctl.cli.traffic:traffic", "traffic"))
 
 
 def frames() -> list[tuple[float, bytes]]:

@@ -7,18 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from labctl.cli import COMMANDS, run
+from labctl.cli import run
 from tests.helpers.traffic_pcaps import write_pcap
 from tests.test_traffic_report import CLOUD, FEEDER, IRC, VACUUM, frames
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("rsyslogd") or Path("/usr/sbin/rsyslogd").exists()),
     reason="needs rsyslog and rsyslog-gnutls (Debian packages)")
-
-
-@pytest.fixture(autouse=True)
-def _registered(monkeypatch):
-    monkeypatch.setitem(COMMANDS, "traffic", ("labctl.cli.traffic:traffic", "traffic"))
 
 
 @pytest.fixture

@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "router": ("labctl.cli.router:router", "ASUS router: IoT network as code, backup, restore."),
     "scan": ("labctl.cli.scan:scan", "nmap validation scans with a scope guard, history, diff."),
     "sensor": ("labctl.cli.sensor:sensor", "Embedded passive sensor: serve, replay, tokens."),
+    "traffic": ("labctl.cli.traffic:traffic",
+                "Who talks to whom, when, on which ports; export to syslog or Sentinel."),
     "verify-alerts": ("labctl.cli.verify:verify_alerts",
                       "Prove the sensor raised the expected alerts; explain each miss."),
     "twin": ("labctl.cli.twin:twin", "Linux twin helpers: demo, router twin, processes."),
