@@ -134,7 +134,12 @@ def test_bad_cve_table_names_file_and_row(tmp_path):
     bad = tmp_path / "cves.yaml"
     bad.write_text("cves:\n  - {cve: CVE-1, name: x, summary: y, introduced: '1.0', "
                    "fixed: [], sources: []}\n")
-    with pytest.raises(UsageError, match=r"cves.yaml: cves\[0\]\.sources"):
+    with pytest.raises(UsageError, match=r"cves.yaml:2: cves\[0\]\.sources") as e:
+        A.load_cves(bad)
+    assert e.value.exit_code == 2
+    bad.write_text("cves:\n  - cve: CVE-1\n    name: x\n    summary: y\n"
+                   "    introduced: soon\n    fixed: []\n    sources: [https://example.org/]\n")
+    with pytest.raises(UsageError, match=r"cves.yaml:5: cves\[0\]\.introduced"):
         A.load_cves(bad)
 
 

@@ -164,38 +164,50 @@ class KnownCve:
 
 
 def load_cves(path: Path | None = None) -> list[KnownCve]:
-    """Read the sourced CVE table; a bad row is a ConfigError naming the file and row."""
-    import yaml
-
+    """Read the sourced CVE table; a bad row is a ConfigError naming the file, key and
+    line."""
     from labctl.core.assets import asset_path
+    from labctl.core.yamlfile import load_yaml
 
     path = path or asset_path("sensor", "cves.yaml")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read the CVE table: {e}") from None
-    rows = doc.get("cves") if isinstance(doc, dict) else None
+    doc = load_yaml(path)
+    rows = doc.data.get("cves") if isinstance(doc.data, dict) else None
     if not isinstance(rows, list):
-        raise ConfigError(f"{path}: expected a mapping with a 'cves' list")
+        raise ConfigError("expected a mapping with a 'cves' list", file=str(path),
+                          key="cves", line=doc.line_of(("cves",)))
     out: list[KnownCve] = []
     for i, row in enumerate(rows):
-        where = f"{path}: cves[{i}]"
+
+        def bad(msg: str, key: str | None = None, i: int = i) -> ConfigError:
+            loc: tuple[str | int, ...] = ("cves", i, key) if key else ("cves", i)
+            return ConfigError(msg, file=str(path), key=f"cves[{i}]" + (f".{key}" if key
+                                                                         else ""),
+                               line=doc.line_of(loc))
+
         if not isinstance(row, dict):
-            raise ConfigError(f"{where}: a row is a mapping")
+            raise bad("a row is a mapping")
+        for k in ("cve", "name", "summary", "introduced", "fixed", "sources"):
+            if k not in row:
+                raise bad(f"missing key {k!r}")
+        srcs = row["sources"]
+        if not isinstance(srcs, list) or not srcs or not all(
+                isinstance(x, str) and x.startswith("https://") for x in srcs):
+            raise bad("every row needs a list of https:// sources", "sources")
+        if not isinstance(row["fixed"], list):
+            raise bad("a list of the first fixed release of each stable branch", "fixed")
         try:
-            srcs = row["sources"]
-            if not isinstance(srcs, list) or not srcs or not all(
-                    isinstance(s, str) and s.startswith("https://") for s in srcs):
-                raise ConfigError(f"{where}.sources: every row needs https:// sources")
-            out.append(KnownCve(
-                cve=str(row["cve"]), name=str(row["name"]), summary=str(row["summary"]),
-                introduced=parse_kernel_version(str(row["introduced"])),
-                fixed=tuple(parse_kernel_version(str(f)) for f in row["fixed"]),
-                sources=tuple(srcs), debian_tracker=row.get("debian_tracker")))
-        except KeyError as e:
-            raise ConfigError(f"{where}: missing key {e.args[0]!r}") from None
+            introduced = parse_kernel_version(str(row["introduced"]))
         except UsageError as e:
-            raise ConfigError(f"{where}: {e}") from None
+            raise bad(e.message, "introduced") from None
+        try:
+            fixed = tuple(parse_kernel_version(str(f)) for f in row["fixed"])
+        except UsageError as e:
+            raise bad(e.message, "fixed") from None
+        tracker = row.get("debian_tracker")
+        out.append(KnownCve(cve=str(row["cve"]), name=str(row["name"]),
+                            summary=str(row["summary"]), introduced=introduced, fixed=fixed,
+                            sources=tuple(srcs),
+                            debian_tracker=str(tracker) if tracker else None))
     return out
 
 
