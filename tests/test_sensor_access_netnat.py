@@ -6,6 +6,8 @@ left alone (or refused when it holds the wanted port)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from labctl.app import lab as app
@@ -160,3 +162,29 @@ def test_no_nat_covering_the_sensor_is_a_blocker():
     host = FakeHyperVHost.reference()
     d = plan_up(pb, parse_facts(host._do_facts_read(facts_params(pb))))
     assert any("netnat but no switch's nat covers" in b.message for b in d.blockers)
+
+
+def test_labctl_plan_and_status_show_the_mapping(cli_run, tmp_path):
+    from tests.helpers.hyperv_lab import fake_factory, write_playbook
+
+    host = FakeHyperVHost.reference()
+    pb = write_playbook(tmp_path, _data())
+    r = cli_run("plan", "-f", str(pb), "--json",
+                overrides={"provider_factory": fake_factory(host)})
+    assert r.exit_code == 0, r.stderr
+    doc = r.json()
+    text = json.dumps(doc)
+    assert RES in text and "Add-NetNatStaticMapping" in text
+    app.up(_ctx(host, _data()), confirm=lambda p: True)
+    r = cli_run("plan", "-f", str(pb), "--exit-code",
+                overrides={"provider_factory": fake_factory(host)})
+    assert r.exit_code == 0, r.stdout + r.stderr  # nothing pending
+    r = cli_run("status", "-f", str(pb), "--json",
+                overrides={"provider_factory": fake_factory(host)})
+    rows = [x for x in r.json()["resources"] if x["resource"] == RES]
+    assert rows == [{"resource": RES, "state": "ok", "details": [
+        "TCP 0.0.0.0:8443 -> 192.168.0.101:443 on NetNat Core is published"]}]
+    host.nat_mappings.clear()  # removed by hand: status says it is missing
+    r = cli_run("status", "-f", str(pb), "--json",
+                overrides={"provider_factory": fake_factory(host)})
+    assert [x["state"] for x in r.json()["resources"] if x["resource"] == RES] == ["missing"]
