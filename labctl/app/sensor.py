@@ -94,22 +94,38 @@ def make_driver(ctx: LabContext, target: SensorTarget) -> SensorDriver:
 
 
 def sensor_stage(ctx: LabContext, *, confirm: Callable[[Any], bool],
-                 dry_run: bool = False) -> SensorStageReport | None:
-    """Wait for the sensor and sign it in (None when the playbook has no sensor)."""
+                 dry_run: bool = False, phase_progress: PhaseProgressFn | None = None,
+                 probe: Any = None) -> SensorStageReport | None:
+    """Wait through the phases (VM running, installer, installing, web UI, signed in) and
+    sign the sensor in (None when the playbook has no sensor).
+
+    ``phase_progress`` gets a :class:`PhaseEvent` per observation (the CLI renders it);
+    ``probe`` replaces :class:`SensorProbe` in tests. A later run resumes at the phase the
+    previous one reached (``<lab state>/sensor-phase.json``); a dry run records nothing.
+    """
     loaded: LoadedPlaybook = ctx.loaded
     s = loaded.model.sensor
     if s is None:
         return None
     desired = admin_password(loaded, ctx.prompt_fn, ctx.environ)
-    driver = make_driver(ctx, sensor_target(loaded))
-    try:
-        done = driver.prepare(s.admin_user, desired, wait_seconds=float(s.wait_seconds),
-                              dry_run=dry_run, clock=ctx.clock, sleep=ctx.sleep)
-    except CredentialsRejected as e:
-        raise AuthError(e.message, hint=f"set {s.admin_password.env or 'the sensor admin password'}"
-                                        " to the sensor's current password") from None
+    target = sensor_target(loaded)
+    driver = make_driver(ctx, target)
+    if probe is None:
+        probe = SensorProbe(ctx, driver, target, s.admin_user, desired)
+
+    def sign_in(deadline: float) -> Any:
+        try:
+            return driver.prepare(s.admin_user, desired, wait_seconds=deadline,
+                                  dry_run=dry_run, clock=ctx.clock, sleep=ctx.sleep)
+        except CredentialsRejected as e:
+            raise AuthError(e.message,
+                            hint=f"set {s.admin_password.env or 'the sensor admin password'}"
+                                 " to the sensor's current password") from None
+
+    done, waited = wait_phases(ctx, probe, signed_in=sign_in, progress=phase_progress,
+                               save=not dry_run)
     report = SensorStageReport(url=s.base_url, action=done.action, applied=done.applied,
-                               waited_seconds=done.waited_seconds)
+                               waited_seconds=waited)
     if s.kind == "d4iot":
         report.notes.append(ACTIVATION_NOTE)
     return report
@@ -564,3 +580,251 @@ def azure_onboard(ctx: LabContext, *, dry_run: bool = False, credential: Any = N
     return AzureReport(results=[r.to_dict() for r in results],
                        activation_file=str(path) if path.is_file() else None,
                        downloaded=downloaded)
+
+
+# ---- waiting with progress: the phases of `up`'s sensor stage --------------------------------
+
+#: the phases, in order, with their playbook key under sensor.phase_timeouts
+PHASES: tuple[tuple[str, str, str], ...] = (
+    ("vm-running", "vm_running", "the VM running"),
+    ("installer", "installer", "the installer (auto-selects after 30 s)"),
+    ("installing", "installing", "installing (20 to 30 minutes)"),
+    ("web-ui", "web_ui", "the web UI answering"),
+    ("signed-in", "signed_in", "signed in"),
+)
+PHASE_NAMES = tuple(p[0] for p in PHASES)
+#: the installer's boot menu selects "Install iot-sensor-<version>" after this long
+INSTALLER_AUTOSELECT = 30.0
+
+PHASE_HINTS = {
+    "vm-running": "the sensor VM did not start: check it in Hyper-V Manager (Get-VM), that "
+                  "the host has its static memory free (8 GB for L100), and the VM's event "
+                  "log",
+    "installer": "open the VM console: the boot menu should select 'Install iot-sensor-"
+                 "<version>' by itself after 30 s. No boot device: check the boot order (DVD "
+                 "first, Set-VMFirmware -FirstBootDevice) and the secure boot template "
+                 "(Set-VMFirmware -EnableSecureBoot Off, or the "
+                 "MicrosoftUEFICertificateAuthority template)",
+    "installing": "the install takes 20 to 30 minutes; look at the VM console for an error. "
+                  "If it ended (it shows IP: 192.168.0.101) but port 443 stays closed, check "
+                  "the management NIC order: adapter 1 must be the management NIC on the Core "
+                  "switch (the installer takes the first interface it finds), and "
+                  "sensor.access if labctl is not on the host",
+    "web-ui": "port 443 is open but HTTPS does not answer: the web UI is still starting "
+              "(wait and run `labctl up` again: it resumes here) or failed (VM console, "
+              "`system sanity` over SSH)",
+    "signed-in": "the sensor answers but the sign-in did not complete: check the sensor "
+                 "admin password (admin/admin on 24.1.x, support/support on 23.x) in the web "
+                 "UI",
+}
+
+
+@dataclass(frozen=True)
+class PhaseEvent:
+    """One observation of the sensor stage: ``kind`` is ``start`` (a phase began), ``tick``
+    (still waiting), ``done`` (the phase is over), ``resume`` (skipped: reached before) or
+    ``timeout``. Times are seconds on ``ctx.clock``."""
+
+    kind: str
+    phase: str
+    index: int  # 1-based
+    total: int
+    title: str
+    elapsed: float
+    deadline: float
+    observed: str = ""
+
+
+#: what the CLI gives the stage to show progress; ``labctl.cli.sensor.phase_display``
+PhaseProgressFn = Callable[[PhaseEvent], None]
+
+
+@dataclass
+class SensorObservation:
+    vm_state: str | None = None  # None: not observable here (no VM, or the twin)
+    tcp_open: bool = False
+    http_answers: bool = False
+    detail: str = ""
+
+
+class SensorProbe:
+    """What the stage looks at, in the order the issue names it: the VM's state (Hyper-V
+    facts), then TCP 443, then HTTP. Tests replace it; this one looks at the real thing."""
+
+    def __init__(self, ctx: LabContext, driver: SensorDriver, target: SensorTarget,
+                 user: str, password: Secret) -> None:
+        self.ctx, self.driver, self.target = ctx, driver, target
+        self.user, self.password = user, password
+
+    def vm_state(self) -> tuple[str | None, str]:
+        s = self.ctx.playbook.sensor
+        if self.ctx.playbook.provider != "hyperv" or not s.vm:
+            return None, "no Hyper-V VM to watch"
+        from labctl.app.providers import make_provider
+        from labctl.core.errors import LabctlError
+
+        try:
+            provider = make_provider(self.ctx)
+            try:
+                facts = provider.read_facts()
+            finally:
+                provider.close()
+        except LabctlError as e:
+            return None, f"Hyper-V facts unreadable ({e.message})"
+        for vm in getattr(facts, "vms", []):
+            if str(vm.name).lower() == str(s.vm).lower():
+                return str(vm.state), f"VM {vm.name}: {vm.state}"
+        return "Absent", f"VM {s.vm}: not on the host"
+
+    def tcp_open(self) -> tuple[bool, str]:
+        import socket
+
+        from labctl.transport.http import host_port
+        from labctl.transport.netns import netns_context
+
+        host, port = host_port(self.target.base_url)
+        try:
+            with netns_context(self.target.netns), \
+                    socket.create_connection((host, port), timeout=3.0):
+                return True, f"TCP {port}: open"
+        except OSError as e:
+            return False, f"TCP {port}: {e.strerror or type(e).__name__}"
+
+    def http_answers(self) -> tuple[bool, str]:
+        from labctl.core.errors import AuthError, TransportError
+
+        client = _client(self.driver)
+        try:
+            client.validate_credentials(self.user, self.password)
+        except AuthError:
+            pass  # it answered
+        except TransportError as e:
+            return False, f"HTTPS: {e.message}"
+        return True, "HTTPS: the sensor API answers"
+
+
+def phase_state_path(loaded: LoadedPlaybook) -> Any:
+    from labctl.core.state import lab_state_dir
+
+    return lab_state_dir(loaded.model.lab) / "sensor-phase.json"
+
+
+def _load_phase(loaded: LoadedPlaybook, url: str) -> int:
+    import json
+
+    try:
+        doc = json.loads(phase_state_path(loaded).read_text())
+    except (OSError, ValueError):
+        return 0
+    if not isinstance(doc, dict) or doc.get("url") != url or doc.get("phase") not in PHASE_NAMES:
+        return 0
+    return PHASE_NAMES.index(doc["phase"])
+
+
+def _save_phase(loaded: LoadedPlaybook, url: str, index: int) -> None:
+    import json
+    import os
+
+    from labctl.core.state import ensure_private_dir
+
+    path = phase_state_path(loaded)
+    ensure_private_dir(path.parent)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"url": url, "phase": PHASE_NAMES[index]}))
+    os.replace(tmp, path)
+
+
+def wait_phases(ctx: LabContext, probe: Any, *, signed_in: Callable[[float], Any],
+                progress: PhaseProgressFn | None = None, interval: float = 5.0,
+                save: bool = True) -> tuple[Any, float]:
+    """Walk the phases from the one a previous run reached; return what ``signed_in`` (the
+    last phase: the first sign-in, given its deadline) returned and the seconds waited.
+
+    Each phase has its deadline from ``sensor.phase_timeouts``; past it: ConvergenceError
+    (exit 4) with that phase's hint. The whole wait is also bounded by ``sensor.wait_seconds``;
+    when that budget ends first, the sensor never answered in time: TransportError (exit 5),
+    as before the phases existed. Phases the probe cannot observe (no VM to watch) pass.
+    """
+    from labctl.core.errors import ConvergenceError, TransportError
+
+    loaded = ctx.loaded
+    s = ctx.playbook.sensor
+    emit = progress or (lambda _e: None)
+    url = s.base_url
+    start_all = ctx.clock()
+    budget = float(s.wait_seconds)
+    first = _load_phase(loaded, url)
+    total = len(PHASES)
+    for i in range(first):
+        name, _key, title = PHASES[i]
+        emit(PhaseEvent("resume", name, i + 1, total, title, 0.0, 0.0,
+                        "reached in an earlier run"))
+    vm_up_at: float | None = None
+    result: Any = None
+    for i in range(first, total):
+        name, key, title = PHASES[i]
+        limit = float(getattr(s.phase_timeouts, key))
+        t0 = ctx.clock()
+        left = max(0.0, budget - (t0 - start_all))
+        deadline = min(limit, left)
+        emit(PhaseEvent("start", name, i + 1, total, title, 0.0, deadline))
+        if save:
+            _save_phase(loaded, url, i)
+        if name == "signed-in":
+            result = signed_in(deadline)
+            emit(PhaseEvent("done", name, i + 1, total, title, ctx.clock() - t0, deadline,
+                            str(getattr(result, "action", ""))))
+            break
+        while True:
+            done, seen = _phase_done(name, probe, ctx.clock(), vm_up_at)
+            if name == "vm-running" and done:
+                vm_up_at = ctx.clock()
+            elapsed = ctx.clock() - t0
+            if done:
+                emit(PhaseEvent("done", name, i + 1, total, title, elapsed, deadline, seen))
+                break
+            if elapsed >= deadline:
+                emit(PhaseEvent("timeout", name, i + 1, total, title, elapsed, deadline, seen))
+                if deadline < limit:
+                    raise TransportError(
+                        f"the sensor at {url} did not answer within {budget:g} s (phase "
+                        f"{i + 1}/{total}, {title}; last seen: {seen})",
+                        hint="a fresh D4IoT install takes 20-30 minutes; raise "
+                             f"sensor.wait_seconds, and: {PHASE_HINTS[name]}")
+                raise ConvergenceError(
+                    f"the sensor stage gave up in phase {i + 1}/{total} ({title}) after "
+                    f"{elapsed:.0f} s (sensor.phase_timeouts.{key} is {limit:g}); last "
+                    f"seen: {seen}", hint=PHASE_HINTS[name] + "; `labctl up` again resumes "
+                                                            "at this phase")
+            emit(PhaseEvent("tick", name, i + 1, total, title, elapsed, deadline, seen))
+            ctx.sleep(max(0.0, min(interval, deadline - elapsed)))
+    if save:
+        _save_phase(loaded, url, total - 1)
+    return result, ctx.clock() - start_all
+
+
+def _phase_done(name: str, probe: Any, now: float, vm_up_at: float | None
+                ) -> tuple[bool, str]:
+    if name == "vm-running":
+        state, seen = probe.vm_state()
+        if state is None:
+            return True, seen
+        return state == "Running", seen
+    if name == "installer":
+        state, seen = probe.vm_state()
+        if state is None or vm_up_at is None:
+            return True, seen
+        if state != "Running":
+            return False, seen
+        up = now - vm_up_at
+        opened, tcp_seen = probe.tcp_open()
+        if opened:  # already installed: the web UI port is open
+            return True, tcp_seen
+        return up >= INSTALLER_AUTOSELECT, f"{seen}, running for {up:.0f} s"
+    if name == "installing":
+        opened, seen = probe.tcp_open()
+        return opened, seen
+    if name == "web-ui":
+        ok, seen = probe.http_answers()
+        return ok, seen
+    raise AssertionError(name)  # pragma: no cover

@@ -395,3 +395,62 @@ def azure(playbook: str | None, dry_run: bool, refresh: bool, as_json: bool) -> 
     if report.activation_file:
         echo(f"activation file: {report.activation_file}"
              + (" (downloaded)" if report.downloaded else " (kept)"))
+
+
+# ---- the sensor stage's progress (for `labctl up`) -----------------------------------------
+
+class PhaseDisplay:
+    """Renders :class:`labctl.app.sensor.PhaseEvent`s on stderr: a rich live line (phase,
+    elapsed against its deadline, the last thing observed) on a terminal, else one plain
+    line per phase change (CI, --json, -q). Call :meth:`close` when the stage ends."""
+
+    def __init__(self, interactive: bool | None = None) -> None:
+        self.interactive = _is_tty_err() if interactive is None else interactive
+        self._live: Any = None
+        self._last: tuple[str, str] | None = None
+
+    def __call__(self, ev: Any) -> None:
+        from labctl.core.secrets import REDACTOR
+
+        head = f"sensor [{ev.index}/{ev.total}] {ev.title}"
+        if ev.kind in ("start", "resume", "done", "timeout"):
+            if (ev.phase, ev.kind) == self._last:
+                return
+            self._last = (ev.phase, ev.kind)
+            what = {"start": "waiting", "resume": "reached earlier", "done": "done",
+                    "timeout": "timed out"}[ev.kind]
+            line = f"{head}: {what}"
+            if ev.kind in ("done", "timeout"):
+                line += f" after {ev.elapsed:.0f} s"
+            if ev.observed:
+                line += f" ({ev.observed})"
+            self._stop()
+            echo(line, err=True)
+            return
+        if not self.interactive:
+            return  # ticks only on a terminal
+        from rich.console import Console
+        from rich.live import Live
+        from rich.text import Text
+
+        text = Text(REDACTOR.scrub(f"{head}: {ev.elapsed:.0f}/{ev.deadline:.0f} s, "
+                                   f"{ev.observed}"))
+        if self._live is None:
+            self._live = Live(text, console=Console(stderr=True), transient=True,
+                              auto_refresh=False)
+            self._live.start()
+        self._live.update(text, refresh=True)
+
+    def _stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def close(self) -> None:
+        self._stop()
+
+
+def phase_display(interactive: bool) -> PhaseDisplay:
+    """The sensor stage's ``phase_progress`` for `labctl up`: a live line on a terminal
+    (``interactive``), else one line per phase change (pass False for CI, --json, -q)."""
+    return PhaseDisplay(interactive and _is_tty_err())

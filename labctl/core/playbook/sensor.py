@@ -76,6 +76,17 @@ class SensorAzure(Model):
                           pattern=r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 
 
+class SensorPhaseTimeouts(Model):
+    """Seconds each phase of `labctl up`'s sensor stage may take (defender-for-iot.md §4.1:
+    the installer auto-selects after 30 s, the install takes 20 to 30 minutes)."""
+
+    vm_running: int = Field(default=300, ge=1, le=86400, strict=True)
+    installer: int = Field(default=120, ge=1, le=86400, strict=True)
+    installing: int = Field(default=2400, ge=1, le=86400, strict=True)
+    web_ui: int = Field(default=600, ge=1, le=86400, strict=True)
+    signed_in: int = Field(default=300, ge=1, le=86400, strict=True)
+
+
 class SensorSection(Model):
     kind: Literal["d4iot", "embedded"] = "d4iot"
     vm: str | None = None  # the VM (or twin namespace) that runs the sensor
@@ -94,6 +105,9 @@ class SensorSection(Model):
     wait_seconds: int = Field(default=2400, ge=1, le=86400)
     expectations: str = "nmap-default"
     activation_file: str | None = None
+    #: deadlines of the sensor stage's phases (VM running, installer, installing, web UI
+    #: answering, signed in)
+    phase_timeouts: SensorPhaseTimeouts = Field(default_factory=SensorPhaseTimeouts)
     #: optional: create the site and sensor in Azure and download the activation file
     azure: SensorAzure | None = None
     #: how long `labctl sensor activate` waits for the sensor to report activation
