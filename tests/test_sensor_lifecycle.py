@@ -361,3 +361,27 @@ def test_activate_times_out_with_a_hint_and_exit_4(tmp_path, real_sensor):
     assert "within 60 s" in ei.value.message and "token refused" in ei.value.message
     assert "Subscription & Activation mode" in (ei.value.hint or "")
     assert clock.now - 1000.0 <= 60.0 + 1e-6  # never slept past the deadline
+
+
+def test_token_for_the_twins_embedded_sensor_creates_one(cli_run, repo_root, _isolated_state):
+    """provider netns + kind embedded: labctl made that sensor, so it creates the token in
+    the sensor's own store (no running twin needed for that)."""
+    from labctl.core.playbook import load_playbook
+    from labctl.core.state import lab_state_dir
+    from labctl.sensor.store import SensorStore
+
+    pb = str(repo_root / "playbooks" / "twin.yaml")
+    r = cli_run("sensor", "token", "-f", pb, "--json")
+    assert r.exit_code == 0, r
+    doc = r.json()
+    assert doc["token"] and doc["env"] == "LABCTL_SENSOR_TOKEN"
+    lab = load_playbook(pb).model.lab
+    st = SensorStore(lab_state_dir(lab) / "sensor")
+    try:
+        assert st.check_token(doc["token"])
+        assert not st.check_token("something-else")
+    finally:
+        st.close()
+    text = cli_run("sensor", "token", "-f", pb)
+    assert text.exit_code == 0 and "Store it now" in text.stderr
+    assert text.stdout.strip() != doc["token"]  # a new one each time
