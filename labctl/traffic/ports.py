@@ -24,18 +24,18 @@ class PortInfo:
 
 
 def load_ports(path: Path) -> dict[int, PortInfo]:
-    """Read a port list; a wrong key or value is a ConfigError naming the file and port."""
-    import yaml
+    """Read a port list through labctl's YAML loader (no aliases, bounded size and depth);
+    a wrong key or value is a ConfigError naming the file, the port and its line."""
+    from labctl.core.yamlfile import load_yaml
 
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read the port list: {e}") from None
+    loaded = load_yaml(str(path))
+    doc = loaded.data
     if not isinstance(doc, dict) or not isinstance(doc.get("ports"), dict):
         raise ConfigError(f"{path}: expected a mapping with a 'ports' key")
     out: dict[int, PortInfo] = {}
     for port, spec in doc["ports"].items():
-        where = f"{path}: ports.{port}"
+        line = loaded.line_of(("ports", port))
+        where = f"{path}:{line}: ports.{port}" if line else f"{path}: ports.{port}"
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise ConfigError(f"{where}: a port is a number 1-65535")
         if not isinstance(spec, dict) or not isinstance(spec.get("service"), str) \
