@@ -70,6 +70,7 @@ def test_status_json_reports_reachability_learning_activation_and_the_pin(
     assert doc["url"] == api.url and doc["access"] == "direct"
     assert doc["learning_mode"] is False  # the fixture's sensor runs with learning off
     assert doc["activation"] == "not activated"
+    assert doc["version"].startswith("labctl-embedded ")
     pins = json.loads((_isolated_state / "pins.json").read_text())
     assert doc["fingerprint"] == next(v for k, v in pins.items()
                                       if k.endswith(api.url.rsplit(":", 1)[1]))

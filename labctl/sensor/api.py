@@ -200,6 +200,9 @@ class SensorApi:
             doc: dict[str, Any] = self.sensor.summary()
         if self.status_fn is not None:
             doc.update(self.status_fn())
+        from labctl import __version__
+
+        doc.setdefault("version", f"labctl-embedded {__version__}")
         return 200, doc
 
     # ---- activation (a labctl extension: Microsoft documents no activation API) --------
