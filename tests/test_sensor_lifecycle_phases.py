@@ -142,7 +142,7 @@ def test_a_later_up_resumes_at_the_phase_it_reached(tmp_path):
         # later: the install finished; the VM and installer phases are not waited again
         clock2 = Clock()
         clock2.now = 10_000.0
-        probe = Timeline(clock2, vm_at=None, tcp_at=0.0, http_at=0.0)  # the VM is not looked at
+        probe = Timeline(clock2, vm_at=0.0, tcp_at=0.0, http_at=0.0)  # still running
         events = []
         rep = sensor_stage(_ctx(api.url, clock2, timeouts=timeouts), confirm=lambda _p: True,
                            phase_progress=events.append, probe=probe)
@@ -225,3 +225,18 @@ def test_the_cli_display_renders_ticks_live_on_a_terminal(capsys):
     assert d._live is None
     d.close()
     assert "done after 70 s" in capsys.readouterr().err
+
+
+def test_resume_starts_over_when_the_vm_is_off_again(tmp_path):
+    clock = Clock()
+    with running_api(tmp_path / "s") as api:
+        sensor_stage(_ctx(api.url, clock), confirm=lambda _p: True, probe=Timeline(clock))
+        # the VM was rebuilt: off now, starting 20 s later
+        clock2 = Clock()
+        events = []
+        sensor_stage(_ctx(api.url, clock2), confirm=lambda _p: True,
+                     phase_progress=events.append,
+                     probe=Timeline(clock2, vm_at=20.0, tcp_at=100.0, http_at=100.0))
+    assert not [e for e in events if e.kind == "resume"]
+    assert [e.phase for e in events if e.kind == "start"] == list(PHASE_NAMES)
+    assert clock2.now >= 100.0

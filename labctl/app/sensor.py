@@ -754,6 +754,11 @@ def wait_phases(ctx: LabContext, probe: Any, *, signed_in: Callable[[float], Any
     start_all = ctx.clock()
     budget = float(s.wait_seconds)
     first = _load_phase(loaded, url)
+    if first > 0:
+        # a VM that is off again (rebuilt, stopped) is not where the last run left it
+        state, _seen = probe.vm_state()
+        if state not in (None, "Running"):
+            first = 0
     total = len(PHASES)
     for i in range(first):
         name, _key, title = PHASES[i]
