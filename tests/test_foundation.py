@@ -118,7 +118,8 @@ def test_no_python_outside_allowed_roots():
 
 def test_help_imports_no_heavy_modules():
     code = ("import sys; from labctl.cli import run; run(['--help']); "
-            "bad=[m for m in ('scapy','pypsrp','paramiko','nmap','requests','pydantic','azure','rich') "
+            "bad=[m for m in ('scapy','pypsrp','paramiko','nmap','requests','pydantic',"
+            "'azure','rich') "
             "if m in sys.modules]; print('HEAVY=' + ','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr

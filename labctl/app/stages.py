@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from labctl.app import lab
 from labctl.app.router import iot_net_stage
-from labctl.app.sensor import sensor_stage
+from labctl.app.sensor import PhaseProgressFn, sensor_stage
 from labctl.core.context import LabContext
 from labctl.core.errors import UsageError
 from labctl.core.model import Plan, ProgressFn
@@ -82,13 +82,16 @@ class SensorStage:
     """The sensor: wait for its API, first sign-in, configuration."""
 
     name: str = "sensor"
+    #: shows the phases of the wait (VM running, installer, installing, web UI, signed in)
+    phase_progress: PhaseProgressFn | None = None
 
     def applies(self, playbook: Any) -> bool:
         return playbook.sensor is not None
 
     def run(self, ctx: LabContext, *, confirm: Confirm, dry_run: bool,
             progress: ProgressFn | None = None) -> StageReport | None:
-        report: StageReport | None = sensor_stage(ctx, confirm=confirm, dry_run=dry_run)
+        report: StageReport | None = sensor_stage(ctx, confirm=confirm, dry_run=dry_run,
+                                                  phase_progress=self.phase_progress)
         return report
 
 
@@ -125,7 +128,8 @@ def up_stages(ctx: LabContext, *, only: str | None = None,
               confirm_stage: Callable[[str, Any], bool] | None = None,
               progress: ProgressFn | None = None, dry_run: bool = False,
               on_stage: Callable[[StageResult], None] | None = None,
-              stages: tuple[Stage, ...] = STAGES) -> list[StageResult]:
+              stages: tuple[Stage, ...] = STAGES,
+              sensor_progress: PhaseProgressFn | None = None) -> list[StageResult]:
     """Run `up`'s stages in order (or just ``only``) and report each one.
 
     The provider stage raises on failure (pre-flight, transport, convergence); the router
@@ -133,6 +137,9 @@ def up_stages(ctx: LabContext, *, only: str | None = None,
     section. ``confirm`` receives the provider's plan, ``confirm_stage(name, report)`` a
     later stage's pending change.
     """
+    if sensor_progress is not None:
+        stages = tuple(SensorStage(phase_progress=sensor_progress)
+                       if isinstance(s, SensorStage) else s for s in stages)
     names = tuple(s.name for s in stages)
     if only is not None and only not in names:
         raise UsageError(f"unknown stage {only!r}", hint=f"use one of: {', '.join(names)}")

@@ -203,9 +203,15 @@ def up(playbook: str | None, yes: bool, dry_run: bool, only: str | None, as_json
         if _verbosity() >= 0:
             echo(f"[{r.stage}] {r.status}: {r.detail}", err=True)
 
-    results = up_stages(ctx, only=only, confirm=ask, confirm_stage=ask_stage,
+    from labctl.cli.sensor import phase_display
+
+    disp = phase_display(_verbosity() >= 0 and not as_json)
+    try:
+        results = up_stages(ctx, only=only, confirm=ask, confirm_stage=ask_stage,
                             progress=progress_printer(_verbosity() >= 0 and not as_json),
-                            dry_run=dry_run, on_stage=on_stage)
+                            dry_run=dry_run, on_stage=on_stage, sensor_progress=disp)
+    finally:
+        disp.close()
     if as_json:
         emit_json({"dry_run": dry_run, "only": only,
                    "stages": [r.to_dict() for r in results]})

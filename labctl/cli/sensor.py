@@ -454,3 +454,12 @@ def phase_display(interactive: bool) -> PhaseDisplay:
     """The sensor stage's ``phase_progress`` for `labctl up`: a live line on a terminal
     (``interactive``), else one line per phase change (pass False for CI, --json, -q)."""
     return PhaseDisplay(interactive and _is_tty_err())
+
+
+def _register_audit() -> None:
+    from labctl.cli.sensor_audit import audit
+
+    sensor.add_command(audit)
+
+
+_register_audit()

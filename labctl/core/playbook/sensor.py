@@ -5,16 +5,27 @@ from __future__ import annotations
 import functools
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, StrictInt
 
-from labctl.core.playbook.common import Address, Model, Network, SecretRef, VlanId, secret_env
+from labctl.core.playbook.common import (
+    Address,
+    Bool,
+    Model,
+    Network,
+    SecretRef,
+    ShortText,
+    Text,
+    UserName,
+    VlanId,
+    secret_env,
+)
 from labctl.core.playbook.sensor_access import SensorAccess
 
 
 class MonitoredSubnet(Model):
     subnet: Network
     vlan: VlanId | None = None
-    name: str = ""
+    name: ShortText = ""
 
 
 @functools.lru_cache(maxsize=1)
@@ -89,22 +100,22 @@ class SensorPhaseTimeouts(Model):
 
 class SensorSection(Model):
     kind: Literal["d4iot", "embedded"] = "d4iot"
-    vm: str | None = None  # the VM (or twin namespace) that runs the sensor
+    vm: ShortText | None = None  # the VM (or twin namespace) that runs the sensor
     management_ip: Address = Field(default="192.168.0.101")  # type: ignore[assignment]
-    url: str | None = None  # default https://<management_ip>
+    url: Text | None = None  # default https://<management_ip>
     token: SecretRef = Field(default_factory=lambda: secret_env("LABCTL_SENSOR_TOKEN"))
-    admin_user: str = "admin"
+    admin_user: UserName = "admin"
     admin_password: SecretRef = Field(
         default_factory=lambda: secret_env("LABCTL_SENSOR_PASSWORD"))
     tls_fingerprint: str | None = Field(default=None, pattern=r"^(sha256:)?[0-9A-Fa-f:]{64,95}$")
     monitored_subnets: list[MonitoredSubnet] = Field(default_factory=list)
     authorized_scanners: list[Address] = Field(default_factory=list)
-    learning_mode: bool = True
+    learning_mode: Bool = True
     #: per-detection overrides of sensor/engines.yaml (keys are its detection keys)
     engines: dict[DetectionKey, EngineOverride] = Field(default_factory=dict)
-    wait_seconds: int = Field(default=2400, ge=1, le=86400)
-    expectations: str = "nmap-default"
-    activation_file: str | None = None
+    wait_seconds: StrictInt = Field(default=2400, ge=1, le=86400)
+    expectations: Text = "nmap-default"
+    activation_file: Text | None = None
     #: deadlines of the sensor stage's phases (VM running, installer, installing, web UI
     #: answering, signed in)
     phase_timeouts: SensorPhaseTimeouts = Field(default_factory=SensorPhaseTimeouts)
