@@ -635,7 +635,7 @@ def _prechecks(ctx: LabContext, drv: Any, scanner: str | None, report: VerifyRep
     pb = ctx.playbook
     playbook_auth = scanner is not None and scanner in \
         {str(a) for a in pb.sensor.authorized_scanners}
-    sensor_scanner = sensor_auth = False  # sensor_auth: kept for a source that reports it
+    sensor_scanner = False
     learning: bool | None = None
     if drv is not None:
         try:
@@ -661,7 +661,7 @@ def _prechecks(ctx: LabContext, drv: Any, scanner: str | None, report: VerifyRep
     if learning:
         report.notes.append("the sensor is in learning mode: Policy Violation alerts are "
                             "withheld")
-    view = ScannerView(scanner, sensor_scanner=sensor_scanner, sensor_authorized=sensor_auth,
+    view = ScannerView(scanner, sensor_scanner=sensor_scanner,
                        playbook_authorized=playbook_auth)
     if view.authorized:
         report.notes.append(f"the scanner {scanner} is authorized: {view.why_authorized()}; "

@@ -151,23 +151,22 @@ class Touched:
 
 @dataclass(frozen=True)
 class ScannerView:
-    """What the sensor and the playbook say about the scanner."""
+    """What the sensor and the playbook say about the scanner. A device record's
+    ``authorized: true`` alone means a learned device, not an authorized scanner, so only
+    the ``scanner`` flag counts from the sensor."""
 
     address: str | None
     sensor_scanner: bool = False
-    sensor_authorized: bool = False
     playbook_authorized: bool = False
 
     @property
     def authorized(self) -> bool:
-        return self.sensor_scanner or self.sensor_authorized or self.playbook_authorized
+        return self.sensor_scanner or self.playbook_authorized
 
     def why_authorized(self) -> str:
         why = []
         if self.sensor_scanner:
             why.append("the sensor marks it as a scanner (device record scanner: true)")
-        if self.sensor_authorized:
-            why.append("the sensor marks it as authorized (device record authorized: true)")
         if self.playbook_authorized:
             why.append("the playbook lists it in sensor.authorized_scanners")
         return "; ".join(why)

@@ -336,28 +336,33 @@ class SensorApi:
 
     # ---- authentication endpoints (no token) ------------------------------------------
 
-    def validation(self, body: dict[str, Any], client: str = "") -> tuple[int, Any]:
-        user, password = _creds(body, ("username", "password"))
+    def _sign_in(self, client: str, user: str, password: str, failure: str
+                 ) -> tuple[tuple[int, Any] | None, bool]:
+        """(an error reply or None, must change password): the lockout, the password
+        check and the failure count in one place for every authentication endpoint."""
         locked = self.guard.locked(client, user)
         if locked:
-            return locked
+            return locked, False
         ok, must_change = self.store.check_password(user, password)
         if not ok:
-            return self._failed(client, user, 401, MSG_VALIDATION_FAILED)
+            return self._failed(client, user, 401, failure), False
         self.guard.succeeded(client, user)
+        return None, must_change
+
+    def validation(self, body: dict[str, Any], client: str = "") -> tuple[int, Any]:
+        user, password = _creds(body, ("username", "password"))
+        refused, must_change = self._sign_in(client, user, password, MSG_VALIDATION_FAILED)
+        if refused:
+            return refused
         if must_change:
             return 403, _auth_error(MSG_MUST_CHANGE)
         return 200, {"msg": MSG_AUTH_OK}
 
     def set_password(self, body: dict[str, Any], client: str = "") -> tuple[int, Any]:
         user, password, new = _creds(body, ("username", "password", "new_password"))
-        locked = self.guard.locked(client, user)
-        if locked:
-            return locked
-        ok, _ = self.store.check_password(user, password)
-        if not ok:
-            return self._failed(client, user, 401, MSG_USER_AUTH_FAILURE)
-        self.guard.succeeded(client, user)
+        refused, _ = self._sign_in(client, user, password, MSG_USER_AUTH_FAILURE)
+        if refused:
+            return refused
         if password_problems(new) or new == password:
             return 400, _auth_error(MSG_POLICY, _policy_detail(new, password))
         self.store.set_password(user, new)
@@ -372,13 +377,9 @@ class SensorApi:
             doc["admin_username"] = doc["admin_user"]
         admin, admin_pw, user, new = _creds(
             doc, ("admin_username", "admin_password", "username", "new_password"))
-        locked = self.guard.locked(client, admin)
-        if locked:
-            return locked
-        ok, _ = self.store.check_password(admin, admin_pw)
-        if not ok:
-            return self._failed(client, admin, 401, MSG_USER_AUTH_FAILURE)
-        self.guard.succeeded(client, admin)
+        refused, _ = self._sign_in(client, admin, admin_pw, MSG_USER_AUTH_FAILURE)
+        if refused:
+            return refused
         if not self.store.is_admin(admin):
             return 403, _auth_error(MSG_NO_PERMISSION)
         if not self.store.user_exists(user):
