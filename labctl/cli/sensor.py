@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from labctl.cli._common import echo, emit_json, json_option, playbook_option
+from labctl.cli.sensor_audit import audit
 
 
 def _state_dir(state: str | None) -> Path:
@@ -456,10 +457,4 @@ def phase_display(interactive: bool) -> PhaseDisplay:
     return PhaseDisplay(interactive and _is_tty_err())
 
 
-def _register_audit() -> None:
-    from labctl.cli.sensor_audit import audit
-
-    sensor.add_command(audit)
-
-
-_register_audit()
+sensor.add_command(audit)
