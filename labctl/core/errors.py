@@ -154,6 +154,13 @@ class ApiError(LabctlError):
         self.endpoint = endpoint
 
 
+class UnsupportedError(LabctlError):
+    """The device or service does not offer what was asked (for example a flow API on a
+    real Defender for IoT sensor). Callers that have a fallback catch it."""
+
+    exit_code = ExitCode.PRECONDITION
+
+
 class ConvergenceError(LabctlError):
     """After applying, the re-read state still differs from the desired state."""
 

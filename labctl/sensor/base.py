@@ -86,6 +86,37 @@ class Connection:
 
 
 @dataclass(frozen=True)
+class Flow:
+    """One bidirectional flow a sensor keeps (the embedded sensor's flow store; a real
+    Defender for IoT sensor has no flow API).
+
+    ``src`` is the side that opened the flow (the TCP SYN sender, else the first packet's
+    source); ``*_out`` counts ``src -> dst`` and ``*_in`` counts ``dst -> src``. Bytes are wire
+    (original) lengths. ``seq`` grows each time the sensor stores new counters for the flow:
+    a reader that remembers the highest ``seq`` it has seen asks for ``after_seq`` next time
+    and gets every flow changed since, once (the cursor of ``labctl traffic export
+    --follow``). The counters are cumulative, so the newest record of a flow ``id`` wins.
+    """
+
+    id: int
+    seq: int
+    vlan: int
+    proto: int  # IP protocol number: 6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, ...
+    src: str
+    sport: int  # -1 when the protocol has no ports
+    dst: str
+    dport: int
+    packets_out: int
+    bytes_out: int
+    packets_in: int
+    bytes_in: int
+    first: int  # epoch ms
+    last: int  # epoch ms
+    #: epoch minute -> packets (both directions) in that minute, within the store's window
+    minutes: Mapping[int, int] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
 class SensorStatus:
     """What a sensor says about itself; counters are None where it does not report them."""
 
@@ -154,4 +185,17 @@ class SensorDriver(AlertSource, Protocol):
     @classmethod
     def emulator_process(cls, req: EmulatorRequest) -> EmulatorProcess:
         """The labctl command the twin runs to emulate this kind of sensor."""
+        ...
+
+
+@runtime_checkable
+class FlowSource(Protocol):
+    """A sensor that keeps per-flow records (the embedded sensor). A driver of a sensor
+    without a flow API (a real D4IoT sensor) raises
+    :class:`~labctl.core.errors.UnsupportedError` from :meth:`flows`, and callers fall back
+    to the coarse devices/connections view."""
+
+    def flows(self, after_seq: int = 0, limit: int = 10_000) -> list[Flow]:
+        """Flows whose ``seq`` is greater than ``after_seq``, in ``seq`` order, at most
+        ``limit`` of them (ask again from the last ``seq`` for more)."""
         ...
