@@ -19,7 +19,9 @@ is not put to ``confirm``: it is what bringing the sensor up means, and the repo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,19 +135,50 @@ def sensor_stage(ctx: LabContext, *, confirm: Callable[[Any], bool],
 
 # ---- looking at the sensor ---------------------------------------------------------------
 
-def open_sensor(ctx: LabContext) -> SensorDriver:
+@contextmanager
+def sensor_session(ctx: LabContext) -> Iterator[SensorDriver]:
+    """The sensor driver of the playbook, reached the way ``sensor.access`` says, for the
+    body of the ``with``: every command that talks to the sensor API goes through here.
+
+    The base URL comes from :func:`labctl.sensor.access.sensor_endpoint` (``direct``: the
+    playbook's URL; ``netnat``: the Hyper-V host's published port; ``ssh-tunnel``: a loopback
+    port forwarded through the host, opened here and closed in ``finally``); the driver is
+    built like :func:`open_sensor` (token, certificate pin) against that URL
+    (``driver.base_url``; :func:`access_path` describes the path actually used).
+    """
+    from labctl.sensor.access import sensor_endpoint
+
+    _require_sensor(ctx)
+    with sensor_endpoint(ctx) as base_url:
+        yield open_sensor(ctx, base_url=base_url)
+
+
+def access_path(ctx: LabContext, used_url: str) -> dict[str, Any]:
+    """The access path as plain data: the mode, the sensor's own URL, the hop (``via``) and
+    the URL the driver really spoke to (``url``; a loopback port for ``ssh-tunnel``)."""
+    from labctl.sensor.access import describe
+
+    doc: dict[str, Any] = dict(describe(ctx))
+    doc["url"] = used_url
+    return doc
+
+
+def open_sensor(ctx: LabContext, *, base_url: str | None = None) -> SensorDriver:
     """The sensor driver of the playbook, with its API token and certificate pin.
 
     The token comes from the playbook's ``sensor.token`` (environment or prompt); for the
     twin's embedded sensor without one, labctl creates one in the sensor's state (the twin
-    made that sensor, so it may).
+    made that sensor, so it may). ``base_url`` replaces the playbook's URL (what
+    :func:`sensor_session` passes: the URL ``sensor.access`` reaches the sensor at); a URL
+    other than the playbook's is reached from this process, not from the twin's namespace.
+    Commands use :func:`sensor_session`, which also opens and closes a tunnel.
     """
-    import dataclasses
-
     from labctl.core.errors import UsageError
 
     pb = ctx.playbook
     target = sensor_target(ctx.loaded)
+    if base_url is not None and base_url != target.base_url:
+        target = dataclasses.replace(target, base_url=base_url, netns=None)
     try:
         token = pb.sensor.token.resolve("sensor API token", prompt_fn=ctx.prompt_fn,
                                         environ=dict(ctx.environ))
@@ -202,18 +235,26 @@ def pinned_fingerprint(ctx: LabContext, target: SensorTarget) -> str | None:
 
 
 def sensor_status(ctx: LabContext) -> dict[str, Any]:
-    """What the sensor says about itself; ``reachable`` False when it did not answer.
+    """What the sensor says about itself; ``reachable`` False when it did not answer;
+    ``access_path`` the way it was reached (:func:`access_path`).
 
     A changed certificate is not "unreachable": it raises (TransportError with a hint).
     """
+
+    s = _require_sensor(ctx)
+    with sensor_session(ctx) as driver:
+        return _status(ctx, s, driver)
+
+
+def _status(ctx: LabContext, s: Any, driver: SensorDriver) -> dict[str, Any]:
     from labctl.core.errors import ApiError, AuthError, HostUnreachable
     from labctl.core.errors import ConnectTimeout as Timeout
 
-    s = _require_sensor(ctx)
-    driver = open_sensor(ctx)
     target: SensorTarget = getattr(driver, "target", SensorTarget(base_url=driver.base_url))
-    doc: dict[str, Any] = {"url": driver.base_url, "kind": s.kind,
-                           "access": s.access.mode, "reachable": False, "error": None,
+    doc: dict[str, Any] = {"url": s.base_url, "kind": s.kind,
+                           "access": s.access.mode,
+                           "access_path": access_path(ctx, driver.base_url),
+                           "reachable": False, "error": None,
                            "version": None, "activation": None, "learning_mode": None,
                            "monitor_interfaces": None, "token_accepted": None,
                            "fingerprint": None}
@@ -252,7 +293,10 @@ def sensor_status(ctx: LabContext) -> dict[str, Any]:
                                  if doc["token_accepted"] else "unknown")
         except AuthError:
             doc["activation"] = "unknown"
-    doc["fingerprint"] = pinned_fingerprint(ctx, target)
+    # the pin belongs to the sensor: through the tunnel, it is kept under the sensor's own
+    # address (labctl.sensor.access), not the tunnel's ephemeral loopback port
+    pin_url = s.base_url if s.access.mode == "ssh-tunnel" else driver.base_url
+    doc["fingerprint"] = pinned_fingerprint(ctx, dataclasses.replace(target, base_url=pin_url))
     return doc
 
 
@@ -278,13 +322,14 @@ def sensor_alerts(ctx: LabContext, *, since: str | None = None, state: str | Non
 
     _require_sensor(ctx)
     from_ms = int((_time.time() - parse_duration(since)) * 1000) if since else None
-    client = _client(open_sensor(ctx))
-    try:
-        docs = client.alerts(version=2, state=state, from_time=from_ms)
-    except ApiError as e:
-        if e.status != 404:
-            raise
-        docs = client.alerts(version=1, state=state, from_time=from_ms)
+    with sensor_session(ctx) as driver:
+        client = _client(driver)
+        try:
+            docs = client.alerts(version=2, state=state, from_time=from_ms)
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            docs = client.alerts(version=1, state=state, from_time=from_ms)
     if title:
         docs = [d for d in docs if title.lower() in str(d.get("title", "")).lower()]
     return sorted(docs, key=lambda d: int(d.get("time") or 0))
@@ -292,7 +337,8 @@ def sensor_alerts(ctx: LabContext, *, since: str | None = None, state: str | Non
 
 def sensor_devices(ctx: LabContext, *, authorized: bool | None = None) -> list[dict[str, Any]]:
     _require_sensor(ctx)
-    docs: list[dict[str, Any]] = _client(open_sensor(ctx)).devices(authorized=authorized)
+    with sensor_session(ctx) as driver:
+        docs: list[dict[str, Any]] = _client(driver).devices(authorized=authorized)
     return docs
 
 
@@ -301,17 +347,18 @@ def sensor_connections(ctx: LabContext, *, device: str | None = None) -> list[di
     from labctl.core.errors import UsageError
 
     _require_sensor(ctx)
-    client = _client(open_sensor(ctx))
-    if device is None:
-        docs: list[dict[str, Any]] = client.connections()
-        return docs
-    want = device.strip().lower()
-    for d in client.devices():
-        addrs = [str(a).lower() for a in (d.get("ipAddresses") or []) +
-                 (d.get("macAddresses") or [])]
-        if want in addrs:
-            found: list[dict[str, Any]] = client.connections(device_id=int(d["id"]))
-            return found
+    with sensor_session(ctx) as driver:
+        client = _client(driver)
+        if device is None:
+            docs: list[dict[str, Any]] = client.connections()
+            return docs
+        want = device.strip().lower()
+        for d in client.devices():
+            addrs = [str(a).lower() for a in (d.get("ipAddresses") or []) +
+                     (d.get("macAddresses") or [])]
+            if want in addrs:
+                found: list[dict[str, Any]] = client.connections(device_id=int(d["id"]))
+                return found
     raise UsageError(f"--device {device}: the sensor knows no device with that address",
                      hint="see `labctl sensor devices` for the addresses it has seen")
 
@@ -319,7 +366,8 @@ def sensor_connections(ctx: LabContext, *, device: str | None = None) -> list[di
 def sensor_events(ctx: LabContext, *, minutes: int = 60,
                   type: str | None = None) -> list[dict[str, Any]]:  # noqa: A002
     _require_sensor(ctx)
-    docs: list[dict[str, Any]] = _client(open_sensor(ctx)).events(minutes=minutes, type=type)
+    with sensor_session(ctx) as driver:
+        docs: list[dict[str, Any]] = _client(driver).events(minutes=minutes, type=type)
     return docs
 
 
@@ -431,86 +479,86 @@ def sensor_activate(ctx: LabContext, *, given: str | None = None,
     s = _require_sensor(ctx)
     emit = progress or (lambda _e: None)
     act = activation_file(ctx, given)
-    driver = open_sensor(ctx)
-    client = _client(driver)
-    deadline = float(timeout if timeout is not None else s.activation_wait_seconds)
-    uploaded = False
-    instructions: list[str] = []
-    # the embedded sensor has labctl's activation endpoint; a real sensor answers 404 there
-    # (or 401 while its token is not accepted yet): then the human path
-    try:
-        already = bool(client.labctl_activation().get("activated"))
-        embedded = True
-    except ApiError as e:
-        if e.status != 404:
-            raise
-        already, embedded = False, False
-    except AuthError:
-        if s.kind == "embedded":
-            raise
-        already, embedded = False, False
-    if embedded and not already:
-        client.upload_activation(act.path.read_bytes())
-        uploaded = True
-        emit({"phase": "uploaded", "file": str(act.path)})
-    elif not embedded:
-        instructions = [f"open {s.base_url.rstrip('/')}/ and sign in as {s.admin_user}",
-                        f"go to {ACTIVATION_PAGE} > Upload",
-                        f"choose {act.path}", "tick the terms and select Activate"]
-        emit({"phase": "instructions", "url": s.base_url, "page": ACTIVATION_PAGE,
-              "file": str(act.path), "steps": instructions})
-    start = ctx.clock()
-    observed = {"last": ""}
-    arm = arm_client(ctx, credential=credential, verify=verify) \
-        if (not embedded and s.azure is not None) else None
-
-    def activated() -> bool:
-        if arm is not None:
-            props = arm.get_sensor(s.azure.site, s.azure.sensor_name) or {}
-            ok = props.get("sensorStatus") == "Ok" and bool(props.get("connectivityTime"))
-            observed["last"] = (f"Azure: sensorStatus {props.get('sensorStatus') or '-'}, "
-                                f"connectivityTime {props.get('connectivityTime') or '-'}")
-        elif embedded:
-            ok = bool(client.labctl_activation().get("activated"))
-            observed["last"] = "activation endpoint: " + ("activated" if ok else "not yet")
-        else:
-            import time as _time
-
-            try:
-                client.alerts(version=1, from_time=int(_time.time() * 1000))
-                ok = True
-                observed["last"] = "the data API accepts the token"
-            except AuthError as e:
-                ok = False
-                observed["last"] = f"token refused ({e.message})"
-        emit({"phase": "activated" if ok else "waiting",
-              "elapsed": ctx.clock() - start, "deadline": deadline,
-              "observed": observed["last"]})
-        return ok
-
-    def _tracked() -> bool:
+    with sensor_session(ctx) as driver:
+        client = _client(driver)
+        deadline = float(timeout if timeout is not None else s.activation_wait_seconds)
+        uploaded = False
+        instructions: list[str] = []
+        # the embedded sensor has labctl's activation endpoint; a real sensor answers 404 there
+        # (or 401 while its token is not accepted yet): then the human path
         try:
-            return activated()
-        except TransportError as e:
-            observed["last"] = e.message
-            emit({"phase": "waiting", "elapsed": ctx.clock() - start, "deadline": deadline,
-                  "observed": observed["last"]})
-            raise
+            already = bool(client.labctl_activation().get("activated"))
+            embedded = True
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            already, embedded = False, False
+        except AuthError:
+            if s.kind == "embedded":
+                raise
+            already, embedded = False, False
+        if embedded and not already:
+            client.upload_activation(act.path.read_bytes())
+            uploaded = True
+            emit({"phase": "uploaded", "file": str(act.path)})
+        elif not embedded:
+            instructions = [f"open {s.base_url.rstrip('/')}/ and sign in as {s.admin_user}",
+                            f"go to {ACTIVATION_PAGE} > Upload",
+                            f"choose {act.path}", "tick the terms and select Activate"]
+            emit({"phase": "instructions", "url": s.base_url, "page": ACTIVATION_PAGE,
+                  "file": str(act.path), "steps": instructions})
+        start = ctx.clock()
+        observed = {"last": ""}
+        arm = arm_client(ctx, credential=credential, verify=verify) \
+            if (not embedded and s.azure is not None) else None
 
-    try:
-        wait_until(_tracked, timeout=deadline, interval=interval, clock=ctx.clock,
-                   sleep=ctx.sleep, ignore=(TransportError,))
-    except WaitTimeout:
-        raise ConvergenceError(
-            f"the sensor at {s.base_url} did not report activation within {deadline:g} s "
-            f"(last seen: {observed['last'] or 'nothing'})",
-            hint=("upload the file on " + ACTIVATION_PAGE + "; if the wizard reports time "
-                  "drift, sync the sensor's clock first (`ntp enable <ip>` in its CLI)")
-            if not embedded else "see the embedded sensor's log in the lab's state folder"
-        ) from None
-    return ActivationReport(url=s.base_url, file=act.to_dict(), uploaded=uploaded,
-                            activated=True, waited_seconds=ctx.clock() - start,
-                            instructions=instructions, evidence=observed["last"])
+        def activated() -> bool:
+            if arm is not None:
+                props = arm.get_sensor(s.azure.site, s.azure.sensor_name) or {}
+                ok = props.get("sensorStatus") == "Ok" and bool(props.get("connectivityTime"))
+                observed["last"] = (f"Azure: sensorStatus {props.get('sensorStatus') or '-'}, "
+                                    f"connectivityTime {props.get('connectivityTime') or '-'}")
+            elif embedded:
+                ok = bool(client.labctl_activation().get("activated"))
+                observed["last"] = "activation endpoint: " + ("activated" if ok else "not yet")
+            else:
+                import time as _time
+
+                try:
+                    client.alerts(version=1, from_time=int(_time.time() * 1000))
+                    ok = True
+                    observed["last"] = "the data API accepts the token"
+                except AuthError as e:
+                    ok = False
+                    observed["last"] = f"token refused ({e.message})"
+            emit({"phase": "activated" if ok else "waiting",
+                  "elapsed": ctx.clock() - start, "deadline": deadline,
+                  "observed": observed["last"]})
+            return ok
+
+        def _tracked() -> bool:
+            try:
+                return activated()
+            except TransportError as e:
+                observed["last"] = e.message
+                emit({"phase": "waiting", "elapsed": ctx.clock() - start, "deadline": deadline,
+                      "observed": observed["last"]})
+                raise
+
+        try:
+            wait_until(_tracked, timeout=deadline, interval=interval, clock=ctx.clock,
+                       sleep=ctx.sleep, ignore=(TransportError,))
+        except WaitTimeout:
+            raise ConvergenceError(
+                f"the sensor at {s.base_url} did not report activation within {deadline:g} s "
+                f"(last seen: {observed['last'] or 'nothing'})",
+                hint=("upload the file on " + ACTIVATION_PAGE + "; if the wizard reports time "
+                      "drift, sync the sensor's clock first (`ntp enable <ip>` in its CLI)")
+                if not embedded else "see the embedded sensor's log in the lab's state folder"
+            ) from None
+        return ActivationReport(url=s.base_url, file=act.to_dict(), uploaded=uploaded,
+                                activated=True, waited_seconds=ctx.clock() - start,
+                                instructions=instructions, evidence=observed["last"])
 
 
 # ---- Azure (optional) ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -322,11 +323,12 @@ def _sleep_until(deadline: float, delay: float, ctx: LabContext) -> None:
 
 # ---------------------------------------------------------------------------- the flow
 
-def open_sensor(ctx: LabContext) -> Any:
-    """The playbook's sensor driver, token and pin: :func:`labctl.app.sensor.open_sensor`."""
-    from labctl.app.sensor import open_sensor as _open
+def sensor_session(ctx: LabContext) -> Any:
+    """The playbook's sensor driver, token and pin, reached through ``sensor.access`` for
+    the body of a ``with``: :func:`labctl.app.sensor.sensor_session`."""
+    from labctl.app.sensor import sensor_session as _session
 
-    return _open(ctx)
+    return _session(ctx)
 
 
 def open_sentinel(ctx: LabContext) -> Any:
@@ -346,8 +348,21 @@ def verify_alerts(ctx: LabContext, opts: VerifyOptions, *,
     """Run the expectation file's cases against the lab; see the module doc for the order.
 
     ``sensor``/``sentinel`` (alert sources), ``send`` (recipes) and ``run_scan`` replace the
-    real ones in tests; by default they are built from the playbook.
+    real ones in tests; by default they are built from the playbook. The playbook's sensor
+    is reached through ``sensor.access`` (:func:`sensor_session`: an SSH tunnel stays open
+    for the whole run and is closed when it ends, also on failure).
     """
+    if ctx.playbook.sensor is None:
+        raise UsageError("the playbook has no sensor: section", hint="add sensor: {kind: ...}")
+    with ExitStack() as stack:  # the sensor session, opened after the input is checked
+        return _verify_alerts(ctx, opts, stack, progress=progress, sensor=sensor,
+                              sentinel=sentinel, send=send, run_scan=run_scan)
+
+
+def _verify_alerts(ctx: LabContext, opts: VerifyOptions, stack: ExitStack, *,
+                   progress: ProgressFn | None,
+                   sensor: Any, sentinel: Any, send: Callable[..., Any] | None,
+                   run_scan: Callable[..., Any] | None) -> VerifyReport:
     from labctl.app import scan as scan_app
     from labctl.traffic import recipes
 
@@ -371,7 +386,7 @@ def verify_alerts(ctx: LabContext, opts: VerifyOptions, *,
     sources: list[Any] = []
     drv = None
     if opts.source in ("sensor", "both"):
-        drv = sensor if sensor is not None else open_sensor(ctx)
+        drv = sensor if sensor is not None else stack.enter_context(sensor_session(ctx))
         sources.append(drv)
     elif sensor is not None:
         drv = sensor  # the sensor still answers the canary and the pre-checks
