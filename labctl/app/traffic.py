@@ -6,10 +6,12 @@ No printing here: the CLI renders what comes back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +20,7 @@ from labctl.core.errors import UsageError
 if TYPE_CHECKING:
     from labctl.core.context import LabContext
     from labctl.core.playbook import LoadedPlaybook
-    from labctl.traffic.flows import FlowTable
+    from labctl.traffic.flows import FlowRecord, FlowTable
 
 BASELINE_FILE = "traffic-baseline.json"
 ADHOC_LAB = "adhoc"
@@ -225,16 +227,29 @@ def traffic_live(interface: str, duration: str, loaded: LoadedPlaybook | None, *
 
 def traffic_sensor(ctx: LabContext, *, device: str | None = None,
                    driver: Any = None) -> dict[str, Any]:
-    """The coarse report from the playbook's sensor (devices and connections), as a real
-    Defender for IoT sensor offers it; ``sources.missing`` says what it lacks."""
+    """The report from the playbook's sensor. A sensor that keeps flows (a FlowSource: the
+    embedded sensor) gives the full report from its flow records (``sources.kind``
+    ``sensor-flows``); one without a flow API (a real Defender for IoT sensor raises
+    UnsupportedError) gives the coarse view of its devices and connections, and
+    ``sources.missing`` says what that view lacks."""
+    from labctl.core.errors import UnsupportedError
+
+    with sensor_driver(ctx, driver) as drv:
+        try:
+            flows = sensor_flows(drv)
+        except UnsupportedError as e:
+            doc = _coarse_sensor_report(ctx, drv, device=device)
+            doc["sources"]["flows_unsupported"] = e.message
+            return doc
+        return _sensor_flow_report(ctx, drv, flows, device=device)
+
+
+def _coarse_sensor_report(ctx: LabContext, driver: Any, *,
+                          device: str | None) -> dict[str, Any]:
     from labctl.sensor.oui import default_oui
     from labctl.traffic.ports import default_ports
     from labctl.traffic.report import Names, build_sensor_report
 
-    if driver is None:
-        from labctl.app.sensor import open_sensor
-
-        driver = open_sensor(ctx)
     devices = driver.devices()
     connections = driver.connections()
     oui = default_oui()
@@ -278,3 +293,348 @@ def traffic_host_capture(ctx: LabContext, switch: str, duration: str, *,
     doc["sources"].update({"kind": "host-capture", "switch": switch,
                            "duration_seconds": seconds, "sha256": got["sha256"]})
     return doc
+
+
+# ---- the sensor as a source: flows (FlowSource) and alerts (AlertSource) -------------
+
+CURSOR_FILE = "traffic-export-cursor.json"
+DEFAULT_ALERT_STREAM = "Custom-LabctlAlerts_CL"
+#: the most flows asked for in one FlowSource.flows call (then again from the last seq)
+FLOW_PAGE = 10_000
+
+
+@contextlib.contextmanager
+def sensor_driver(ctx: LabContext, driver: Any = None) -> Iterator[Any]:
+    """The playbook's sensor through its access path: ``labctl.app.sensor.sensor_session``
+    when that exists, else ``open_sensor``; ``driver`` (tests) is used as given."""
+    if driver is not None:
+        yield driver
+        return
+    from labctl.app import sensor as app_sensor
+
+    session = getattr(app_sensor, "sensor_session", None)
+    if session is not None:
+        with session(ctx) as d:
+            yield d
+    else:
+        yield app_sensor.open_sensor(ctx)
+
+
+def sensor_flows(driver: Any, after_seq: int = 0, page: int = FLOW_PAGE) -> list[Any]:
+    """Every flow record of a FlowSource after ``after_seq``, paged, in seq order. Raises
+    UnsupportedError for a driver without a flow API."""
+    from labctl.core.errors import UnsupportedError
+
+    fetch = getattr(driver, "flows", None)
+    if fetch is None:
+        raise UnsupportedError(f"{getattr(driver, 'name', 'the sensor')} has no flow API")
+    out: list[Any] = []
+    while True:
+        got = fetch(after_seq=after_seq, limit=page)
+        out.extend(got)
+        if len(got) < page or not got:
+            return out
+        after_seq = max(f.seq for f in got)
+
+
+def _latest(flows: list[Any]) -> list[Any]:
+    """The newest record of each flow id (counters are cumulative)."""
+    by_id: dict[int, Any] = {}
+    for f in flows:
+        old = by_id.get(f.id)
+        if old is None or f.seq > old.seq:
+            by_id[f.id] = f
+    return sorted(by_id.values(), key=lambda f: f.seq)
+
+
+def flow_records(flows: list[Any]) -> list[FlowRecord]:
+    """Sensor flows (:class:`labctl.sensor.base.Flow`, bidirectional) -> the report's
+    directed records: ``src -> dst`` carries the opener's counters and the per-minute
+    activity (both directions, as the sensor keeps it), ``dst -> src`` the reply's. The
+    opener is marked as such (``syn``), so the report takes the sensor's word for who is the
+    client."""
+    from labctl.traffic.flows import FlowRecord
+
+    out: list[FlowRecord] = []
+    for f in _latest(flows):
+        first, last = f.first / 1000, f.last / 1000
+        out.append(FlowRecord(vlan=f.vlan, src=f.src, dst=f.dst, proto=f.proto,
+                              sport=f.sport, dport=f.dport, packets=f.packets_out,
+                              bytes=f.bytes_out, first=first, last=last,
+                              minutes={int(m): int(c) for m, c in f.minutes.items()},
+                              syn=f.sport >= 0))
+        if f.packets_in:
+            out.append(FlowRecord(vlan=f.vlan, src=f.dst, dst=f.src, proto=f.proto,
+                                  sport=f.dport, dport=f.sport, packets=f.packets_in,
+                                  bytes=f.bytes_in, first=first, last=last, minutes={},
+                                  syn=False))
+    return out
+
+
+def _inventory(driver: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """The sensor's inventory: IP -> MAC and IP -> name."""
+    macs: dict[str, str] = {}
+    names: dict[str, str] = {}
+    for d in driver.devices():
+        for ip in d.ip_addresses:
+            if d.mac_addresses:
+                macs.setdefault(ip, d.mac_addresses[0].lower())
+            if d.name and d.name != ip:
+                names.setdefault(ip, d.name)
+    return macs, names
+
+
+def _sensor_flow_report(ctx: LabContext, driver: Any, flows: list[Any], *,
+                        device: str | None) -> dict[str, Any]:
+    from labctl.sensor.oui import default_oui
+    from labctl.traffic.ports import default_ports
+    from labctl.traffic.report import Names, build_report, iso
+
+    records = flow_records(flows)
+    macs, inv_names = _inventory(driver)
+    oui = default_oui()
+    vendors = {m: v for m in set(macs.values()) if (v := oui.lookup(m))}
+    names = Names(devices={**inv_names, **_names(ctx.loaded)}, macs=macs, vendors=vendors)
+    lab_name = ctx.playbook.lab
+    path = _baseline_path(lab_name)
+    previous = _read_baseline(path)
+    latest = _latest(flows)
+    first = min((f.first for f in latest), default=None)
+    last = max((f.last for f in latest), default=None)
+    sources = {"kind": "sensor-flows", "sensor": driver.name, "flows": len(latest),
+               "packets": sum(f.packets_out + f.packets_in for f in latest),
+               "files": [], "partial": False, "partial_reasons": [],
+               "first": iso(first / 1000) if first is not None else None,
+               "last": iso(last / 1000) if last is not None else None,
+               "lab": lab_name, "previous_report": previous is not None,
+               "missing": []}
+    doc = build_report(records, names, default_ports(), previous=previous, device=device,
+                       sources=sources)
+    baseline = doc.pop("baseline")
+    if device is None:
+        from labctl.core.state import write_private_json
+
+        write_private_json({"version": 1, "devices": baseline}, path)
+    return doc
+
+
+# ---- export: flows and alerts, once or --follow ---------------------------------------
+
+@dataclass(frozen=True)
+class SinkSpec:
+    """Where ``labctl traffic export`` sends records: exactly one of ``jsonl``, ``syslog``
+    or ``sentinel``."""
+
+    jsonl: str | None = None
+    syslog: str | None = None
+    fmt: str = "rfc5424"
+    cafile: str | None = None
+    fingerprint: str | None = None
+    sentinel: bool = False
+    alert_stream: str | None = None
+    cef: Any = None  # labctl.traffic.export.CefOptions
+    hostname: str | None = None
+
+
+def open_sink(spec: SinkSpec, loaded: LoadedPlaybook | None, *, append: bool = False,
+              credential: Any = None, verify: str | bool = True) -> Any:
+    """The sink of ``spec`` (checked before anything is read or contacted)."""
+    import socket
+
+    from labctl.traffic import export as ex
+
+    if [spec.jsonl is not None, spec.syslog is not None, spec.sentinel].count(True) != 1:
+        raise UsageError("give exactly one of --jsonl FILE, --syslog URL or --sentinel")
+    if spec.jsonl is not None:
+        return ex.JsonlSink(spec.jsonl, append=append)
+    if spec.syslog is not None:
+        ex.parse_syslog_url(spec.syslog)
+        if spec.fmt not in ("cef", "rfc5424"):
+            raise UsageError(f"--format {spec.fmt!r}: cef or rfc5424")
+        host = spec.hostname or socket.gethostname() or "-"
+        return ex.SyslogSink(spec.syslog, spec.fmt, host, cafile=spec.cafile,
+                             fingerprint=spec.fingerprint, cef=spec.cef)
+    sec = loaded.model.sentinel if loaded is not None else None
+    if sec is None or not sec.data_collection_endpoint or not sec.dcr_immutable_id:
+        where = loaded.path if loaded is not None else "the playbook"
+        raise UsageError(f"{where}: sentinel.data_collection_endpoint and "
+                         "sentinel.dcr_immutable_id are needed for --sentinel",
+                         hint="see docs/traffic.md for the DCR and its streams")
+    if credential is None:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    alert_stream = (spec.alert_stream or getattr(sec, "alert_stream_name", None)
+                    or DEFAULT_ALERT_STREAM)
+    return ex.SentinelSink(endpoint=sec.data_collection_endpoint,
+                           rule_id=sec.dcr_immutable_id, flow_stream=sec.stream_name,
+                           alert_stream=alert_stream, credential=credential,
+                           verify=verify)
+
+
+class Cursor:
+    """Where ``--follow`` stopped, per sink: the highest alert id and the highest flow seq
+    sent (``<lab state>/traffic-export-cursor.json``, written atomically, mode 0600, after
+    each successful send)."""
+
+    def __init__(self, lab: str, key: str) -> None:
+        from labctl.core.state import lab_state_dir
+
+        self.path = lab_state_dir(lab) / CURSOR_FILE
+        self.key = key
+        self.alert_id = 0
+        self.flow_seq = 0
+        doc = self._read()
+        mine = doc.get(key) if isinstance(doc, dict) else None
+        if isinstance(mine, dict):
+            self.alert_id = int(mine.get("alert_id") or 0)
+            self.flow_seq = int(mine.get("flow_seq") or 0)
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{self.path}: the export cursor is damaged ({e})",
+                             hint="fix it, or remove it to export everything again") from None
+        sinks = doc.get("sinks") if isinstance(doc, dict) else None
+        return sinks if isinstance(sinks, dict) else {}
+
+    def save(self) -> None:
+        from labctl.core.state import write_private_json
+
+        sinks = self._read()
+        sinks[self.key] = {"alert_id": self.alert_id, "flow_seq": self.flow_seq}
+        write_private_json({"version": 1, "sinks": sinks}, self.path)
+
+
+def export_traffic(spec: SinkSpec, loaded: LoadedPlaybook | None, *,
+                   ctx: LabContext | None = None, pcaps: Sequence[str] = (),
+                   partial: bool = False, since: str | None = None,
+                   sensor: bool = False, alerts: bool = False, follow: bool = False,
+                   poll_seconds: float = 10.0, max_polls: int | None = None,
+                   until_idle: bool = False,
+                   progress: Callable[[dict[str, Any]], None] | None = None,
+                   stop: Callable[[], bool] | None = None, driver: Any = None,
+                   credential: Any = None, verify: str | bool = True,
+                   sleep: Callable[[float], None] | None = None) -> dict[str, Any]:
+    """Export to one sink: the flows of ``pcaps``, and with ``sensor`` the sensor's flows
+    (FlowSource) and alerts (AlertSource); ``alerts`` alone adds the sensor's alerts to a
+    capture export. ``follow`` polls the sensor every ``poll_seconds`` until ``stop()``
+    says so (or ``max_polls`` polls, or with ``until_idle`` the first poll that found
+    nothing), sending only what is past the cursor and saving the cursor after each send.
+    Returns counts: alerts, flows, polls, the cursor, and ``flows_unsupported`` when the
+    sensor has no flow API (its alerts are still exported)."""
+    import time
+
+    from labctl.core.errors import UnsupportedError
+    from labctl.traffic.export import alert_document, flow_documents, sensor_flow_documents
+
+    if follow and not sensor:
+        raise UsageError("--follow reads a running sensor: give --sensor")
+    if (sensor or alerts) and ctx is None:
+        raise UsageError("--sensor and --alerts need a playbook with a sensor: section "
+                         "(-f FILE)")
+    if sensor and pcaps:
+        raise UsageError("give one source: --pcap FILE... or --sensor")
+    if poll_seconds <= 0:
+        raise UsageError("--poll: a positive number of seconds")
+    table = None
+    if pcaps:
+        from labctl.traffic.flows import read_captures
+
+        since_s = parse_duration(since) if since else None
+        table = read_captures(pcaps, partial=partial, since_seconds=since_s)
+    elif not sensor:
+        raise UsageError("give a source: --pcap FILE... or --sensor")
+    stopped = stop or (lambda: False)
+    nap = sleep or time.sleep
+    say = progress or (lambda ev: None)
+    sink = open_sink(spec, loaded, append=follow, credential=credential, verify=verify)
+    out: dict[str, Any] = {"alerts": 0, "flows": 0, "polls": 0, "sink": sink.key,
+                           "flows_unsupported": None, "stopped": False}
+    try:
+        if table is not None:
+            docs = list(flow_documents(table))
+            sink.send("flow", docs)
+            out["flows"] += len(docs)
+        if not (sensor or alerts):
+            return out
+        assert ctx is not None
+        cursor = Cursor(ctx.playbook.lab, sink.key) if follow else None
+        after_alert = cursor.alert_id if cursor else 0
+        after_seq = cursor.flow_seq if cursor else 0
+        want_flows = sensor
+        with sensor_driver(ctx, driver) as drv:
+            while True:
+                out["polls"] += 1
+                inv: tuple[dict[str, str], dict[str, str]] | None = None
+                new = 0
+                got = sorted((a for a in drv.alerts() if a.id > after_alert),
+                             key=lambda a: a.id)
+                if got:
+                    inv = _inventory(drv)
+                    docs = [alert_document(a, sensor=drv.name, macs=inv[0],
+                                           names={**inv[1], **_names(ctx.loaded)})
+                            for a in got]
+                    sink.send("alert", docs)
+                    after_alert = got[-1].id
+                    out["alerts"] += len(got)
+                    new += len(got)
+                    if cursor:
+                        cursor.alert_id = after_alert
+                        cursor.save()
+                if want_flows:
+                    try:
+                        flows = sensor_flows(drv, after_seq)
+                    except UnsupportedError as e:
+                        want_flows = False
+                        out["flows_unsupported"] = e.message
+                        say({"event": "flows-unsupported", "detail": e.message})
+                        flows = []
+                    if flows:
+                        if inv is None:
+                            inv = _inventory(drv)
+                        names = {**inv[1], **_names(ctx.loaded)}
+                        docs = list(sensor_flow_documents(flows))
+                        for d in docs:
+                            d["SrcMac"] = inv[0].get(d["SrcIp"])
+                            d["SrcName"] = names.get(d["SrcIp"])
+                            d["DstName"] = names.get(d["DstIp"])
+                        sink.send("flow", docs)
+                        after_seq = max(f.seq for f in flows)
+                        out["flows"] += len(flows)
+                        new += len(flows)
+                        if cursor:
+                            cursor.flow_seq = after_seq
+                            cursor.save()
+                say({"event": "poll", "poll": out["polls"], "new": new,
+                     "alerts": out["alerts"], "flows": out["flows"],
+                     "alert_id": after_alert, "flow_seq": after_seq})
+                if not follow:
+                    break
+                if (max_polls is not None and out["polls"] >= max_polls) or \
+                        (until_idle and new == 0):
+                    break
+                if _wait(poll_seconds, stopped, nap):
+                    out["stopped"] = True
+                    break
+        out["cursor"] = {"alert_id": after_alert, "flow_seq": after_seq}
+    finally:
+        sink.close()
+    return out
+
+
+def _wait(seconds: float, stop: Callable[[], bool], sleep: Callable[[float], None]) -> bool:
+    """Sleep ``seconds`` in short steps; True as soon as ``stop()`` says so."""
+    import time
+
+    end = time.monotonic() + seconds
+    while True:
+        if stop():
+            return True
+        left = end - time.monotonic()
+        if left <= 0:
+            return stop()
+        sleep(min(0.2, left))
