@@ -94,9 +94,16 @@ def test_bad_syslog_url_exits_2_and_contacts_nothing(tmp_path: Path, capsys) -> 
         assert "--syslog" in capsys.readouterr().err
 
 
-def test_tls_refuses_an_unknown_certificate(rsyslog, tmp_path: Path) -> None:
+def test_tls_refuses_a_certificate_the_given_ca_did_not_sign(rsyslog, tmp_path: Path,
+                                                            capsys) -> None:
+    from tests.helpers.traffic_rsyslog import make_certs
+
+    other = tmp_path / "other"
+    other.mkdir()
+    other_ca, _, _ = make_certs(other)
     pcap = write_pcap(tmp_path / "lab.pcap", frames())
     rc = run(["traffic", "export", "--pcap", str(pcap), "--syslog",
-              f"tls://127.0.0.1:{rsyslog.tls}"])  # no --ca: the test CA is not trusted
+              f"tls://127.0.0.1:{rsyslog.tls}", "--ca", str(other_ca)])
     assert rc == 5
+    assert "--ca" in capsys.readouterr().err
     assert rsyslog.received(1, timeout=1.0) == []

@@ -305,19 +305,16 @@ FLOW_PAGE = 10_000
 
 @contextlib.contextmanager
 def sensor_driver(ctx: LabContext, driver: Any = None) -> Iterator[Any]:
-    """The playbook's sensor through its access path: ``labctl.app.sensor.sensor_session``
-    when that exists, else ``open_sensor``; ``driver`` (tests) is used as given."""
+    """The playbook's sensor through its access path (``labctl.app.sensor.sensor_session``:
+    direct, NetNat or an SSH tunnel, closed afterwards); ``driver`` (tests) is used as
+    given."""
     if driver is not None:
         yield driver
         return
-    from labctl.app import sensor as app_sensor
+    from labctl.app.sensor import sensor_session
 
-    session = getattr(app_sensor, "sensor_session", None)
-    if session is not None:
-        with session(ctx) as d:
-            yield d
-    else:
-        yield app_sensor.open_sensor(ctx)
+    with sensor_session(ctx) as d:
+        yield d
 
 
 def sensor_flows(driver: Any, after_seq: int = 0, page: int = FLOW_PAGE) -> list[Any]:

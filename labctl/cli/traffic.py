@@ -135,48 +135,143 @@ def report_cmd(pcaps: tuple[str, ...], since: str | None, partial: bool,
 
 @traffic.command("export")
 @_sources
+@click.option("--sensor", is_flag=True,
+              help="Export the playbook's sensor: its flows (embedded sensor) and alerts.")
+@click.option("--alerts", is_flag=True,
+              help="With --pcap: also export the playbook's sensor's alerts.")
+@click.option("--follow", is_flag=True,
+              help="With --sensor: keep exporting new alerts and flows until interrupted "
+                   "(a cursor in the lab's state directory: a restart neither loses nor "
+                   "repeats records).")
+@click.option("--poll", "poll", type=float, default=10.0, show_default=True,
+              metavar="SECONDS", help="How often --follow asks the sensor.")
+@click.option("--max-polls", type=click.IntRange(min=1), default=None, metavar="N",
+              help="--follow stops after N polls.")
+@click.option("--until-idle", is_flag=True,
+              help="--follow stops at the first poll that finds nothing new.")
 @click.option("--jsonl", "jsonl", metavar="FILE", default=None,
-              help="Write one JSON object per directed flow to FILE.")
+              help="Write one JSON object per record to FILE (--follow appends).")
 @click.option("--syslog", "syslog", metavar="URL", default=None,
-              help="Send one message per flow to udp://HOST:PORT, tcp://HOST:PORT or "
+              help="Send one message per record to udp://HOST:PORT, tcp://HOST:PORT or "
                    "tls://HOST:PORT.")
 @click.option("--format", "fmt", type=click.Choice(["rfc5424", "cef"]), default="rfc5424",
               show_default=True, help="Syslog message format.")
 @click.option("--ca", "cafile", metavar="FILE", default=None,
-              help="CA certificate(s) that sign the tls:// collector's certificate "
-                   "(default: the system's trust store).")
+              help="CA certificate(s) that sign the tls:// collector's (or the Sentinel "
+                   "endpoint's) certificate. Without it a tls:// collector is verified "
+                   "against the system's trust store, else pinned on first use.")
+@click.option("--fingerprint", metavar="SHA256", default=None,
+              help="The tls:// collector's certificate must have this SHA-256.")
 @click.option("--sentinel", is_flag=True,
               help="Upload to Microsoft Sentinel through the playbook's sentinel: data "
                    "collection rule (Logs Ingestion API, azure-identity sign-in).")
+@click.option("--alert-stream", metavar="NAME", default=None,
+              help="The DCR stream for alerts (default Custom-LabctlAlerts_CL).")
+@click.option("--cef-vendor", default="Microsoft", show_default=True,
+              help="CEF device vendor of alert lines.")
+@click.option("--cef-product", default="Microsoft Defender for IoT", show_default=True,
+              help="CEF device product of alert lines.")
+@click.option("--cef-version", default=None, metavar="VERSION",
+              help="CEF device version of alert lines (default: labctl's version).")
+@click.option("--cef-severity", default=None, metavar="LEVEL=N,...",
+              help="CEF severity of each D4IoT level (default Warning=3,Minor=5,Major=8,"
+                   "Critical=10).")
+@click.option("--cef-address-keys", type=click.Choice(["src", "src_ip"]), default="src",
+              show_default=True, help="Alert address keys: src/dst or src_ip/dst_ip.")
 def export_cmd(pcaps: tuple[str, ...], since: str | None, partial: bool,
-               playbook: str | None, jsonl: str | None, syslog: str | None, fmt: str,
-               cafile: str | None, sentinel: bool) -> None:
-    """Export flows: JSON lines, syslog or Microsoft Sentinel."""
+               playbook: str | None, sensor: bool, alerts: bool, follow: bool,
+               poll: float, max_polls: int | None, until_idle: bool, jsonl: str | None,
+               syslog: str | None, fmt: str, cafile: str | None, fingerprint: str | None,
+               sentinel: bool, alert_stream: str | None, cef_vendor: str,
+               cef_product: str, cef_version: str | None, cef_severity: str | None,
+               cef_address_keys: str) -> None:
+    """Export flows and sensor alerts: JSON lines, syslog or Microsoft Sentinel.
+
+    \b
+    labctl traffic export --pcap lab.pcap --syslog tls://siem:6514 --format cef
+    labctl traffic export --sensor -f lab.yaml --follow --jsonl records.jsonl
+
+    --follow ends on Ctrl-C or SIGTERM after the current poll, with the cursor saved and
+    exit code 130.
+    """
+    import signal
+
+    from labctl.app.traffic import SinkSpec, export_traffic
     from labctl.core.errors import UsageError
+    from labctl.traffic.export import CEF_SEVERITY, CefOptions
 
     if [jsonl is not None, syslog is not None, sentinel].count(True) != 1:
         raise UsageError("give exactly one of --jsonl FILE, --syslog URL or --sentinel")
-    if not pcaps:
-        raise UsageError("give at least one capture: --pcap FILE")
-    if sentinel:
-        from labctl.app.traffic import export_sentinel
+    if not pcaps and not sensor:
+        raise UsageError("give a source: --pcap FILE... or --sensor")
+    if follow and not sensor:
+        raise UsageError("--follow reads a running sensor: give --sensor")
+    if alerts and not pcaps:
+        raise UsageError("--alerts adds the sensor's alerts to a --pcap export (--sensor "
+                         "exports them anyway)")
+    if fingerprint:
+        from labctl.transport.http import normalize_fingerprint
 
-        n = export_sentinel(list(pcaps), _load_playbook(playbook),
-                            verify=cafile or True, partial=partial, since=since)
-        echo(f"{n} flows uploaded to Sentinel", err=True)
-        return
-    if jsonl is not None:
-        from labctl.app.traffic import export_jsonl
+        fingerprint = normalize_fingerprint(fingerprint)
+    sev = dict(CEF_SEVERITY)
+    if cef_severity:
+        for part in cef_severity.split(","):
+            level, eq, num = part.partition("=")
+            if not eq or not num.strip().isdigit() or int(num) > 10:
+                raise UsageError(f"--cef-severity {cef_severity!r}: LEVEL=N pairs, N from "
+                                 "0 to 10, e.g. Warning=3,Minor=5,Major=8,Critical=10")
+            sev[level.strip()] = int(num)
+    cef = CefOptions(vendor=cef_vendor, product=cef_product, version=cef_version,
+                     severity=sev, address_keys=cef_address_keys)
+    spec = SinkSpec(jsonl=jsonl, syslog=syslog, fmt=fmt, cafile=cafile,
+                    fingerprint=fingerprint, sentinel=sentinel, alert_stream=alert_stream,
+                    cef=cef)
+    loaded = _load_playbook(playbook)
+    ctx = None
+    if sensor or alerts:
+        from labctl.core.context import LabContext
 
-        n = export_jsonl(list(pcaps), jsonl, partial=partial, since=since)
-        echo(f"{n} flows written to {jsonl}", err=True)
-        return
-    from labctl.app.traffic import export_syslog
+        if loaded is None:
+            raise UsageError("--sensor and --alerts need a playbook with a sensor: section "
+                             "(-f FILE)")
+        state = click.get_current_context().find_object(CliState)
+        overrides = state.overrides if state is not None else {}
+        ctx = LabContext(loaded=loaded, **overrides)
 
-    assert syslog is not None
-    n = export_syslog(list(pcaps), syslog, fmt=fmt, cafile=cafile, partial=partial,
-                      since=since)
-    echo(f"{n} flows sent to {syslog} ({fmt})", err=True)
+    interrupted: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        del frame
+        interrupted.append(signum)
+
+    def progress(ev: dict[str, Any]) -> None:
+        if ev["event"] == "flows-unsupported":
+            echo(f"flows: {ev['detail']}; exporting alerts only", err=True)
+        elif follow:
+            echo(f"poll {ev['poll']}: {ev['new']} new; {ev['alerts']} alerts, "
+                 f"{ev['flows']} flow records sent (cursor: alert {ev['alert_id']}, "
+                 f"flow seq {ev['flow_seq']})", err=True)
+
+    old: list[Any] = []
+    if follow:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old.append((sig, signal.signal(sig, on_signal)))
+    try:
+        got = export_traffic(spec, loaded, ctx=ctx, pcaps=list(pcaps), partial=partial,
+                             since=since, sensor=sensor, alerts=alerts, follow=follow,
+                             poll_seconds=poll, max_polls=max_polls, until_idle=until_idle,
+                             progress=progress, stop=lambda: bool(interrupted),
+                             verify=cafile or True)
+    finally:
+        for sig, handler in old:
+            signal.signal(sig, handler)
+    where = jsonl or syslog or "Sentinel"
+    fmt_note = f" ({fmt})" if syslog else ""
+    echo(f"{got['flows']} flows and {got['alerts']} alerts exported to {where}{fmt_note}",
+         err=True)
+    if got["stopped"]:
+        echo("stopped; the cursor is saved", err=True)
+        raise click.exceptions.Exit(130)
 
 
 def _size(n: int | None) -> str:

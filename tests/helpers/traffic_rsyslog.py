@@ -63,13 +63,16 @@ def make_certs(folder: Path) -> tuple[Path, Path, Path]:
 
 
 class Rsyslog:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, tls_port: int | None = None) -> None:
+        """``tls_port``: listen there (a second collector with new certificates on the port
+        of a first one: a changed certificate)."""
         self.folder = folder
         self.out = folder / "received.log"
         self.udp = free_port(socket.SOCK_DGRAM)
         self.tcp = free_port()
-        self.tls = free_port()
-        self.ca, cert, key = make_certs(folder)
+        self.tls = tls_port or free_port()
+        self.ca, self.cert, key = make_certs(folder)
+        cert = self.cert
         work = folder / "work"
         work.mkdir()
         tmpl = SEP.join(f"%{f}%" for f in FIELDS)
