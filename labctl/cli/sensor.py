@@ -227,7 +227,11 @@ def status(playbook: str | None, as_json: bool) -> int:
     if as_json:
         emit_json(doc)
     else:
-        rows = [("sensor", f"{doc['kind']} {doc['url']} (access: {doc['access']})"),
+        path = doc.get("access_path") or {}
+        via = f" via {path['via']}" if path.get("via") else ""
+        used = f" at {path['url']}" if path.get("url") not in (None, doc["url"]) else ""
+        rows = [("sensor", f"{doc['kind']} {doc['url']}"),
+                ("access", f"{doc['access']}{via}{used}"),
                 ("reachable", "yes" if doc["reachable"] else f"no ({doc['error']})"),
                 ("token", {True: "accepted", False: f"refused ({doc['error']})",
                            None: "-"}[doc["token_accepted"]]),
