@@ -107,3 +107,45 @@ def test_untrusted_certificate_and_missing_section(ingestion, tmp_path: Path) ->
     p.write_text("version: 1\nlab: home\nprovider: netns\n")
     with pytest.raises(UsageError, match="sentinel.data_collection_endpoint"):
         export_sentinel([str(pcap)], load_playbook(str(p)), credential=FakeCredential("x"))
+
+
+def test_sensor_alerts_go_to_the_alert_stream(tmp_path: Path) -> None:
+    """--sensor --sentinel: alerts in their own stream of the same rule, flows in theirs."""
+    from labctl.app.traffic import DEFAULT_ALERT_STREAM, SinkSpec, export_traffic
+    from labctl.core.context import LabContext
+    from labctl.core.secrets import Secret
+    from labctl.sensor.base import SensorTarget
+    from labctl.sensor.client import D4IoTDriver
+    from tests.helpers.sensor_api import running_api
+    from tests.helpers.sensor_pcaps import SCANNER_IP, syn_scan, write
+
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca, cert, key = make_certs(certs)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    fake = FakeIngestion(DCR, STREAM, other_streams=(DEFAULT_ALERT_STREAM,))
+    srv = serve(fake, ctx)
+    try:
+        endpoint = f"https://127.0.0.1:{srv.server_address[1]}"
+        loaded = _playbook(tmp_path, endpoint)
+        pcap = write(tmp_path / "scan.pcap", syn_scan(60))
+        with running_api(tmp_path / "sensor", pcap, learning=False) as api:
+            driver = D4IoTDriver(SensorTarget(api.url, token=Secret(api.token, "test")),
+                                 session=api.session())
+            got = export_traffic(SinkSpec(sentinel=True), loaded,  # type: ignore[arg-type]
+                                 ctx=LabContext(loaded=loaded), sensor=True,  # type: ignore[arg-type]
+                                 driver=driver, credential=FakeCredential(fake.token),
+                                 verify=str(ca))
+    finally:
+        srv.stop()
+    assert got["alerts"] == 3
+    alerts = fake.by_stream[DEFAULT_ALERT_STREAM]
+    assert [a["AlertId"] for a in alerts] == [1, 2, 3]
+    scan = alerts[1]
+    assert scan["Title"] == "Port Scan Detected" and scan["SrcIp"] == SCANNER_IP
+    assert scan["TimeGenerated"] == "2023-11-14T22:13:20.240Z"
+    assert "RecordType" not in scan  # the stream says what a record is
+    # flows, when the sensor has a flow API, went to the flow stream only
+    assert all("FlowId" in f for f in fake.by_stream.get(STREAM, []))
+    assert got["flows"] == len(fake.by_stream.get(STREAM, []))

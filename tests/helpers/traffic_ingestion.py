@@ -28,6 +28,9 @@ class FakeIngestion:
     faults: list[int] = field(default_factory=list)
     accepted: list[dict[str, Any]] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    #: further streams the rule accepts (the alert stream); every stream's records by name
+    other_streams: tuple[str, ...] = ()
+    by_stream: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -55,7 +58,9 @@ def serve(fake: FakeIngestion, ssl_context: Any) -> LabHTTPServer:
                                       "size": len(body),
                                       "auth": self.headers.get("Authorization", "")})
                 fault = fake.faults.pop(0) if fake.faults else None
-            if path != f"/dataCollectionRules/{fake.dcr}/streams/{fake.stream}" \
+            prefix = f"/dataCollectionRules/{fake.dcr}/streams/"
+            stream = path[len(prefix):] if path.startswith(prefix) else ""
+            if stream not in (fake.stream, *fake.other_streams) \
                     or "api-version=" not in query:
                 self._reply(404, {"error": {"code": "NotFound", "message": path}})
                 return
@@ -74,6 +79,7 @@ def serve(fake: FakeIngestion, ssl_context: Any) -> LabHTTPServer:
             records = json.loads(body)
             with fake.lock:
                 fake.accepted.extend(records)
+                fake.by_stream.setdefault(stream, []).extend(records)
             self._reply(204)
 
     srv = LabHTTPServer(("127.0.0.1", 0), Handler, ssl_context=ssl_context,
