@@ -37,7 +37,7 @@ class FakeRouterStage:
 
 
 def test_the_stage_list_is_static_and_typed():
-    assert st.STAGE_NAMES == ("hyperv", "router", "sensor")
+    assert st.STAGE_NAMES == ("hyperv", "router", "azure", "sensor")
     for stage in st.STAGES:
         assert callable(stage.applies) and callable(stage.run)
 
@@ -61,7 +61,7 @@ def test_stage_without_section_is_skipped_and_only_runs_one_stage():
     host = FakeHyperVHost.reference()
     res = st.up_stages(_ctx(host), confirm=lambda p: True)
     assert [(r.stage, r.status) for r in res] == [("hyperv", "applied"), ("router", "skipped"),
-                                                   ("sensor", "skipped")]
+                                                   ("azure", "skipped"), ("sensor", "skipped")]
     host.calls.clear()
     res = st.up_stages(_ctx(host), only="router", confirm=lambda p: True)
     assert [(r.stage, r.status) for r in res] == [("router", "skipped")]

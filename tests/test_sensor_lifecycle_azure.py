@@ -224,3 +224,84 @@ def test_activate_with_azure_polls_sensor_status_and_connectivity_time(tmp_path,
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# ---- plan and up: the Azure changes as a plan of plain-data steps ---------------------------
+
+def test_plan_lists_the_azure_steps_up_applies_them_and_a_second_plan_is_empty(tmp_path, arm):
+    from labctl.app import stages as st
+    from labctl.app.sensor import azure_plan
+    from labctl.cli.lab import render_azure_plan
+
+    fake, url, ca = arm
+    cred = FakeCredential()
+    plan = azure_plan(_ctx(tmp_path, url), credential=cred, verify=ca)
+    assert fake.methods("PUT") == [] and fake.methods("POST") == []  # planning sends nothing
+    assert [(c.resource, str(c.action)) for c in plan.changes] == [
+        ("azure.site:homelab", "create"), ("azure.sensor:d4iot-sensor", "create"),
+        ("azure.activation:d4iot-sensor", "create")]
+    prefix = f"{url}/subscriptions/{SUB}/providers/Microsoft.IoTSecurity/locations/eastus"
+    q = "?api-version=2021-09-01-preview"
+    assert [s.script for s in plan.steps] == [
+        f"PUT {prefix}/sites/homelab{q}",
+        f"PUT {prefix}/sites/homelab/sensors/d4iot-sensor{q}",
+        f"POST {prefix}/sites/homelab/sensors/d4iot-sensor/downloadActivation{q}"]
+    assert plan.steps[1].params == {"properties": {"sensorType": "Ot", "zone": "Home Lab",
+                                                   "tiAutomaticUpdates": True}}
+    doc = plan.to_dict()
+    assert TOKEN not in str(doc) and doc["provider"] == "azure"
+    text = render_azure_plan(plan, show_steps=True)
+    assert "+ azure.site:homelab: create" in text and "downloadActivation" in text
+
+    # up's azure stage applies that plan (confirmed as a plan), in the stage order
+    asked: list = []
+    stages = (st.ProviderStage(), st.AzureStage(credential=cred, verify=ca), st.SensorStage())
+    assert [s.name for s in st.STAGES] == ["hyperv", "router", "azure", "sensor"]
+    [res] = st.up_stages(_ctx(tmp_path, url), only="azure", confirm=lambda p: False,
+                         confirm_stage=lambda name, obj: asked.append((name, obj)) or True,
+                         stages=stages)
+    assert res.status == "applied" and [a[0] for a in asked] == ["azure"]
+    assert [c.resource for c in asked[0][1].pending] == [c.resource for c in plan.changes]
+    assert len(fake.methods("PUT")) == 2 and len(fake.methods("POST")) == 1
+    assert azure_activation_path(_ctx(tmp_path, url).loaded).is_file()
+
+    # a second plan has no Azure step; a second up sends nothing and asks nothing
+    again = azure_plan(_ctx(tmp_path, url), credential=cred, verify=ca)
+    assert again.empty and [str(c.action) for c in again.changes] == ["noop"] * 3
+    assert "nothing to change" in render_azure_plan(again).lower()
+    [res] = st.up_stages(_ctx(tmp_path, url), only="azure", confirm=lambda p: False,
+                         confirm_stage=lambda name, obj: pytest.fail("asked"), stages=stages)
+    assert res.status == "converged"
+    assert len(fake.methods("PUT")) == 2 and len(fake.methods("POST")) == 1
+
+    # a changed zone: one update step with the value before and after
+    changed = azure_plan(_ctx(tmp_path, url, zone="Other"), credential=cred, verify=ca)
+    [c] = changed.pending
+    assert c.resource == "azure.sensor:d4iot-sensor" and str(c.action) == "update"
+    assert c.before["zone"] == "Home Lab" and c.after["zone"] == "Other"
+    # a dry run of up plans but changes nothing
+    [res] = st.up_stages(_ctx(tmp_path, url, zone="Other"), only="azure", dry_run=True,
+                         confirm=lambda p: False, confirm_stage=lambda n, o: pytest.fail("asked"),
+                         stages=stages)
+    assert res.status == "dry-run" and len(fake.methods("PUT")) == 2
+
+
+def test_up_refused_confirmation_changes_nothing_in_azure(tmp_path, arm):
+    from labctl.app import stages as st
+    from labctl.core.errors import Interrupted
+
+    fake, url, ca = arm
+    stages = (st.AzureStage(credential=FakeCredential(), verify=ca),)
+    with pytest.raises(Interrupted):
+        st.up_stages(_ctx(tmp_path, url), confirm=lambda p: True,
+                     confirm_stage=lambda n, o: False, stages=stages)
+    assert fake.methods("PUT") == [] and fake.methods("POST") == []
+
+
+def test_plan_cli_assume_empty_does_not_read_azure(cli_run, tmp_path, arm):
+    _fake, url, _ca = arm
+    _ctx(tmp_path, url)
+    r = cli_run("plan", "-f", str(tmp_path / "lab.yaml"), "--assume-empty", "--json")
+    assert r.exit_code == 0, r
+    doc = r.json()
+    assert "azure" not in doc and any("sensor.azure was not read" in w for w in doc["warnings"])

@@ -27,6 +27,7 @@ from typing import Any
 
 from labctl.core.context import LabContext
 from labctl.core.errors import AuthError
+from labctl.core.model import Plan
 from labctl.core.playbook import LoadedPlaybook
 from labctl.core.secrets import PromptFn, Secret
 from labctl.sensor.base import CredentialsRejected, SensorDriver, SensorTarget
@@ -568,10 +569,29 @@ class AzureReport:
     results: list[dict[str, Any]]
     activation_file: str | None
     downloaded: bool
+    #: a dry run: whether a real run would download the activation file
+    would_download: bool = False
+    dry_run: bool = False
+
+    @property
+    def applied(self) -> bool:
+        return self.downloaded or any(r["action"] in ("created", "updated")
+                                      for r in self.results)
+
+    @property
+    def action(self) -> str:
+        acts = [f"{r['resource']} {r['action']}" for r in self.results
+                if r["action"] != "noop"]
+        if self.downloaded:
+            acts.append("activation file downloaded")
+        elif self.would_download:
+            acts.append("activation file would-download")
+        return ", ".join(acts) or "noop"
 
     def to_dict(self) -> dict[str, Any]:
         return {"results": self.results, "activation_file": self.activation_file,
-                "downloaded": self.downloaded}
+                "downloaded": self.downloaded, "would_download": self.would_download,
+                "dry_run": self.dry_run}
 
 
 def arm_client(ctx: LabContext, *, credential: Any = None, verify: Any = True) -> Any:
@@ -611,7 +631,8 @@ def azure_onboard(ctx: LabContext, *, dry_run: bool = False, credential: Any = N
     path = azure_activation_path(ctx.loaded)
     fresh = path.is_file() and (_time.time() - path.stat().st_mtime) < WARN_DAYS * 86400
     downloaded = False
-    if not dry_run and (refresh or not fresh):
+    need = refresh or not fresh
+    if not dry_run and need:
         data = client.download_activation(az.site, az.sensor_name)
         ensure_private_dir(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=".activation.", dir=str(path.parent))
@@ -627,7 +648,119 @@ def azure_onboard(ctx: LabContext, *, dry_run: bool = False, credential: Any = N
         downloaded = True
     return AzureReport(results=[r.to_dict() for r in results],
                        activation_file=str(path) if path.is_file() else None,
-                       downloaded=downloaded)
+                       downloaded=downloaded, would_download=dry_run and need,
+                       dry_run=dry_run)
+
+
+_ARM_ACTIONS = {"would-create": "create", "would-update": "update", "noop": "noop"}
+
+
+def azure_plan(ctx: LabContext, *, credential: Any = None, verify: Any = True,
+               refresh: bool = False) -> Plan:
+    """The Azure changes ``sensor.azure`` asks for, as a plan of plain-data steps (site PUT,
+    sensor PUT, activation download): :func:`azure_onboard` as a dry run (the one code path
+    that reads ARM and compares), each result turned into a Change with its HTTP step. An
+    empty plan means Azure matches the playbook and a fresh activation file is on disk."""
+    from labctl.core.model import Action, Change, Step, StepKind
+    from labctl.sensor.arm import (
+        API_VERSION,
+        activation_path,
+        location_prefix,
+        sensor_path,
+        site_path,
+    )
+
+    s = _require_sensor(ctx)
+    az = s.azure
+    rep = azure_onboard(ctx, dry_run=True, credential=credential, verify=verify,
+                        refresh=refresh)
+    base = az.endpoint.rstrip("/") + location_prefix(az.subscription, az.location)
+    q = f"?api-version={API_VERSION}"
+    plan = Plan(provider="azure", lab=ctx.playbook.lab)
+    for r in rep.results:
+        action = Action(_ARM_ACTIONS[r["action"]])
+        path = site_path(r["name"]) if r["resource"] == "site" else \
+            sensor_path(az.site, r["name"])
+        steps: tuple[Step, ...] = ()
+        if action != "noop":
+            steps = (Step(resource=f"azure.{r['resource']}:{r['name']}", action=action,
+                          script=f"PUT {base}{path}{q}",
+                          params={"properties": r["properties"]}, kind=StepKind.HTTP,
+                          name=f"arm/{r['resource']}/put",
+                          description=f"{action} the {r['resource']} {r['name']} in "
+                                      f"Microsoft.IoTSecurity ({az.location})"),)
+        before = r.get("before") if action == "update" else \
+            (r["properties"] if action == "noop" else None)
+        plan.changes.append(Change(
+            resource=f"azure.{r['resource']}:{r['name']}", action=action,
+            reason={"create": "absent in Azure", "update": "differs from the playbook",
+                    "noop": "matches the playbook"}[action],
+            before=before, after=None if action == "noop" else r["properties"],
+            steps=steps))
+    target = azure_activation_path(ctx.loaded)
+    res = f"azure.activation:{az.sensor_name}"
+    if rep.would_download:
+        act = Action.UPDATE if target.is_file() else Action.CREATE
+        plan.changes.append(Change(
+            resource=res, action=act,
+            reason="no activation file yet" if act == "create"
+            else "the activation file is older than the warning age (or --refresh)",
+            after={"file": str(target)},
+            steps=(Step(resource=res, action=act,
+                        script=f"POST {base}{activation_path(az.site, az.sensor_name)}{q}",
+                        params={"into": str(target)}, kind=StepKind.HTTP,
+                        name="arm/sensor/download-activation",
+                        description=f"download the activation file into {target} (0600)"),)))
+    else:
+        plan.changes.append(Change(resource=res, action=Action.NOOP,
+                                   reason="a fresh activation file is on disk",
+                                   before={"file": str(target)}))
+    return plan
+
+
+@dataclass
+class AzureStageReport:
+    """`up`'s azure stage: the plan it read, and what applying it did."""
+
+    plan: Plan
+    applied: bool
+    report: AzureReport | None = None
+    dry_run: bool = False
+
+    @property
+    def action(self) -> str:
+        if self.report is not None and self.applied:
+            return self.report.action
+        n = len(self.plan.steps)
+        return "noop" if n == 0 else f"{n} Azure step(s)" + (" pending" if self.dry_run else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_dict(), "applied": self.applied, "dry_run": self.dry_run,
+                "result": self.report.to_dict() if self.report is not None else None}
+
+
+def azure_stage(ctx: LabContext, *, confirm: Callable[[Any], bool], dry_run: bool = False,
+                credential: Any = None, verify: Any = True) -> AzureStageReport | None:
+    """Plan the Azure changes, confirm them (``confirm(plan)``), apply through
+    :func:`azure_onboard`, re-plan, and fail (exit 4) when Azure did not converge. None
+    without ``sensor.azure``."""
+    from labctl.core.errors import ConvergenceError, Interrupted
+
+    s = ctx.playbook.sensor
+    if s is None or s.azure is None:
+        return None
+    the_plan = azure_plan(ctx, credential=credential, verify=verify)
+    if the_plan.empty or dry_run:
+        return AzureStageReport(the_plan, applied=False, dry_run=dry_run)
+    if not confirm(the_plan):
+        raise Interrupted("nothing was changed in Azure (not confirmed)")
+    rep = azure_onboard(ctx, credential=credential, verify=verify)
+    again = azure_plan(ctx, credential=credential, verify=verify)
+    if not again.empty:
+        left = ", ".join(f"{c.resource} ({c.action})" for c in again.pending)
+        raise ConvergenceError(f"Azure did not converge; still pending after apply: {left}",
+                               hint="run `labctl plan` for details, then `labctl up` again")
+    return AzureStageReport(the_plan, applied=True, report=rep)
 
 
 # ---- waiting with progress: the phases of `up`'s sensor stage --------------------------------

@@ -1,4 +1,4 @@
-"""`labctl up`'s stages, as a static list: the provider, the router, the sensor.
+"""`labctl up`'s stages, as a static list: the provider, the router, Azure, the sensor.
 
 Each stage says whether it applies to a playbook and runs with the same three inputs: the
 context, a confirmation callback and ``dry_run``. Every stage ships with labctl; a stage
@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from labctl.app import lab
 from labctl.app.router import iot_net_stage
-from labctl.app.sensor import PhaseProgressFn, sensor_stage
+from labctl.app.sensor import PhaseProgressFn, azure_stage, sensor_stage
 from labctl.core.context import LabContext
 from labctl.core.errors import UsageError
 from labctl.core.model import Plan, ProgressFn
@@ -78,6 +78,30 @@ class RouterStage:
 
 
 @dataclass(frozen=True)
+class AzureStage:
+    """The sensor's Azure side (``sensor.azure``): the site and the OT sensor (PUT) and the
+    activation file, planned from ARM facts and applied like the provider's plan. Before the
+    sensor stage, so the activation file is there when the sensor is signed in.
+
+    ``credential`` and ``verify`` replace DefaultAzureCredential and the system CA bundle
+    (tests: a local fake of the management endpoint)."""
+
+    name: str = "azure"
+    credential: Any = None
+    verify: Any = True
+
+    def applies(self, playbook: Any) -> bool:
+        return playbook.sensor is not None and playbook.sensor.azure is not None
+
+    def run(self, ctx: LabContext, *, confirm: Confirm, dry_run: bool,
+            progress: ProgressFn | None = None) -> StageReport | None:
+        report: StageReport | None = azure_stage(ctx, confirm=confirm, dry_run=dry_run,
+                                                 credential=self.credential,
+                                                 verify=self.verify)
+        return report
+
+
+@dataclass(frozen=True)
 class SensorStage:
     """The sensor: wait for its API, first sign-in, configuration."""
 
@@ -96,7 +120,7 @@ class SensorStage:
 
 
 #: the stages of `up`, in order
-STAGES: tuple[Stage, ...] = (ProviderStage(), RouterStage(), SensorStage())
+STAGES: tuple[Stage, ...] = (ProviderStage(), RouterStage(), AzureStage(), SensorStage())
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 

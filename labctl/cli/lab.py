@@ -145,23 +145,50 @@ def plan(playbook: str | None, show_steps: bool, assume_empty: bool, as_json: bo
 
     ctx = _context(playbook)
     the_plan = app.plan(ctx, assume_empty=assume_empty)
+    azure_plan = None
+    sensor = ctx.playbook.sensor
+    if sensor is not None and sensor.azure is not None:
+        if assume_empty:
+            the_plan.warnings.append("sensor.azure was not read: --assume-empty connects to "
+                                     "nothing, Azure included")
+        else:
+            from labctl.app.sensor import azure_plan as _azure_plan
+
+            azure_plan = _azure_plan(ctx)
     if as_json:
         doc = the_plan.to_dict()
         doc["assume_empty"] = assume_empty
+        if azure_plan is not None:
+            doc["azure"] = azure_plan.to_dict()
         emit_json(doc)
     else:
         echo(render_plan(the_plan, show_steps=show_steps))
-    if exit_code and not the_plan.empty:
+        if azure_plan is not None:
+            echo("")
+            echo(render_azure_plan(azure_plan, show_steps=show_steps))
+    pending = not the_plan.empty or (azure_plan is not None and not azure_plan.empty)
+    if exit_code and pending:
         return int(ExitCode.CHANGES_PENDING)
     return 0
+
+
+def render_azure_plan(plan: Plan, *, show_steps: bool = False, show_noop: bool = True) -> str:
+    """The Azure section of a plan (``sensor.azure``: site, sensor, activation file)."""
+    text = render_plan(plan, show_steps=show_steps, show_noop=show_noop)
+    if plan.empty:
+        _first, _, rest = text.partition("\n")
+        text = "Nothing to change: Azure matches the playbook, the activation file is fresh.\n" \
+            + rest
+    return "Azure (sensor.azure):\n" + text
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @playbook_option
 @yes_option
 @click.option("--dry-run", is_flag=True, help="Plan and run the pre-flight checks; change nothing.")
-@click.option("--only", type=click.Choice(["hyperv", "router", "sensor"]), default=None,
-              help="Run one stage: hyperv (the provider: switches, NAT, VMs), router, sensor.")
+@click.option("--only", type=click.Choice(["hyperv", "router", "azure", "sensor"]), default=None,
+              help="Run one stage: hyperv (the provider: switches, NAT, VMs), router, azure "
+                   "(sensor.azure: site, sensor, activation file), sensor.")
 @json_option
 def up(playbook: str | None, yes: bool, dry_run: bool, only: str | None, as_json: bool) -> int:
     """Build or converge the lab described by the playbook.
@@ -186,6 +213,10 @@ def up(playbook: str | None, yes: bool, dry_run: bool, only: str | None, as_json
         return confirm("Apply these changes?", yes)
 
     def ask_stage(stage: str, report: Any) -> bool:
+        if isinstance(report, Plan):  # the azure stage confirms a plan
+            if not as_json:
+                echo(render_azure_plan(report, show_noop=False))
+            return confirm(f"Apply the {stage} changes?", yes)
         if not as_json:
             echo(f"{stage}: {getattr(report, 'action', '')} "
                  f"{', '.join(getattr(report, 'changed_keys', []) or [])}")

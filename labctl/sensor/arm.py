@@ -36,16 +36,38 @@ DEFAULT_ENDPOINT = "https://management.azure.com"
 MAX_RETRY_AFTER = 120.0
 
 
+def location_prefix(subscription: str, location: str) -> str:
+    """The subscription-scoped path every resource of this module lives under."""
+    return f"/subscriptions/{subscription}/providers/Microsoft.IoTSecurity/locations/{location}"
+
+
+def site_path(site: str) -> str:
+    return f"/sites/{site}"
+
+
+def sensor_path(site: str, sensor: str) -> str:
+    return f"/sites/{site}/sensors/{sensor}"
+
+
+def activation_path(site: str, sensor: str) -> str:
+    return f"/sites/{site}/sensors/{sensor}/downloadActivation"
+
+
 @dataclass(frozen=True)
 class ArmResult:
     resource: str  # "site" | "sensor"
     name: str
     action: str  # created | updated | noop | would-create | would-update
     properties: Mapping[str, Any]
+    #: what ARM has now, for an update (a dry run's would-update shows both)
+    before: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"resource": self.resource, "name": self.name, "action": self.action,
-                "properties": dict(self.properties)}
+        d = {"resource": self.resource, "name": self.name, "action": self.action,
+             "properties": dict(self.properties)}
+        if self.before is not None:
+            d["before"] = dict(self.before)
+        return d
 
 
 class ArmClient:
@@ -62,8 +84,7 @@ class ArmClient:
         self.credential = credential
         self.endpoint = endpoint.rstrip("/")
         self.scope = self.endpoint + "/.default"
-        self.prefix = (f"/subscriptions/{subscription}/providers/Microsoft.IoTSecurity/"
-                       f"locations/{location}")
+        self.prefix = location_prefix(subscription, location)
         self.session = requests.Session()
         self.session.verify = verify
         self.session.trust_env = False
@@ -122,7 +143,8 @@ class ArmClient:
             if _same(props, desired):
                 return ArmResult(resource, name, "noop", props)
             if dry_run:
-                return ArmResult(resource, name, "would-update", desired)
+                return ArmResult(resource, name, "would-update", desired,
+                                 before={k: props.get(k) for k in desired})
             action = "updated"
         else:
             if dry_run:
@@ -145,23 +167,23 @@ class ArmClient:
     def ensure_site(self, site: str, display_name: str, tags: Mapping[str, str] | None = None,
                     *, dry_run: bool = False) -> ArmResult:
         desired: dict[str, Any] = {"displayName": display_name, "tags": dict(tags or {})}
-        return self._ensure("site", site, f"/sites/{site}", desired, dry_run)
+        return self._ensure("site", site, site_path(site), desired, dry_run)
 
     def ensure_sensor(self, site: str, sensor: str, *, zone: str,
                       ti_automatic_updates: bool = True, dry_run: bool = False) -> ArmResult:
         desired = {"sensorType": "Ot", "zone": zone, "tiAutomaticUpdates": ti_automatic_updates}
-        return self._ensure("sensor", sensor, f"/sites/{site}/sensors/{sensor}", desired,
+        return self._ensure("sensor", sensor, sensor_path(site, sensor), desired,
                             dry_run)
 
     def get_sensor(self, site: str, sensor: str) -> dict[str, Any] | None:
-        r = self.request("GET", f"/sites/{site}/sensors/{sensor}")
+        r = self.request("GET", sensor_path(site, sensor))
         if r.status_code == 404:
             return None
         doc = r.json() or {}
         return dict(doc.get("properties") or {})
 
     def download_activation(self, site: str, sensor: str) -> bytes:
-        path = f"/sites/{site}/sensors/{sensor}/downloadActivation"
+        path = activation_path(site, sensor)
         r = self.request("POST", path)
         if r.status_code in (404, 409):
             raise ApiError(f"POST {path}: HTTP {r.status_code} {_arm_error(r)}",
