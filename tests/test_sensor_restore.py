@@ -30,7 +30,7 @@ def _scanned(t0: float) -> Sensor:
 
 
 def _restart(tmp_path, rows, *, legacy: bool) -> Sensor:
-    devices, connections, alerts, events = rows
+    devices, connections, alerts, events, *_flows = rows
     if legacy:  # rows as a sensor wrote them before alerts carried their dedup key
         alerts = [{k: v for k, v in a.items() if k != "dedup_key"} for a in alerts]
     store = SensorStore(tmp_path / ("legacy" if legacy else "current"))

@@ -22,7 +22,11 @@ Paths, parameters and shapes come from ../shared/reference/defender-for-iot.md Â
   documents no activation API): POST the activation ZIP, GET ``{"activated": ...}``. The
   state is kept in ``<state>/activation.json``, so it survives a restart;
 * ``GET /api/labctl/status`` (a labctl extension, token required): packet, malformed and
-  kernel drop counters (``PACKET_STATISTICS``), devices, alerts, learning mode.
+  kernel drop counters (``PACKET_STATISTICS``), devices, alerts, learning mode;
+* ``GET /api/labctl/flows?after_seq=N&limit=M`` (a labctl extension, token required; a real
+  sensor has no flow API): the stored flows whose ``seq`` is above ``N`` (default 0), in
+  ``seq`` order, at most ``M`` (1..10000, default 10000), as a JSON list of
+  :class:`labctl.sensor.base.Flow` objects (docs/sensor-flows.md).
 
 Authentication is ``Authorization: <token>`` with no ``Bearer`` prefix; tokens are checked
 against the hashes in the store. Bad queries get HTTP 400 with a JSON ``error`` naming the
@@ -58,6 +62,7 @@ from labctl.transport.httpserver import BaseHandler, BodyTooLarge, LabHTTPServer
 log = logging.getLogger("labctl.sensor.api")
 
 MAX_BODY = 64 * 1024
+MAX_FLOWS_PER_PAGE = 10_000
 DRAIN_LIMIT = 1024 * 1024
 #: the certificate's common name, as a fresh sensor's own self-signed certificate names it
 CERT_COMMON_NAME = "labctl embedded sensor"
@@ -204,6 +209,13 @@ class SensorApi:
 
         doc.setdefault("version", f"labctl-embedded {__version__}")
         return 200, doc
+
+    def flows(self, q: dict[str, list[str]]) -> tuple[int, Any]:
+        """labctl extension: stored flows after a ``seq`` cursor (read from the store, so
+        only what a flush committed, each once per change)."""
+        after = _int_param(q, "after_seq", lo=0, hi=2**62)
+        limit = _int_param(q, "limit", lo=1, hi=MAX_FLOWS_PER_PAGE)
+        return 200, self.store.flows(after or 0, MAX_FLOWS_PER_PAGE if limit is None else limit)
 
     # ---- activation (a labctl extension: Microsoft documents no activation API) --------
 
@@ -532,6 +544,7 @@ class _Handler(BaseHandler):
             "/api/v1/devices/connections": lambda: self.api.connections(q),
             "/api/v1/events": lambda: self.api.events(q),
             "/api/labctl/status": self.api.status,
+            "/api/labctl/flows": lambda: self.api.flows(q),
             "/api/labctl/activation": self.api.activation_state,
         }
         handler = routes.get(path)

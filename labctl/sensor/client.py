@@ -23,6 +23,7 @@ from labctl.core.errors import (
     ConvergenceError,
     LabctlError,
     TransportError,
+    UnsupportedError,
     UsageError,
 )
 from labctl.core.secrets import Secret
@@ -32,6 +33,7 @@ from labctl.sensor.base import (
     Connection,
     CredentialsRejected,
     Device,
+    Flow,
     PrepareResult,
     SensorStatus,
     SensorTarget,
@@ -180,6 +182,17 @@ class D4IoTClient:
         doc = self._request("GET", "/api/labctl/status")
         return doc if isinstance(doc, dict) else {}
 
+    def flows(self, after_seq: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
+        """``GET /api/labctl/flows``: the embedded sensor's stored flows with ``seq`` above
+        ``after_seq``, in ``seq`` order (a labctl extension, token required; a real sensor
+        answers 404, raised as ApiError)."""
+        doc = self._request("GET", "/api/labctl/flows",
+                            params={"after_seq": int(after_seq), "limit": int(limit)})
+        if not isinstance(doc, list):
+            raise ApiError("GET /api/labctl/flows: the reply is not a JSON list",
+                           endpoint="/api/labctl/flows")
+        return cast("list[Record]", doc)
+
     def labctl_activation(self) -> dict[str, Any]:
         """``GET /api/labctl/activation``: the embedded sensor's activation state (a labctl
         extension, token required; a real sensor answers 404, raised as ApiError)."""
@@ -285,6 +298,21 @@ def connection_from_api(doc: Mapping[str, Any]) -> Connection:
                       ports=tuple(int(p) for p in doc.get("ports") or ()),
                       protocols=tuple(str(p.get("name") if isinstance(p, dict) else p)
                                       for p in protocols))
+
+
+def flow_from_api(doc: Mapping[str, Any]) -> Flow:
+    """One ``/api/labctl/flows`` object as a :class:`~labctl.sensor.base.Flow`."""
+    try:
+        return Flow(id=int(doc["id"]), seq=int(doc["seq"]), vlan=int(doc["vlan"]),
+                    proto=int(doc["proto"]), src=str(doc["src"]), sport=int(doc["sport"]),
+                    dst=str(doc["dst"]), dport=int(doc["dport"]),
+                    packets_out=int(doc["packets_out"]), bytes_out=int(doc["bytes_out"]),
+                    packets_in=int(doc["packets_in"]), bytes_in=int(doc["bytes_in"]),
+                    first=int(doc["first"]), last=int(doc["last"]),
+                    minutes={int(m): int(n) for m, n in (doc.get("minutes") or {}).items()})
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ApiError(f"GET /api/labctl/flows: a flow object is malformed ({e!r})",
+                       endpoint="/api/labctl/flows") from None
 
 
 class D4IoTDriver:
@@ -396,6 +424,22 @@ class D4IoTDriver:
 
     def connections(self) -> list[Connection]:
         return [connection_from_api(d) for d in self.client.connections()]
+
+    def flows(self, after_seq: int = 0, limit: int = 10_000) -> list[Flow]:
+        """The embedded sensor's flows after the ``after_seq`` cursor (the
+        :class:`~labctl.sensor.base.FlowSource` protocol). A real D4IoT sensor has no flow
+        API: its 404 becomes UnsupportedError."""
+        try:
+            docs = self.client.flows(after_seq, limit)
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            raise UnsupportedError(
+                f"{self.base_url} has no flow API (GET /api/labctl/flows: HTTP 404)",
+                hint="a real Defender for IoT sensor keeps no per-flow records: use its "
+                     "devices and connections, or capture traffic (--pcap, --interface, "
+                     "--host-capture)") from None
+        return [flow_from_api(d) for d in docs]
 
     def status(self) -> SensorStatus:
         """The embedded sensor's counters; a real sensor (no such endpoint) just answered."""

@@ -73,11 +73,23 @@ class Detections(Model):
         return self
 
 
+class FlowStore(Model):
+    """The flow store's bounds (``flows:`` in engines.yaml)."""
+
+    #: a flow not seen for this long is dropped (from memory and from the store)
+    max_age_days: float = Field(default=7.0, gt=0, le=3650)
+    #: flows kept at most; past it the least recently seen goes
+    max_flows: int = Field(default=100_000, ge=1, le=10_000_000)
+    #: per-minute packet counts kept per flow, in minutes back from the newest packet
+    minute_window: int = Field(default=1440, ge=1, le=525_600)
+
+
 class EnginesFile(Model):
     learning_mode: bool = True
     dedup_seconds: float = Field(default=600, ge=0)
     authorized_scanners: list[str] = Field(default_factory=list)
     rules: list[str] = Field(default_factory=lambda: ["rules/*.yaml"])
+    flows: FlowStore = Field(default_factory=FlowStore)
     detections: Detections
 
     @field_validator("authorized_scanners")

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +52,23 @@ from labctl.sensor.parse import (
     mac_str,
     parse_frame,
 )
-from labctl.sensor.records import Alert, Connection, DedupKey, Device, Event
+from labctl.sensor.records import (
+    D_BASE,
+    D_DEV,
+    D_FLOW,
+    D_LAST,
+    D_MIN,
+    D_PK,
+    D_STAMP,
+    Alert,
+    Connection,
+    DedupKey,
+    Device,
+    Event,
+    FlowKey,
+    FlowRecord,
+    reverse_key,
+)
 from labctl.sensor.rules import RuleIndex, render_message, rule_matches
 from labctl.sensor.windows import DistinctWindow, RateWindow
 
@@ -167,13 +183,38 @@ class Sensor:
         self._rules_any = self.rules.any
         self._has_rules = self.rules.has_rules
         self._rule_dets: dict[int, Detection] = {}
+        #: a rule match whose dedup entry is known can be settled from the flow direction's
+        #: cached cells (see _rule_cells) when no rule reads what a flow key does not fix
+        self._rules_cacheable = self._has_rules and not self._rules_any and all(
+            r.rule.action == "alert" and not any(c.var.startswith("eth.") for c in r.conditions)
+            for r in config.rules)
+        #: dedup key -> [the alert _dedup holds for it], shared by the flow directions
+        self._cells: dict[DedupKey, list[Alert | None]] = {}
+
+        # flows (see the flow store section below)
+        fl = eng.flows
+        self.flow_max = fl.max_flows
+        self.flow_age = fl.max_age_days * 86400.0
+        self.flow_window = fl.minute_window
+        self.flows: dict[FlowKey, FlowRecord] = {}  # by the opener's direction key
+        self.flow_dirs: dict[FlowKey, list[Any]] = {}  # direction key -> direction
+        self.flow_lru: OrderedDict[int, FlowRecord] = OrderedDict()
+        self.dirty_flows: dict[int, FlowRecord] = {}
+        self.evicted_flows: list[int] = []
+        self.flow_seq = 0
+        self._next_flow = 1
+        self._fminute = 0
+        #: (minute start, minute end, stamp): a packet outside the minute, or a flush,
+        #: makes a new stamp; a direction whose stamp differs takes the slow touch
+        self.flow_tick: tuple[float, float, object] = (float("inf"), float("-inf"), object())
 
         self.listeners: list[Callable[[Alert], None]] = []
 
     # ---- hot path --------------------------------------------------------------------
 
-    def process(self, p: Parsed, ts: float) -> None:
-        """Account one parsed packet (a :func:`~labctl.sensor.parse.parse_frame` tuple)."""
+    def process(self, p: Parsed, ts: float, wire: int = 0) -> None:
+        """Account one parsed packet (a :func:`~labctl.sensor.parse.parse_frame` tuple) of
+        ``wire`` bytes on the wire."""
         self.packets += 1
         self.last_ts = ts
         kind = p[3]  # literal indexes (F_KIND...): no global look-ups per packet
@@ -182,9 +223,25 @@ class Sensor:
             dev = self.by_ip.get(sip)
             if dev is None:
                 dev = self._new_device(sip, p[F_SMAC], p[F_VLAN], ts)
-            if dev is not False:
-                self.dev_seen[sip] = ts
             proto = p[6]
+            ft = self.flow_tick
+            if ts >= ft[1] or ts < ft[0]:
+                self._flow_tick(ts)
+            sp = p[7]
+            if sp >= 0 and (proto == 6 or proto == 17):
+                dp = p[8]
+                key = (sip, p[5], ((sp & 0xFF) << 8) | (sp >> 8), ((dp & 0xFF) << 8) | (dp >> 8),
+                       proto, p[0])
+            else:
+                key = (sip, p[5], -1, -1, proto, p[0])
+            d = self.flow_dirs.get(key)
+            if d is None:
+                d = self._flow_direction(key, p, ts, dev)
+            d[0] += 1
+            d[1] += wire
+            d[2] = ts
+            if d[3] is not self.flow_tick[2]:
+                self._flow_touch(d)
             if proto == 6:
                 flags = p[9]
                 if flags & 0x12 == 0x02:  # SYN without ACK: a connection attempt
@@ -192,13 +249,17 @@ class Sensor:
                 elif flags & 0x12 == 0x12:  # SYN-ACK: a service answered
                     self._answered(p, ts, dev)
                 if self._has_rules and (self._rules_any or p[8] in self._rules_port[6]):
+                    if d[7] is None and self._rules_cacheable:
+                        d[7] = self._rule_cells(p, 6)
                     self._rules(p, ts, 6)
             elif proto == 17:
-                key = (sip, p[5], p[8])
-                if key not in self.udp_flows:
-                    self.udp_flows[key] = ts
+                ukey = (sip, p[5], p[8])
+                if ukey not in self.udp_flows:
+                    self.udp_flows[ukey] = ts
                     self._attempt(p, ts, 17)
                 if self._has_rules and (self._rules_any or p[8] in self._rules_port[17]):
+                    if d[7] is None and self._rules_cacheable:
+                        d[7] = self._rule_cells(p, 17)
                     self._rules(p, ts, 17)
             elif proto == 1 or proto == 58:
                 t = p[F_SPORT]
@@ -221,7 +282,7 @@ class Sensor:
             self.malformed += 1
             self.packets += 1
             return
-        self.process(p, ts)
+        self.process(p, ts, length)
 
     def feed_batch(self, batch: Sequence[tuple[bytes, float]]) -> None:
         """Process captured frames (serve's loop); see :func:`labctl.sensor.fastpath.feed_batch`."""
@@ -364,6 +425,27 @@ class Sensor:
                             else mac_str(p[F_SMAC]))
                 self._scan_event(spa, ts)
 
+    def _rule_cells(self, p: Parsed, proto: int) -> tuple[list[Alert | None], ...]:
+        """The dedup cells of the rules that match ``p``'s flow direction. Only alert rules
+        that read no MAC address are cached (``_rules_cacheable``), so whether a rule
+        matches depends only on what the direction key fixes (addresses, ports, protocol,
+        VLAN); a later packet of the direction then costs one look-up per matching rule."""
+        cells = []
+        for r in self.rules.candidates(p, proto):
+            if rule_matches(r, p):
+                key: DedupKey = (r.rule.name, ip_str(p[F_SIP]), ip_str(p[F_DIP]))
+                c = self._cells.get(key)
+                if c is None:
+                    c = self._cells[key] = [self._dedup.get(key)]
+                cells.append(c)
+        return tuple(cells)
+
+    def _set_dedup(self, key: DedupKey, alert: Alert) -> None:
+        self._dedup[key] = alert
+        c = self._cells.get(key)
+        if c is not None:
+            c[0] = alert
+
     def _rules(self, p: Parsed, ts: float, proto: int) -> None:
         for r in self.rules.candidates(p, proto):
             if rule_matches(r, p):
@@ -380,8 +462,8 @@ class Sensor:
                 prev.last_time = ms
                 return
             msg = render_message(r.rule.message or r.rule.name, p)
-            self._dedup[key] = Alert(0, ms, r.rule.name, msg, r.rule.severity, r.rule.engine,
-                                     None, None, None, None, [], last_time=ms)
+            self._set_dedup(key, Alert(0, ms, r.rule.name, msg, r.rule.severity, r.rule.engine,
+                                       None, None, None, None, [], last_time=ms))
             # the documented title of this type; the rule's name leads the content
             self._event(ts, "USER_DEFINED_RULE_OPERATION", "User Defined Rule Operation",
                         "NOTICE", f"{r.rule.name}: {msg}")
@@ -394,6 +476,100 @@ class Sensor:
         self._raise(det, ts, p[F_SIP], p[F_DIP],
                     lambda: render_message(r.rule.message or r.rule.name, p), user_rule=True,
                     info=[f"User-defined rule: {r.rule.name}"])
+
+    # ---- the flow store --------------------------------------------------------------
+    #
+    # A flow has two directions (lists, see labctl.sensor.records D_*), each found by its own
+    # key in flow_dirs, so a packet costs one look-up whichever way it goes. A direction is
+    # in flow_dirs only once a packet of it went through process (its source is resolved),
+    # which is what lets the fast paths skip the device look-up. Per packet a direction
+    # gets packets, bytes and last-seen; everything else (the per-minute counts, the dirty
+    # mark, the LRU order) happens in _flow_touch, when the direction's stamp differs from
+    # the engine's: once per direction per minute of traffic and per flush.
+
+    def _flow_tick(self, ts: float) -> None:
+        """A packet outside the current minute: a new stamp, and drop flows past their age."""
+        m = int(ts // 60)
+        self._fminute = m
+        self.flow_tick = (m * 60.0, m * 60.0 + 60.0, object())
+        cutoff = ts - self.flow_age
+        lru = self.flow_lru
+        while lru:
+            f = next(iter(lru.values()))
+            if f.last >= cutoff:
+                break
+            self._evict(f)
+
+    def _flow_touch(self, d: list[Any]) -> None:
+        m = self._fminute
+        om = d[D_MIN]
+        if om != m:
+            if om is not None:
+                n = d[D_PK] - 1 - d[D_BASE]
+                if n:
+                    f0: FlowRecord = d[D_FLOW]
+                    mins = f0.minutes
+                    mins[om] = mins.get(om, 0) + n
+                    if len(mins) > self.flow_window:
+                        lo = m - self.flow_window
+                        f0.minutes = {k: v for k, v in mins.items() if k > lo}
+            d[D_MIN] = m
+            d[D_BASE] = d[D_PK] - 1
+        f: FlowRecord = d[D_FLOW]
+        self.dirty_flows[f.id] = f
+        self.flow_lru.move_to_end(f.id)
+        d[D_STAMP] = self.flow_tick[2]
+
+    def _flow_direction(self, key: FlowKey, p: Parsed, ts: float,
+                        dev: Device | bool) -> list[Any]:
+        """The direction of ``key``: of a known flow, or of a new one (which may evict the
+        least recently seen flow)."""
+        f = self.flows.get(key)
+        if f is not None:
+            d = f.out
+        else:
+            rk = reverse_key(key)
+            f = self.flows.get(rk)
+            if f is not None:
+                d = f.inn
+            else:
+                while len(self.flows) >= self.flow_max and self.flow_lru:
+                    self._evict(next(iter(self.flow_lru.values())))
+                ported = key[2] >= 0
+                if p[6] == 6 and p[9] & 0x12 == 0x12:
+                    # the first packet seen is a SYN-ACK: its receiver sent the SYN
+                    f = FlowRecord(self._next_flow, rk, p[8] if ported else -1,
+                                   p[7] if ported else -1, ts)
+                    d = f.inn
+                else:
+                    f = FlowRecord(self._next_flow, key, p[7] if ported else -1,
+                                   p[8] if ported else -1, ts)
+                    d = f.out
+                self._next_flow += 1
+                self.flows[f.key] = f
+                self.flow_lru[f.id] = f
+        d[D_DEV] = dev if isinstance(dev, Device) else None
+        self.flow_dirs[key] = d
+        return d
+
+    def _evict(self, f: FlowRecord) -> None:
+        self.flows.pop(f.key, None)
+        for d, k in ((f.out, f.key), (f.inn, reverse_key(f.key))):
+            if self.flow_dirs.get(k) is d:
+                del self.flow_dirs[k]
+            dev = d[D_DEV]
+            if dev is not None and d[D_PK] and d[D_LAST] > dev.last_seen:
+                dev.last_seen = d[D_LAST]
+                self.dirty_devices.add(dev.id)
+        self.flow_lru.pop(f.id, None)
+        self.dirty_flows.pop(f.id, None)
+        if f.stored:
+            self.evicted_flows.append(f.id)
+
+    def flow_rows(self) -> list[Row]:
+        """Every flow in memory as a row (seq order), for replay and tests."""
+        lo = self._fminute - self.flow_window
+        return [f.to_row(lo) for f in sorted(self.flows.values(), key=lambda f: (f.seq, f.id))]
 
     # ---- records ---------------------------------------------------------------------
 
@@ -528,7 +704,7 @@ class Sensor:
         self.alerts.append(alert)
         self._alert_by_id[alert.id] = alert
         if dedup:
-            self._dedup[key] = alert
+            self._set_dedup(key, alert)
         self.dirty_alerts.add(alert.id)
         self._event(ts, "ALERT_REPORTED", "Alert Detected", "ALERT",
                     f"{det.title}: {message.splitlines()[0]}")
@@ -558,11 +734,21 @@ class Sensor:
                 dev.last_seen = ts
                 self.dirty_devices.add(dev.id)
         self.dev_seen.clear()
+        # IP traffic refreshes its senders through their flows' directions
+        for f in self.dirty_flows.values():
+            for d in (f.out, f.inn):
+                dev = d[D_DEV]
+                if dev is not None and d[D_PK] and d[D_LAST] > dev.last_seen:
+                    dev.last_seen = d[D_LAST]
+                    self.dirty_devices.add(dev.id)
         # bound the caches a long-running sensor keeps (an internet-wide scan would
         # otherwise grow them without limit)
         if len(self.udp_flows) > 200_000:
             cutoff = now - 600
             self.udp_flows = {k: t for k, t in self.udp_flows.items() if t >= cutoff}
+            # a UDP direction skips the known-flow check only while its flow is known: make
+            # every direction pass through process once more
+            self.flow_dirs.clear()
         if len(self._global) > 500_000:
             self._global.clear()
         if len(self.by_ip) - len(self.devices) > 500_000:
@@ -574,9 +760,28 @@ class Sensor:
             if w is not None:
                 w.prune(now)
 
-    def take_dirty(self) -> tuple[list[Row], list[Row], list[Row], list[Row]]:
-        """Rows changed since the last call (for the SQLite writer); call under ``lock``."""
+    def take_dirty(self) -> tuple[list[Row], list[Row], list[Row], list[Row], list[Row],
+                                  dict[str, Any]]:
+        """Rows changed since the last call (for the SQLite writer); call under ``lock``.
+
+        The fifth item is the changed flows, each with a new ``seq``; the sixth the flow
+        store's bookkeeping (``deleted`` flow ids, the last ``seq`` and the next flow id)."""
         self.fold(self.last_ts)
+        lo = self._fminute - self.flow_window
+        flows = []
+        for f in self.dirty_flows.values():
+            self.flow_seq += 1
+            f.seq = self.flow_seq
+            f.stored = True
+            flows.append(f.to_row(lo))
+        self.dirty_flows = {}
+        # a new stamp: the next packet of every direction marks its flow changed again
+        t = self.flow_tick
+        self.flow_tick = (t[0], t[1], object())
+        flow_meta = {"deleted": self.evicted_flows, "seq": self.flow_seq,
+                     "next_id": self._next_flow,
+                     "max_age_ms": int(self.flow_age * 1000), "max_flows": self.flow_max}
+        self.evicted_flows = []
         devs = [self.devices[i].to_row() for i in self.dirty_devices if i in self.devices]
         conns = [self.connections[k].to_row() for k in self.dirty_connections
                  if k in self.connections]
@@ -587,11 +792,12 @@ class Sensor:
         self.dirty_connections.clear()
         self.dirty_alerts.clear()
         self.new_events = []
-        return devs, conns, alerts, events
+        return devs, conns, alerts, events, flows, flow_meta
 
     def restore(self, devices: list[Row], connections: list[Row], alerts: list[Row],
-                events: list[Row]) -> None:
-        """Load persisted state (after a restart)."""
+                events: list[Row], flows: list[Row] | None = None,
+                flow_meta: dict[str, Any] | None = None) -> None:
+        """Load persisted state (after a restart); flows continue their counters."""
         for r in devices:
             d = Device.from_row(r)
             self.devices[d.id] = d
@@ -615,12 +821,12 @@ class Sensor:
             self._alert_by_id[a.id] = a
             self._next_alert = max(self._next_alert, a.id + 1)
             if a.dedup_key is not None:
-                self._dedup[a.dedup_key] = a
+                self._set_dedup(a.dedup_key, a)
             elif "dedup_key" not in r and a.engine != "Operational":
                 # a row stored before alerts carried their key: rebuild it
                 a.dedup_key = (a.title, a.source_address,
                                a.destination_address or _legacy_dedup_dst(a))
-                self._dedup[a.dedup_key] = a
+                self._set_dedup(a.dedup_key, a)
         # the scanner flag follows the configuration in force, not the one a device was
         # first seen under (a scanner authorized later shows scanner: true at once)
         for d in self.devices.values():
@@ -633,6 +839,25 @@ class Sensor:
             e = Event.from_row(r)
             self.events.append(e)
             self._next_event = max(self._next_event, e.seq + 1)
+        meta = flow_meta or {}
+        self.flow_seq = max(self.flow_seq, int(meta.get("seq", 0)))
+        self._next_flow = max(self._next_flow, int(meta.get("next_id", 1)))
+        for r in sorted(flows or [], key=lambda r: (r["last"], r["id"])):
+            f = FlowRecord.from_row(r)
+            if f.key in self.flows:
+                continue
+            while len(self.flows) >= self.flow_max and self.flow_lru:
+                old = next(iter(self.flow_lru.values()))
+                self._evict(old)
+            self.flows[f.key] = f
+            self.flow_lru[f.id] = f
+            self.flow_seq = max(self.flow_seq, f.seq)
+            self._next_flow = max(self._next_flow, f.id + 1)
+            for dr, k in ((f.out, f.key), (f.inn, reverse_key(f.key))):
+                if dr[D_PK]:  # its sender went through process before the restart
+                    sender = self.by_ip.get(k[0])
+                    dr[D_DEV] = sender if isinstance(sender, Device) else None
+                    self.flow_dirs[k] = dr
 
     # ---- views -----------------------------------------------------------------------
 

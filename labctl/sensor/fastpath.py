@@ -15,8 +15,8 @@ the fused loop for little-endian classic pcap, :func:`replay_generic` otherwise)
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from labctl.sensor.parse import K_IPV4, Parsed, parse_frame
 from labctl.sensor.pcap import (
@@ -27,7 +27,7 @@ from labctl.sensor.pcap import (
     PCAP_RECORD_LEN,
     CaptureFile,
 )
-from labctl.sensor.records import Device
+from labctl.sensor.records import Device, FlowKey
 from labctl.sensor.rules import RuleIndex
 
 if TYPE_CHECKING:
@@ -40,35 +40,71 @@ class Sensor(Protocol):
     by_ip: dict[bytes, Device | bool]
     dev_seen: dict[bytes, float]
     udp_flows: dict[tuple[bytes, bytes, int], float]
+    flow_dirs: dict[FlowKey, list[Any]]
+    flow_tick: tuple[float, float, object]
+    dirty_alerts: set[int]
+    dedup_ms: int
     rules: RuleIndex
     packets: int
     malformed: int
     last_ts: float
 
-    def process(self, p: Parsed, ts: float) -> None: ...
+    def process(self, p: Parsed, ts: float, wire: int = 0) -> None: ...
 
     def fold(self, now: float) -> None: ...
 
-# network byte order, for frames from a live capture (no pcap record header in front)
-_LIVE_HEAD = struct.Struct("!" + FRAME_HEAD)
+    def _flow_tick(self, ts: float) -> None: ...
+
+    def _flow_touch(self, d: list[Any]) -> None: ...
+
+# the live frames' fields read little-endian, like the fused pcap loop reads them, so the
+# flow keys (byte-swapped ports) and the byte-swapped constants are the same on both paths
+_LIVE_HEAD = struct.Struct("<" + FRAME_HEAD)
+
+
+def _swapped(ports: Iterable[int]) -> set[int]:
+    return {((p & 0xFF) << 8) | (p >> 8) for p in ports}
+
+
+def _hits_settled(hits: tuple[list[Any], ...] | None, ms: int, dms: int,
+                  dirty: set[int]) -> bool:
+    """A rule-port packet of a direction whose matching rules all alerted within the dedup
+    window: count the repeats (what Sensor._raise does for them) and return True; False
+    sends the packet the slow way (no cache yet, or a new alert is due)."""
+    if hits is None:
+        return False
+    for c in hits:
+        a = c[0]
+        if a is None or ms - a.last_time >= dms:
+            return False
+    for c in hits:
+        a = c[0]
+        if ms > a.last_time:
+            a.last_time = ms
+        a.count += 1
+        dirty.add(a.id)
+    return True
 
 
 def feed_batch(sensor: Sensor, batch: Sequence[tuple[bytes, float]]) -> None:
     """Process captured frames (serve's loop).
 
-    Untagged IPv4 TCP without SYN, or UDP of a known flow, from a known host only needs its
-    last-seen stamp; everything else goes through :func:`parse_frame` and ``process``.
+    An untagged IPv4 TCP frame without SYN or a UDP frame, of a flow direction the sensor
+    already knows, only updates that direction's counters (and, on a rule's port, the
+    repeat count of the rule's alert); everything else goes through :func:`parse_frame`
+    and ``process``.
     """
     head = _LIVE_HEAD.unpack_from
-    by_ip = sensor.by_ip
-    seen = sensor.dev_seen
-    udp_flows = sensor.udp_flows
+    fd = sensor.flow_dirs
     rules = sensor.rules
-    tcp_rules = rules.by_port[6] if rules.has_rules else {}
-    udp_rules = rules.by_port[17] if rules.has_rules else {}
+    tcp_rules = _swapped(rules.by_port[6]) if rules.has_rules else set()
+    udp_rules = _swapped(rules.by_port[17]) if rules.has_rules else set()
     simple = not rules.any
+    dms = sensor.dedup_ms
+    dirty = sensor.dirty_alerts
     parse = parse_frame
     process = sensor.process
+    flo, fhi, fstamp = sensor.flow_tick
     fast = 0
     bad = 0
     ts = sensor.last_ts
@@ -76,27 +112,32 @@ def feed_batch(sensor: Sensor, batch: Sequence[tuple[bytes, float]]) -> None:
         n = len(frame)
         if simple and n >= 54:
             etype, vihl, frag, proto, sip, dip, sport, dport, flags = head(frame)
-            if etype == 0x0800 and vihl == 0x45 and not frag & 0x3FFF:
+            if etype == 0x0008 and vihl == 0x45 and (frag == 0 or frag == 0x0040):
                 if proto == 6:
-                    if not flags & 0x02 and dport not in tcp_rules:
-                        dev = by_ip.get(sip)
-                        if dev is not None:
-                            if dev is not False:
-                                seen[sip] = ts
-                            fast += 1
-                            continue
-                elif proto == 17 and dport not in udp_rules:
-                    dev = by_ip.get(sip)
-                    if dev is not None and (sip, dip, dport) in udp_flows:
-                        if dev is not False:
-                            seen[sip] = ts
-                        fast += 1
-                        continue
+                    d = None if flags & 0x02 else fd.get((sip, dip, sport, dport, 6, 0))
+                elif proto == 17:
+                    d = fd.get((sip, dip, sport, dport, 17, 0))
+                else:
+                    d = None
+                if d is not None and (
+                        (dport not in (tcp_rules if proto == 6 else udp_rules)) or
+                        _hits_settled(d[7], int(ts * 1000), dms, dirty)):
+                    if ts >= fhi or ts < flo:
+                        sensor._flow_tick(ts)
+                        flo, fhi, fstamp = sensor.flow_tick
+                    d[0] += 1
+                    d[1] += n
+                    d[2] = ts
+                    if d[3] is not fstamp:
+                        sensor._flow_touch(d)
+                    fast += 1
+                    continue
         p = parse(frame, 0, n)
         if p is None:
             bad += 1
             continue
-        process(p, ts)
+        process(p, ts, n)
+        flo, fhi, fstamp = sensor.flow_tick
     sensor.packets += fast + bad
     sensor.malformed += bad
     if fast and ts > sensor.last_ts:
@@ -111,9 +152,13 @@ def replay(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) -> int
 
 
 def replay_generic(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) -> int:
-    """Every record through :func:`parse_frame` and ``process`` (the reference path)."""
+    """Every record through :func:`parse_frame` and ``process`` (the reference path).
+
+    The wire length is the 4 bytes before the frame: ``orig_len`` of a pcap record, the
+    original length of a pcapng enhanced or simple packet block."""
     parse = parse_frame
     process = sensor.process
+    wire = struct.Struct(capture.endian + "I").unpack_from
     n = 0
     bad = 0
     for ts, off, cap in capture:
@@ -122,7 +167,7 @@ def replay_generic(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap
         if p is None:
             bad += 1
             continue
-        process(p, ts)
+        process(p, ts, wire(data, off - 4)[0] if off >= 4 else cap)
     sensor.malformed += bad
     sensor.packets += bad
     sensor.fold(sensor.last_ts)
@@ -135,7 +180,8 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
     One precompiled little-endian struct reads the pcap record header *and* the frame's
     Ethernet/IPv4/TCP-UDP fields in a single ``unpack_from`` call. Network-order fields
     therefore come out byte-swapped, and are compared with byte-swapped constants
-    (``0x0008`` is EtherType 0x0800). Only little-endian pcap takes this path.
+    (``0x0008`` is EtherType 0x0800); the flow keys hold the ports byte-swapped too. Only
+    little-endian pcap takes this path.
     """
     rules = sensor.rules
     if capture.endian != "<" or rules.any:
@@ -147,15 +193,17 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
     div = 1e9 if capture.nanos else 1e6
     parse = parse_frame
     process = sensor.process
-    by_ip = sensor.by_ip
-    seen = sensor.dev_seen
-    udp_flows = sensor.udp_flows
+    fd = sensor.flow_dirs
     if rules.has_rules:
-        tcp_rules = {((p & 0xFF) << 8) | (p >> 8) for p in rules.by_port[6]}
-        udp_rules = {((p & 0xFF) << 8) | (p >> 8) for p in rules.by_port[17]}
+        tcp_rules = _swapped(rules.by_port[6])
+        udp_rules = _swapped(rules.by_port[17])
     else:
         tcp_rules = udp_rules = set()
-    nofrag = {0x0000, 0x0040}  # fragment word 0 or DF only, byte-swapped
+    dms = sensor.dedup_ms
+    dirty = sensor.dirty_alerts
+    tick = sensor._flow_tick
+    touch = sensor._flow_touch
+    flo, fhi, fstamp = sensor.flow_tick
     rec_len = PCAP_RECORD_LEN
     size = len(data)
     limit = size - tagged.size  # past this offset a fused read could run off the end
@@ -163,17 +211,20 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
     n = 0
     fast = 0
     bad = 0
-    vid = 0
+    vl = 0
     ts = sensor.last_ts
     while off + rec_len <= size:
         if off <= limit:
-            sec, frac, incl, _o, etype, vihl, frag, proto, sip, dip, sport, dport, \
+            sec, frac, incl, orig, etype, vihl, frag, proto, sip, dip, sport, dport, \
                 flags = head(data, off)
             hl = 14
             if etype == 0x0081:  # 802.1Q: read the same fields 4 bytes further on
-                sec, frac, incl, _o, vid, etype, vihl, frag, proto, sip, dip, sport, \
+                sec, frac, incl, orig, vid, etype, vihl, frag, proto, sip, dip, sport, \
                     dport, flags = headv(data, off)
                 hl = 18
+                vl = ((vid & 0xFF) << 8 | vid >> 8) & 0xFFF
+            else:
+                vl = 0
             pk = off + rec_len
             off = pk + incl
             if off > size:
@@ -181,36 +232,49 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
                 break
             n += 1
             ts = sec + frac / div
-            if etype == 0x0008 and vihl == 0x45 and frag in nofrag:
+            if etype == 0x0008 and vihl == 0x45 and (frag == 0 or frag == 0x0040):
                 if proto == 6 and incl >= hl + 34:
-                    if not flags & 0x02 and dport not in tcp_rules:
-                        dev = by_ip.get(sip)
-                        if dev is not None:
-                            if dev is not False:
-                                seen[sip] = ts
+                    if not flags & 0x02:
+                        d = fd.get((sip, dip, sport, dport, 6, vl))
+                        if d is not None and (dport not in tcp_rules or _hits_settled(
+                                d[7], int(ts * 1000), dms, dirty)):
+                            if ts >= fhi or ts < flo:
+                                tick(ts)
+                                flo, fhi, fstamp = sensor.flow_tick
+                            d[0] += 1
+                            d[1] += orig
+                            d[2] = ts
+                            if d[3] is not fstamp:
+                                touch(d)
                             fast += 1
                             continue
                     # the fields are already read: build the parse tuple directly
-                    process((((vid & 0xFF) << 8 | vid >> 8) & 0xFFF if hl == 18 else 0,
-                             data[pk + 6:pk + 12], data[pk:pk + 6], K_IPV4, sip, dip, 6,
+                    process((vl, data[pk + 6:pk + 12], data[pk:pk + 6], K_IPV4, sip, dip, 6,
                              (sport & 0xFF) << 8 | sport >> 8,
-                             (dport & 0xFF) << 8 | dport >> 8, flags), ts)
+                             (dport & 0xFF) << 8 | dport >> 8, flags), ts, orig)
+                    flo, fhi, fstamp = sensor.flow_tick
                     continue
                 if proto == 17 and incl >= hl + 28:
-                    rport = (dport & 0xFF) << 8 | dport >> 8
-                    if dport not in udp_rules:
-                        dev = by_ip.get(sip)
-                        if dev is not None and (sip, dip, rport) in udp_flows:
-                            if dev is not False:
-                                seen[sip] = ts
-                            fast += 1
-                            continue
-                    process((((vid & 0xFF) << 8 | vid >> 8) & 0xFFF if hl == 18 else 0,
-                             data[pk + 6:pk + 12], data[pk:pk + 6], K_IPV4, sip, dip, 17,
-                             (sport & 0xFF) << 8 | sport >> 8, rport, 0), ts)
+                    d = fd.get((sip, dip, sport, dport, 17, vl))
+                    if d is not None and (dport not in udp_rules or _hits_settled(
+                            d[7], int(ts * 1000), dms, dirty)):
+                        if ts >= fhi or ts < flo:
+                            tick(ts)
+                            flo, fhi, fstamp = sensor.flow_tick
+                        d[0] += 1
+                        d[1] += orig
+                        d[2] = ts
+                        if d[3] is not fstamp:
+                            touch(d)
+                        fast += 1
+                        continue
+                    process((vl, data[pk + 6:pk + 12], data[pk:pk + 6], K_IPV4, sip, dip, 17,
+                             (sport & 0xFF) << 8 | sport >> 8,
+                             (dport & 0xFF) << 8 | dport >> 8, 0), ts, orig)
+                    flo, fhi, fstamp = sensor.flow_tick
                     continue
         else:
-            sec, frac, incl, _o = rec(data, off)
+            sec, frac, incl, orig = rec(data, off)
             pk = off + rec_len
             off = pk + incl
             if off > size:
@@ -222,7 +286,8 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
         if p is None:
             bad += 1
             continue
-        process(p, ts)
+        process(p, ts, orig)
+        flo, fhi, fstamp = sensor.flow_tick
     else:
         if off != size:
             capture.truncated += 1

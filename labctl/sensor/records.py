@@ -149,3 +149,100 @@ class Event:
         row = dict(r)
         row["owner"] = row.get("owner") or None
         return cls(**row)
+
+
+# ---- flows ---------------------------------------------------------------------------------
+
+#: a flow direction's key: (source address, destination address, source port, destination
+#: port, IP protocol, VLAN). Addresses are raw bytes; ports are stored byte-swapped (as a
+#: little-endian read of the wire gives them, which is what the fused pcap loop reads) or -1
+#: for a protocol without ports
+FlowKey = tuple[bytes, bytes, int, int, int, int]
+
+# indexes of a flow direction (a plain list: the per-packet path updates it in place)
+D_PK = 0  # packets
+D_BY = 1  # wire bytes
+D_LAST = 2  # timestamp (s) of the direction's last packet
+D_STAMP = 3  # the engine's tick stamp when last touched (a changed stamp: minute or flush)
+D_FLOW = 4  # the FlowRecord
+D_MIN = 5  # the epoch minute being counted, or None
+D_BASE = 6  # packets before that minute began
+D_HITS = 7  # cached rule-dedup cells for this direction, or None (not known / not cacheable)
+D_DEV = 8  # the lab Device that sends in this direction, or None
+
+
+def swap16(v: int) -> int:
+    """A port as the byte-swapped value the flow keys hold (-1 stays -1)."""
+    return ((v & 0xFF) << 8) | (v >> 8) if v >= 0 else -1
+
+
+def reverse_key(k: FlowKey) -> FlowKey:
+    return (k[1], k[0], k[3], k[2], k[4], k[5])
+
+
+class FlowRecord:
+    """One bidirectional flow: ``src`` opened it; ``out`` counts src -> dst, ``inn`` the
+    other way. Times are seconds; rows and the API carry epoch milliseconds."""
+
+    __slots__ = ("id", "seq", "vlan", "proto", "src", "sport", "dst", "dport", "first", "out",
+                 "inn", "minutes", "key", "stored")
+
+    def __init__(self, id: int, key: FlowKey, sport: int, dport: int, first: float) -> None:  # noqa: A002
+        self.id = id
+        self.seq = 0
+        self.key = key
+        self.src, self.dst, _s, _d, self.proto, self.vlan = key
+        self.sport = sport
+        self.dport = dport
+        self.first = first
+        self.out: list[Any] = [0, 0, 0.0, None, self, None, 0, None, None]
+        self.inn: list[Any] = [0, 0, 0.0, None, self, None, 0, None, None]
+        self.minutes: dict[int, int] = {}
+        #: written to the store at least once (so an eviction deletes its row)
+        self.stored = False
+
+    @property
+    def last(self) -> float:
+        return float(max(self.out[D_LAST], self.inn[D_LAST], self.first))
+
+    def minute_counts(self, lo: int) -> dict[int, int]:
+        """Packets per epoch minute, both directions, minutes after ``lo`` only."""
+        out = {m: n for m, n in self.minutes.items() if m > lo}
+        for d in (self.out, self.inn):
+            m = d[D_MIN]
+            if m is not None and m > lo:
+                n = d[D_PK] - d[D_BASE]
+                if n:
+                    out[m] = out.get(m, 0) + n
+        return dict(sorted(out.items()))
+
+    def to_row(self, lo: int) -> dict[str, Any]:
+        from labctl.sensor.parse import ip_str
+
+        return {"id": self.id, "seq": self.seq, "vlan": self.vlan, "proto": self.proto,
+                "src": ip_str(self.src), "sport": self.sport, "dst": ip_str(self.dst),
+                "dport": self.dport, "packets_out": self.out[D_PK],
+                "bytes_out": self.out[D_BY], "packets_in": self.inn[D_PK],
+                "bytes_in": self.inn[D_BY], "first": int(self.first * 1000),
+                "last": int(self.last * 1000),
+                "last_out": int(self.out[D_LAST] * 1000),
+                "last_in": int(self.inn[D_LAST] * 1000),
+                "minutes": {str(m): n for m, n in self.minute_counts(lo).items()}}
+
+    @classmethod
+    def from_row(cls, r: dict[str, Any]) -> FlowRecord:
+        import ipaddress
+
+        src = ipaddress.ip_address(r["src"]).packed
+        dst = ipaddress.ip_address(r["dst"]).packed
+        key: FlowKey = (src, dst, swap16(int(r["sport"])), swap16(int(r["dport"])),
+                        int(r["proto"]), int(r["vlan"]))
+        f = cls(int(r["id"]), key, int(r["sport"]), int(r["dport"]), r["first"] / 1000)
+        f.seq = int(r["seq"])
+        f.stored = True
+        f.out[D_PK], f.out[D_BY] = int(r["packets_out"]), int(r["bytes_out"])
+        f.inn[D_PK], f.inn[D_BY] = int(r["packets_in"]), int(r["bytes_in"])
+        f.out[D_LAST] = r.get("last_out", r["last"] if f.out[D_PK] else 0) / 1000
+        f.inn[D_LAST] = r.get("last_in", r["last"] if f.inn[D_PK] else 0) / 1000
+        f.minutes = {int(m): int(n) for m, n in (r.get("minutes") or {}).items()}
+        return f

@@ -32,6 +32,7 @@ def replay(pcap: str | Path, config: str | Path | None = None, *,
         "devices": [device_to_api(d)
                     for d in sorted(sensor.devices.values(), key=lambda d: d.id)],
         "connections": connections_api(sensor),
+        "flows": len(sensor.flows),
         "packets": n,
         "malformed": sensor.malformed,
         "truncated": cap.truncated,

@@ -87,7 +87,7 @@ class SensorService:
         self.sensor = Sensor(cfg, learning_mode=learning_mode,
                              authorized_scanners=authorized_scanners or [],
                              interface=interface)
-        self.sensor.restore(*self.store.load_all())
+        self.sensor.restore(*self.store.load_all(), *self.store.load_flows())
         self.stop_event = threading.Event()
         self.capture: Any = None
         self.server: Any = None

@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, description TEXT NOT N
 CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, salt TEXT NOT NULL, hash TEXT NOT NULL,
                                   must_change INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS flows (id INTEGER PRIMARY KEY, seq INTEGER NOT NULL,
+                                  last INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS flows_seq ON flows (seq);
+CREATE INDEX IF NOT EXISTS flows_last ON flows (last);
 """
 
 PBKDF2_ROUNDS = 200_000
@@ -103,8 +107,17 @@ class SensorStore:
     # ---- sensor state ------------------------------------------------------------------
 
     def write_batch(self, devices: list[Row], connections: list[Row], alerts: list[Row],
-                    events: list[Row]) -> None:
-        if not (devices or connections or alerts or events):
+                    events: list[Row], flows: list[Row] | None = None,
+                    flow_meta: dict[str, Any] | None = None) -> None:
+        """Commit one batch in one transaction. ``flows`` are the changed flows (each with
+        its new ``seq``); ``flow_meta`` (from :meth:`Sensor.take_dirty
+        <labctl.sensor.engine.Sensor.take_dirty>`) names the evicted flows to delete, the
+        last ``seq`` and the next flow id (kept in ``meta``, so both stay monotonic across
+        restarts even when the newest flow is gone), and the age and count bounds, which
+        the table keeps too."""
+        flows = flows or []
+        deleted = list((flow_meta or {}).get("deleted") or [])
+        if not (devices or connections or alerts or events or flows or deleted):
             return
         with self._lock:
             self.db.execute("BEGIN")
@@ -123,10 +136,49 @@ class SensorStore:
                     newest = max(e["seq"] for e in events)
                     self.db.execute("DELETE FROM events WHERE seq <= ?",
                                     (newest - KEEP_EVENTS,))
+                if flows or deleted:
+                    self._write_flows(flows, deleted, flow_meta or {})
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
+
+    def _write_flows(self, flows: list[Row], deleted: list[int], meta: dict[str, Any]
+                     ) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO flows VALUES (?, ?, ?, ?)",
+                            [(f["id"], f["seq"], f["last"], json.dumps(f)) for f in flows])
+        self.db.executemany("DELETE FROM flows WHERE id = ?", [(i,) for i in deleted])
+        for key in ("seq", "next_id"):
+            if key in meta:
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                (f"flow_{key}", str(int(meta[key]))))
+        newest = max((f["last"] for f in flows), default=None)
+        if newest is not None and meta.get("max_age_ms"):
+            self.db.execute("DELETE FROM flows WHERE last < ?",
+                            (newest - int(meta["max_age_ms"]),))
+        cap = meta.get("max_flows")
+        if cap:
+            over = self.db.execute("SELECT COUNT(*) FROM flows").fetchone()[0] - int(cap)
+            if over > 0:  # the engine evicts first; this only trims a store left larger
+                self.db.execute("DELETE FROM flows WHERE id IN (SELECT id FROM flows "
+                                "ORDER BY last, id LIMIT ?)", (over,))
+
+    def flows(self, after_seq: int = 0, limit: int = 10_000) -> list[Row]:
+        """Stored flows with ``seq`` above ``after_seq``, in ``seq`` order, at most ``limit``."""
+        with self._lock:
+            rows = self.db.execute("SELECT data FROM flows WHERE seq > ? ORDER BY seq LIMIT ?",
+                                   (after_seq, limit)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def load_flows(self) -> tuple[list[Row], dict[str, Any]]:
+        """Every stored flow and the flow store's bookkeeping (last seq, next id)."""
+        with self._lock:
+            rows = [json.loads(r[0]) for r in self.db.execute("SELECT data FROM flows")]
+            meta = dict(self.db.execute(
+                "SELECT key, value FROM meta WHERE key IN ('flow_seq', 'flow_next_id')"
+            ).fetchall())
+        return rows, {"seq": int(meta.get("flow_seq", 0)),
+                      "next_id": int(meta.get("flow_next_id", 1))}
 
     def load_all(self) -> tuple[list[Row], list[Row], list[Row], list[Row]]:
         with self._lock:

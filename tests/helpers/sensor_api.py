@@ -49,7 +49,7 @@ def running_api(state: Path, pcap: Path | None = None, *, learning: bool | None 
     max_connections, guard, ...)."""
     store = SensorStore(state)
     sensor = Sensor(load_config(config), learning_mode=learning)
-    sensor.restore(*store.load_all())
+    sensor.restore(*store.load_all(), *store.load_flows())
     if pcap is not None:
         cap = CaptureFile(pcap)
         sensor.replay(cap, cap.data)
