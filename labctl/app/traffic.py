@@ -347,19 +347,28 @@ def _latest(flows: list[Any]) -> list[Any]:
 def flow_records(flows: list[Any]) -> list[FlowRecord]:
     """Sensor flows (:class:`labctl.sensor.base.Flow`, bidirectional) -> the report's
     directed records: ``src -> dst`` carries the opener's counters and the per-minute
-    activity (both directions, as the sensor keeps it), ``dst -> src`` the reply's. The
-    opener is marked as such (``syn``), so the report takes the sensor's word for who is the
-    client."""
+    activity (both directions, as the sensor keeps it), ``dst -> src`` the reply's.
+
+    Who is the client: for TCP the sensor's opener (the SYN sender); for UDP and other port
+    protocols the same rule as for captures (the higher port), since the opener of a UDP
+    flow is only its first packet's sender (a DNS answer whose query was missed).
+    A flow whose per-minute counts have aged out of the sensor's window (``minutes`` empty)
+    counts its packets in its first-seen minute, so hour-of-day activity and the daily
+    detector still see it (docs/traffic.md)."""
     from labctl.traffic.flows import FlowRecord
 
     out: list[FlowRecord] = []
     for f in _latest(flows):
         first, last = f.first / 1000, f.last / 1000
+        minutes = {int(m): int(c) for m, c in f.minutes.items()}
+        total = f.packets_out + f.packets_in
+        if not minutes and total:
+            minutes = {f.first // 60_000: total}
+        opener = f.proto == 6 and f.sport >= 0
         out.append(FlowRecord(vlan=f.vlan, src=f.src, dst=f.dst, proto=f.proto,
                               sport=f.sport, dport=f.dport, packets=f.packets_out,
-                              bytes=f.bytes_out, first=first, last=last,
-                              minutes={int(m): int(c) for m, c in f.minutes.items()},
-                              syn=f.sport >= 0))
+                              bytes=f.bytes_out, first=first, last=last, minutes=minutes,
+                              syn=opener))
         if f.packets_in:
             out.append(FlowRecord(vlan=f.vlan, src=f.dst, dst=f.src, proto=f.proto,
                                   sport=f.dport, dport=f.sport, packets=f.packets_in,
