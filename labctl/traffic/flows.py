@@ -1,17 +1,12 @@
 """Capture files to flow records: the aggregation under ``labctl traffic``.
 
 Why here and not in the sensor: the sensor keeps device and alert state, the traffic report
-needs per-flow counters. Both read packets through the same code: the container walk of
-:class:`labctl.sensor.pcap.CaptureFile` and the header layouts and parser of
-:mod:`labctl.sensor.parse` (one parser in the project). What this module adds on top, and
-what should later move into the sensor's reader:
-
-* gzip-compressed captures (decompressed into a temporary file, then read by CaptureFile);
-* the byte offset where a truncated or corrupt file stops (CaptureFile only counts it);
-* a record's original (wire) length, read from the 4 bytes before the frame, which is where
-  pcap, pcapng EPB and SPB all keep it (CaptureFile yields only the captured length);
-* DNS answers (A and AAAA records in UDP from port 53) for names, since the header parser
-  stops at the transport header.
+needs per-flow counters. Both read packets through the same code: the project's one capture
+reader :class:`labctl.sensor.pcap.CaptureFile` (pcap and pcapng, gzip, per-section byte
+order, wire lengths, the byte offset where a damaged file stops; docs/capture-files.md) and
+the header layouts and parser of :mod:`labctl.sensor.parse`. What this module adds on top:
+the per-flow accounting, and DNS answers (A and AAAA records in UDP from port 53) for names,
+since the header parser stops at the transport header.
 
 Memory grows with the number of flows and of active minutes per flow, not with packets: a
 flow is one list of counters plus a ``{minute: packets}`` dict.
@@ -23,16 +18,12 @@ back once per flow in :meth:`FlowTable.records`.
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from labctl.core.errors import UsageError
 from labctl.sensor.parse import (
     F_DIP,
     F_DPORT,
@@ -53,31 +44,23 @@ from labctl.sensor.parse import (
 from labctl.sensor.pcap import (
     FRAME_HEAD,
     FRAME_HEAD_TAGGED,
+    MAX_RECORD,
     PCAP_FILE_HEADER_LEN,
     PCAP_RECORD,
     PCAP_RECORD_LEN,
+    RELEASE_EVERY,
+    CaptureError,
     CaptureFile,
 )
 
 if TYPE_CHECKING:
     import mmap
 
-#: a record longer than this is corrupt, not a frame (tcpdump's largest snap length)
-MAX_RECORD = 262_144
+__all__ = ["MAX_RECORD", "CaptureError", "FlowRecord", "FlowTable", "SourceStats",
+           "dns_answers", "read_captures"]
 
 # flow list slots
 PK, BY, FIRST, LAST, MINS, CURM, CURN, SYN = range(8)
-
-
-class CaptureError(UsageError):
-    """A capture that is truncated or corrupt at a known byte offset."""
-
-    def __init__(self, path: str, offset: int, what: str, compressed: bool = False) -> None:
-        where = f"byte {offset}" + (" of the decompressed stream" if compressed else "")
-        super().__init__(f"{path}: {what} at {where}",
-                         hint="pass --partial to report what was read before it")
-        self.path = path
-        self.offset = offset
 
 
 def _swap(p: int) -> int:
@@ -132,75 +115,33 @@ class FlowTable:
     # ---- reading -------------------------------------------------------------------
 
     def add_file(self, path: str | Path, partial: bool = False) -> None:
+        """Read one capture (pcap or pcapng, plain or gzip). Damage raises
+        :class:`CaptureError` (file and byte offset), or with ``partial`` keeps what was
+        read and records ``(file, offset, what)`` in :attr:`SourceStats.partial`."""
         path = str(path)
         self.stats.files.append(path)
-        tmp: str | None = None
-        compressed = False
-        try:
-            with open(path, "rb") as f:
-                magic = f.read(2)
-        except FileNotFoundError:
-            raise UsageError(f"{path}: file not found") from None
-        except OSError as e:
-            raise UsageError(f"{path}: cannot read: {e.strerror}") from None
-        gz_err: tuple[int, str] | None = None
-        try:
-            if magic == b"\x1f\x8b":
-                compressed = True
-                tmp, gz_err = _gunzip(path)
-                if gz_err is not None and not partial:
-                    raise CaptureError(path, gz_err[0], gz_err[1], compressed=True)
-            try:
-                cap = CaptureFile(tmp or path)
-            except UsageError as e:
-                if tmp:
-                    e.message = e.message.replace(tmp, path)
-                raise
-            cap.path = path
-            self._read(cap, partial, compressed)
-            if gz_err is not None:
-                self.stats.partial.append((path, gz_err[0], gz_err[1]))
-        finally:
-            if tmp:
-                os.unlink(tmp)
-
-    def _read(self, cap: CaptureFile, partial: bool, compressed: bool) -> None:
-        data = cap.data
-        if cap.format == "pcap" and cap.endian == "<" and self.since is None:
-            n, stop = self._fused(cap, data)
-        else:
-            n, stop = self._generic(cap, data)
-        if n == 0 and cap.skipped:
-            raise UsageError(f"{cap.path}: no Ethernet records ({cap.skipped} records of "
-                             "other link types)",
-                             hint="capture on an Ethernet interface (linktype 1)")
-        if stop is not None:
+        with CaptureFile(path, mmap_threshold=0) as cap:
+            if cap.format == "pcap" and cap.endian == "<" and self.since is None:
+                self._fused(cap, cap.data)
+            else:
+                self._generic(cap, cap.data)
+            err = cap.damage()
+        if err is not None:
             if not partial:
-                raise CaptureError(cap.path, stop[0], stop[1], compressed)
-            self.stats.partial.append((cap.path, stop[0], stop[1]))
+                raise err
+            self.stats.partial.append((path, err.offset, err.what))
 
-    def _generic(self, cap: CaptureFile, data: bytes | mmap.mmap
-                 ) -> tuple[int, tuple[int, str] | None]:
-        """Every record through CaptureFile and :func:`parse_frame` (any format)."""
-        orig_of = struct.Struct(cap.endian + "I").unpack_from
+    def _generic(self, cap: CaptureFile, data: bytes | mmap.mmap) -> int:
+        """Every record through :meth:`CaptureFile.records` and :func:`parse_frame`."""
         since = self.since
+        one = self._one
         n = 0
-        end = PCAP_FILE_HEADER_LEN if cap.format == "pcap" else 0
-        for ts, off, caplen in cap:
-            if caplen > MAX_RECORD:
-                return n, (off - (PCAP_RECORD_LEN if cap.format == "pcap" else 28),
-                           f"corrupt record (length {caplen})")
-            end = off + caplen
+        for ts, off, caplen, wire in cap.records():
             if since is not None and ts < since:
                 continue
             n += 1
-            self._one(data, off, caplen, orig_of(data, off - 4)[0], ts)
-        self.stats.packets += 0  # counted in _one
-        if cap.truncated:
-            if cap.format == "pcap":
-                return n, (end, "truncated record")
-            return n, (_pcapng_stop(data), "truncated or corrupt block")
-        return n, None
+            one(data, off, caplen, wire, ts)
+        return n
 
     def _one(self, data: bytes | mmap.mmap, off: int, caplen: int, orig: int,
              ts: float) -> None:
@@ -258,52 +199,55 @@ class FlowTable:
             f[CURM] = m
             f[CURN] = 1
 
-    def _fused(self, cap: CaptureFile, data: bytes | mmap.mmap
-               ) -> tuple[int, tuple[int, str] | None]:
+    def _fused(self, cap: CaptureFile, data: bytes | mmap.mmap) -> int:
         """Little-endian classic pcap: one ``unpack_from`` reads the record header and the
         Ethernet/IPv4/TCP-UDP fields (the sensor's layouts); other frames go through
-        :meth:`_one`. Ports and the tag stay byte-swapped in the key."""
+        :meth:`_one`. Ports and the tag stay byte-swapped in the key.
+
+        The loop stops at the first record it cannot take whole (the file's last few bytes,
+        or damage) and hands the rest to :meth:`CaptureFile.records`, which walks the tail
+        and names any damage. Every :data:`RELEASE_EVERY` bytes it gives the pages behind
+        it back (:meth:`CaptureFile.release`), so memory does not grow with the file.
+        """
         head = struct.Struct("<" + PCAP_RECORD + FRAME_HEAD).unpack_from
         tagged = struct.Struct("<" + PCAP_RECORD + FRAME_HEAD_TAGGED)
         headv = tagged.unpack_from
-        rec = struct.Struct("<" + PCAP_RECORD).unpack_from
         div = 1e9 if cap.nanos else 1e6
         flows = self.flows
         get = flows.get
         macs = self.macs
         one = self._one
+        release = cap.release
         size = len(data)
-        limit = size - tagged.size
+        limit = size - tagged.size  # past this a fused read could run off the end
         rlen = PCAP_RECORD_LEN
+        maxrec = MAX_RECORD
         off = PCAP_FILE_HEADER_LEN
+        lim = min(limit, off + RELEASE_EVERY)
         n = 0
         fast = 0
         first = last = None
         ts = 0.0
-        stop: tuple[int, str] | None = None
-        while off + rlen <= size:
-            start = off
-            if off <= limit:
-                sec, frac, incl, orig, etype, vihl, frag, proto, sip, dip, sport, dport, \
-                    flags = head(data, off)
-                hl = 14
-                vid = 0
-                if etype == 0x0081:
-                    sec, frac, incl, orig, v, etype, vihl, frag, proto, sip, dip, sport, \
-                        dport, flags = headv(data, off)
-                    vid = _swap(v) & 0xFFF
-                    hl = 18
-            else:
-                sec, frac, incl, orig = rec(data, off)
-                etype = 0
-            if incl > MAX_RECORD:
-                stop = (start, f"corrupt record (length {incl})")
-                break
+        while True:
+            if off > lim:
+                if off > limit:
+                    break
+                release(off)
+                lim = min(limit, off + RELEASE_EVERY)
+                continue
+            sec, frac, incl, orig, etype, vihl, frag, proto, sip, dip, sport, dport, \
+                flags = head(data, off)
+            hl = 14
+            vid = 0
+            if etype == 0x0081:
+                sec, frac, incl, orig, v, etype, vihl, frag, proto, sip, dip, sport, \
+                    dport, flags = headv(data, off)
+                vid = _swap(v) & 0xFFF
+                hl = 18
             pk = off + rlen
+            if incl > maxrec or pk + incl > size:
+                break  # damage: the reader names it
             off = pk + incl
-            if off > size:
-                stop = (start, "truncated record")
-                break
             n += 1
             ts = sec + frac / div
             if first is None:
@@ -342,16 +286,16 @@ class FlowTable:
                     f[7] = True
                 continue
             one(data, pk, incl, orig, ts)
-        else:
-            if off != size:
-                stop = (off, "truncated record header")
         st = self.stats
         st.packets += fast
         st.ip_packets += fast
         if first is not None:
             st.first = first if st.first is None else min(st.first, first)
             st.last = last if st.last is None else max(st.last, last)  # type: ignore[type-var]
-        return n, stop
+        for ts, pk, incl, orig in cap.records(start=off):
+            n += 1
+            one(data, pk, incl, orig, ts)
+        return n
 
     def add_frames(self, batch: Iterable[tuple[bytes, float]]) -> None:
         """Frames from a live capture (``(frame, timestamp)``, no record header): the
@@ -454,52 +398,6 @@ def dns_answers(msg: bytes) -> list[tuple[bytes, str]]:
         if (rtype == 1 and rdlen == 4) or (rtype == 28 and rdlen == 16):
             out.append((rdata, qname or nm))
     return out
-
-
-def _gunzip(path: str) -> tuple[str, tuple[int, str] | None]:
-    """Decompress ``path`` (one or more gzip members) into a private temporary file; a
-    damaged or cut stream keeps everything decompressed before the damage and returns
-    ``(decompressed offset, what)``."""
-    fd, tmp = tempfile.mkstemp(prefix="labctl-traffic-", suffix=".pcap")
-    err: tuple[int, str] | None = None
-    written = 0
-    fed = 0  # compressed bytes given to the current member's decompressor
-    with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-        d = zlib.decompressobj(wbits=31)
-        try:
-            while chunk := src.read(1 << 20):
-                while chunk:
-                    fed += len(chunk)
-                    piece = d.decompress(chunk)
-                    out.write(piece)
-                    written += len(piece)
-                    chunk = b""
-                    if d.eof:
-                        chunk = d.unused_data
-                        d = zlib.decompressobj(wbits=31)
-                        fed = 0
-            if fed:
-                err = (written, "compressed stream ends early")
-        except zlib.error as e:
-            err = (written, f"compressed stream damaged ({e})")
-    return tmp, err
-
-
-def _pcapng_stop(data: bytes | mmap.mmap) -> int:
-    """Offset of the first pcapng block that does not fit (the block walk of CaptureFile,
-    repeated only to name the offset)."""
-    off = 0
-    n = len(data)
-    end = "<"
-    while off + 12 <= n:
-        btype = struct.unpack_from(end + "I", data, off)[0]
-        if btype == 0x0A0D0D0A:
-            end = "<" if struct.unpack_from("<I", data, off + 8)[0] == 0x1A2B3C4D else ">"
-        blen = struct.unpack_from(end + "I", data, off + 4)[0]
-        if blen < 12 or blen % 4 or off + blen > n:
-            return off
-        off += blen
-    return off
 
 
 def read_captures(paths: Iterable[str | Path], *, partial: bool = False,
