@@ -836,11 +836,34 @@ class SensorProbe:
                  user: str, password: Secret) -> None:
         self.ctx, self.driver, self.target = ctx, driver, target
         self.user, self.password = user, password
+        self._vm_cache: tuple[float, tuple[str | None, int | None, str]] | None = None
 
-    def vm_state(self) -> tuple[str | None, str]:
+    #: Hyper-V facts are one full read of the host: not more often than this (seconds)
+    VM_READ_INTERVAL = 30.0
+
+    def vm(self) -> tuple[str | None, int | None, str]:
+        """The sensor VM's state and Uptime (whole seconds) from Hyper-V facts, and what
+        was seen; ``(None, None, why)`` when there is no VM to watch. A read is reused for
+        :attr:`VM_READ_INTERVAL` seconds on the context's clock (a running VM's Uptime
+        advanced by the time since)."""
+        now = self.ctx.clock()
+        cached = self._vm_cache
+        if cached is not None and now - cached[0] < self.VM_READ_INTERVAL:
+            state, up, seen = cached[1]
+            if up is None or state != "Running":
+                return cached[1]
+            # between reads a running VM's Uptime advances with the clock
+            up += int(now - cached[0])
+            name = seen.split(":", 1)[0].removeprefix("VM ")
+            return state, up, vm_seen(name, state, up)
+        seen_now = self._read_vm()
+        self._vm_cache = (now, seen_now)
+        return seen_now
+
+    def _read_vm(self) -> tuple[str | None, int | None, str]:
         s = self.ctx.playbook.sensor
         if self.ctx.playbook.provider != "hyperv" or not s.vm:
-            return None, "no Hyper-V VM to watch"
+            return None, None, "no Hyper-V VM to watch"
         from labctl.app.providers import make_provider
         from labctl.core.errors import LabctlError
 
@@ -851,11 +874,16 @@ class SensorProbe:
             finally:
                 provider.close()
         except LabctlError as e:
-            return None, f"Hyper-V facts unreadable ({e.message})"
+            return None, None, f"Hyper-V facts unreadable ({e.message})"
         for vm in getattr(facts, "vms", []):
             if str(vm.name).lower() == str(s.vm).lower():
-                return str(vm.state), f"VM {vm.name}: {vm.state}"
-        return "Absent", f"VM {s.vm}: not on the host"
+                up = getattr(vm, "uptime_seconds", None)
+                return str(vm.state), up, vm_seen(str(vm.name), str(vm.state), up)
+        return "Absent", None, f"VM {s.vm}: not on the host"
+
+    def vm_state(self) -> tuple[str | None, str]:
+        state, _up, seen = self.vm()
+        return state, seen
 
     def tcp_open(self) -> tuple[bool, str]:
         import socket
@@ -937,9 +965,13 @@ def wait_phases(ctx: LabContext, probe: Any, *, signed_in: Callable[[float], Any
     first = _load_phase(loaded, url)
     if first > 0:
         # a VM that is off again (rebuilt, stopped) is not where the last run left it
-        state, _seen = probe.vm_state()
+        state, up, _seen = _vm_obs(probe)
         if state not in (None, "Running"):
             first = 0
+        elif (up is not None and up < INSTALLER_AUTOSELECT
+              and PHASE_NAMES.index("installer") < first <= PHASE_NAMES.index("installing")):
+            # restarted since (its Uptime began again): the installer boots again too
+            first = PHASE_NAMES.index("installer")
     total = len(PHASES)
     for i in range(first):
         name, _key, title = PHASES[i]
@@ -962,10 +994,12 @@ def wait_phases(ctx: LabContext, probe: Any, *, signed_in: Callable[[float], Any
                             str(getattr(result, "action", ""))))
             break
         while True:
-            done, seen = _phase_done(name, probe, ctx.clock(), vm_up_at)
+            done, seen, into = _phase_done(name, probe, ctx.clock(), vm_up_at)
             if name == "vm-running" and done:
                 vm_up_at = ctx.clock()
             elapsed = ctx.clock() - t0
+            if into is not None:  # the VM's Uptime knows better (a resumed run)
+                elapsed = max(elapsed, into)
             if done:
                 emit(PhaseEvent("done", name, i + 1, total, title, elapsed, deadline, seen))
                 break
@@ -989,28 +1023,60 @@ def wait_phases(ctx: LabContext, probe: Any, *, signed_in: Callable[[float], Any
     return result, ctx.clock() - start_all
 
 
+def vm_seen(name: str, state: str, uptime: int | None) -> str:
+    """``VM d4iot-sensor: Running, up 12m03s`` (the VM's state and Uptime as observed)."""
+    if uptime is None or state == "Off":
+        return f"VM {name}: {state}"
+    m, sec = divmod(int(uptime), 60)
+    h, m = divmod(m, 60)
+    up = f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
+    return f"VM {name}: {state}, up {up}"
+
+
+def _vm_obs(probe: Any) -> tuple[str | None, int | None, str]:
+    """The VM's state, Uptime (None: not known) and what was seen, from any probe (test
+    probes may only have ``vm_state``)."""
+    fn = getattr(probe, "vm", None)
+    if fn is not None:
+        state, up, seen = fn()
+        return state, up, seen
+    state, seen = probe.vm_state()
+    return state, None, seen
+
+
 def _phase_done(name: str, probe: Any, now: float, vm_up_at: float | None
-                ) -> tuple[bool, str]:
+                ) -> tuple[bool, str, float | None]:
+    """Whether phase ``name`` is over, what was seen, and how far into the phase the VM's
+    Uptime says it is (None when the Uptime is not known): the installer phase counts from
+    the VM's start, installing from the installer's auto-select, so a resumed run does not
+    start the install's deadline over."""
     if name == "vm-running":
-        state, seen = probe.vm_state()
+        state, _up, seen = _vm_obs(probe)
         if state is None:
-            return True, seen
-        return state == "Running", seen
+            return True, seen, None
+        return state == "Running", seen, None
     if name == "installer":
-        state, seen = probe.vm_state()
-        if state is None or vm_up_at is None:
-            return True, seen
+        state, up, seen = _vm_obs(probe)
+        if state is None or (vm_up_at is None and up is None):
+            return True, seen, None
         if state != "Running":
-            return False, seen
-        up = now - vm_up_at
+            return False, seen, None
         opened, tcp_seen = probe.tcp_open()
         if opened:  # already installed: the web UI port is open
-            return True, tcp_seen
-        return up >= INSTALLER_AUTOSELECT, f"{seen}, running for {up:.0f} s"
+            return True, tcp_seen if up is None else f"{seen}; {tcp_seen}", None
+        if up is not None:
+            return up >= INSTALLER_AUTOSELECT, seen, float(up)
+        assert vm_up_at is not None
+        running = now - vm_up_at
+        return running >= INSTALLER_AUTOSELECT, f"{seen}, running for {running:.0f} s", None
     if name == "installing":
         opened, seen = probe.tcp_open()
-        return opened, seen
+        state, up, vm_seen_ = _vm_obs(probe)
+        if up is None:
+            return opened, seen, None
+        into = max(0.0, up - INSTALLER_AUTOSELECT) if state == "Running" else None
+        return opened, f"{vm_seen_}; {seen}", None if opened else into
     if name == "web-ui":
         ok, seen = probe.http_answers()
-        return ok, seen
+        return ok, seen, None
     raise AssertionError(name)  # pragma: no cover

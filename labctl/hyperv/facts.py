@@ -164,6 +164,9 @@ class VmFacts(_F):
     name: str
     id: str = ""
     state: str = "Off"
+    #: Get-VM's Uptime in whole seconds (0 when off; it restarts at 0 on every start);
+    #: None when the facts did not report it
+    uptime_seconds: int | None = None
     notes: str | None = ""
     generation: int = 2
     cpu: int = 1

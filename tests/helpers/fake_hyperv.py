@@ -11,13 +11,20 @@ Every call is recorded. A fault can be injected at any write step k (1-based): a
 record (RemoteCommandError), an authentication failure (AuthError) or a timeout
 (ConnectTimeout), optionally *after* the step took effect (the host did it, the answer was
 lost). Parameters are checked against the script's own ``param(...)`` block.
+
+Each VM's Uptime is stateful, as Get-VM reports it: it counts on ``clock`` (inject a fake
+clock in tests) from the VM's start, is 0 while it is off, and restarts at 0 after a stop and
+a start (``uptime_seconds`` in the facts, whole seconds like the template's Floor).
 """
 
 from __future__ import annotations
 
 import copy
 import ipaddress
+import math
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +96,8 @@ class FakeHyperVHost:
     leak_in_errors: str | None = None  # a value a sloppy remote error message would echo
     closed: bool = False
     _ids: int = 0
+    #: what VM uptimes count on (time.monotonic; tests inject their clock)
+    clock: Callable[[], float] = time.monotonic
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -111,6 +120,7 @@ class FakeHyperVHost:
                                          "size_gb": 80.0}
         kali = h._new_vm("kali", 2, 4096, r"D:\VMs\kali.vhdx", "my pentest box")
         kali["state"] = "Running"
+        kali["started_at"] = h.clock()
         kali["adapters"].append(h._adapter("Network Adapter", "Default Switch"))
         h.isos.add(SENSOR_ISO.lower())
         return h
@@ -262,8 +272,7 @@ class FakeHyperVHost:
             "host_vnics": self.vnics if hv else [],
             "nats": self.nats,
             "nat_mappings": self.nat_mappings,
-            "vms": [{k: v for k, v in vm.items() if k != "dvd_drives"} for vm in self.vms]
-            if hv else [],
+            "vms": [self._vm_facts(vm) for vm in self.vms] if hv else [],
             "disk": {"path": vhd_path, "exists": True, "free_gb": self.free_gb.get(drive)},
             "isos": [{"path": i, "exists": i.lower() in self.isos}
                      for i in p.get("IsoPaths") or []],
@@ -534,8 +543,24 @@ class FakeHyperVHost:
                                "size_gb": info["size_gb"]})
         return {"changed": True, "name": p["Name"], "path": p["Path"]}
 
+    def _vm_facts(self, vm: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in vm.items() if k not in ("dvd_drives", "started_at")}
+        started = vm.get("started_at")
+        up = self.clock() - started if vm["state"] != "Off" and started is not None else 0.0
+        out["uptime_seconds"] = int(math.floor(max(0.0, up)))
+        return out
+
+    def set_clock(self, clock: Callable[[], float]) -> None:
+        """Count uptimes on ``clock`` from now on; running VMs keep their uptime so far."""
+        for vm in self.vms:
+            if vm["state"] != "Off" and vm.get("started_at") is not None:
+                vm["started_at"] = clock() - (self.clock() - vm["started_at"])
+        self.clock = clock
+
     def _do_vm_start(self, p: dict[str, Any]) -> dict[str, Any]:
         for vm in self._vm(p["Name"]):
+            if vm["state"] != "Running":
+                vm["started_at"] = self.clock()
             vm["state"] = "Running"
         return {"changed": True, "name": p["Name"], "state": "Running"}
 
@@ -544,6 +569,7 @@ class FakeHyperVHost:
         for vm in [v for v in self.vms if v["name"].lower() == p["Name"].lower()]:
             if _owned(vm["notes"], p["Lab"]) and vm["state"] != "Off":
                 vm["state"] = "Off"
+                vm["started_at"] = None
                 changed = True
         return {"changed": changed, "name": p["Name"], "state": "Off"}
 
