@@ -235,7 +235,8 @@ def format_rfc5424(doc: dict[str, Any], hostname: str) -> str:
 
 def _fields(doc: dict[str, Any]) -> list[tuple[str, object]]:
     keys = ("SrcIp", "SrcPort", "DstIp", "DstPort", "Protocol", "Vlan", "Packets", "Bytes",
-            "FirstSeen", "LastSeen", "SrcMac", "SrcName", "DstName")
+            "FirstSeen", "LastSeen", "SrcMac", "SrcName", "DstName", "PacketsIn", "BytesIn",
+            "FlowId", "FlowSeq")
     return [(k, doc[k]) for k in keys if doc.get(k) is not None]
 
 
@@ -248,7 +249,11 @@ def format_cef(doc: dict[str, Any], hostname: str) -> str:
            ("spt", doc["SrcPort"]), ("dpt", doc["DstPort"]), ("proto", doc["Protocol"]),
            ("cnt", doc["Packets"]), ("out", doc["Bytes"]), ("smac", doc["SrcMac"]),
            ("shost", doc["SrcName"]), ("dhost", doc["DstName"]),
-           ("cn1", doc["Vlan"]), ("cn1Label", "Vlan")]
+           ("cn1", doc["Vlan"]), ("cn1Label", "Vlan"), ("in", doc.get("BytesIn")),
+           ("cn2", doc.get("FlowId")),
+           ("cn2Label", "FlowId" if doc.get("FlowId") is not None else None),
+           ("cn3", doc.get("FlowSeq")),
+           ("cn3Label", "FlowSeq" if doc.get("FlowSeq") is not None else None)]
     body = " ".join(f"{k}={_cef_ext(v)}" for k, v in ext if v is not None)
     head = "|".join(_cef_header(x) for x in ("CEF:0", "labctl", "traffic", __version__,
                                               "flow", "Flow", 1))
