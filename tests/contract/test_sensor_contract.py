@@ -25,6 +25,8 @@ from labctl.sensor.base import (
     AlertSource,
     Connection,
     Device,
+    Flow,
+    FlowSource,
     PrepareResult,
     SensorDriver,
     SensorStatus,
@@ -63,6 +65,8 @@ def embedded_sensor(tmp: Path) -> Iterator[Emulated]:
             cap = CaptureFile(pcap)
             with api.sensor.lock:
                 api.sensor.replay(cap, cap.data)
+                rows = api.sensor.take_dirty()
+            api.store.write_batch(*rows)  # what serve's one-second flush does
 
         target = SensorTarget(base_url=api.url, token=Secret(api.token),
                               fingerprint=fingerprint(api.cert))
@@ -82,7 +86,7 @@ def _public(proto: type) -> list[str]:
 @pytest.mark.parametrize("kind", ["d4iot", "embedded"])
 def test_signatures_match_the_protocols(kind):
     cls = get_sensor_driver(kind)
-    for proto in (SensorDriver, AlertSource):
+    for proto in (SensorDriver, AlertSource, FlowSource):
         for name in _public(proto):
             want = inspect.getattr_static(proto, name)
             have = inspect.getattr_static(cls, name, None)
@@ -167,3 +171,20 @@ def test_shared_behaviour(kind, emulator, tmp_path):
         assert {c.first_device_id, c.second_device_id} == {ids[SCANNER_IP], ids[TARGET_IP]}
         assert isinstance(c.ports, tuple) and "SSH" in c.protocols
         assert c.discovered is not None and c.last_seen is not None
+
+        # flows (a FlowSource): the scan's SYN to 22 and the answer are one flow, opened by
+        # the scanner; the cursor returns each change once
+        assert isinstance(driver, FlowSource)
+        flows = driver.flows()
+        assert len(flows) == 40 and all(isinstance(f, Flow) for f in flows)
+        assert [f.seq for f in flows] == sorted(f.seq for f in flows)
+        (ssh,) = [f for f in flows if f.dport == 22]
+        assert (ssh.src, ssh.sport, ssh.dst, ssh.proto, ssh.vlan) == \
+            (SCANNER_IP, 40000, TARGET_IP, 6, 0)
+        assert (ssh.packets_out, ssh.packets_in) == (1, 1)
+        assert ssh.bytes_out > 0 and ssh.bytes_in > 0
+        assert abs(ssh.first - (T0 + 10 + 21 * 0.01) * 1000) <= 1  # the SYN to port 22
+        assert ssh.last == int((T0 + 11) * 1000)
+        assert driver.flows(after_seq=flows[-1].seq) == []
+        assert [f.id for f in driver.flows(after_seq=flows[9].seq, limit=5)] == \
+            [f.id for f in flows[10:15]]

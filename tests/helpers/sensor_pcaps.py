@@ -105,7 +105,8 @@ def write(path: Path, packets: Iterable, *, pcapng: bool = False) -> Path:
 
 def engines_file(tmp: Path, *, learning: bool | None = None, scanners: list[str] | None = None,
                  enable: Iterable[str] = (), rules: list[str] | None = None,
-                 idle_seconds: float | None = None, dedup_seconds: float | None = None) -> Path:
+                 idle_seconds: float | None = None, dedup_seconds: float | None = None,
+                 flows: dict | None = None) -> Path:
     """A copy of the shipped engines.yaml with some settings changed."""
     import yaml
 
@@ -123,6 +124,8 @@ def engines_file(tmp: Path, *, learning: bool | None = None, scanners: list[str]
         doc["detections"]["no_traffic"]["idle_seconds"] = idle_seconds
     if dedup_seconds is not None:
         doc["dedup_seconds"] = dedup_seconds
+    if flows is not None:
+        doc["flows"] = flows
     doc["rules"] = rules if rules is not None else [str(src.parent / "rules" / "*.yaml")]
     out = tmp / "engines.yaml"
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
