@@ -277,3 +277,21 @@ def test_interrupt_stops_cleanly_with_the_cursor_saved(api, tmp_path: Path,
     cur = json.loads((_isolated_state / "labs" / "alerts" / "traffic-export-cursor.json")
                      .read_text())["sinks"][f"jsonl:{out}"]
     assert cur["alert_id"] == n
+
+
+def test_pcap_export_with_the_sensors_alerts(cli_run, api, tmp_path: Path) -> None:
+    from tests.helpers.traffic_pcaps import write_pcap
+    from tests.test_traffic_report import frames
+
+    pcap = write_pcap(tmp_path / "lab.pcap", frames())
+    out = tmp_path / "records.jsonl"
+    pb = playbook(tmp_path, api.url)
+    r = cli_run("traffic", "export", "--pcap", str(pcap), "--alerts", "-f", str(pb),
+                "--jsonl", str(out), env={"LABCTL_SENSOR_TOKEN": api.token})
+    assert r.exit_code == 0, r
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["RecordType"] for x in rows] == ["flow"] * 20 + ["alert"] * 3
+    assert "20 flows and 3 alerts" in r.stderr
+    r = cli_run("traffic", "export", "--sensor", "--alerts", "-f", str(pb), "--jsonl",
+                str(out), env={"LABCTL_SENSOR_TOKEN": api.token})
+    assert r.exit_code == 2 and "--alerts" in r.stderr

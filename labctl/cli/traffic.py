@@ -64,7 +64,8 @@ def _sources(f: Any) -> Any:
 @click.option("--switch", metavar="NAME", default=None,
               help="The virtual switch for --host-capture.")
 @click.option("--sensor", is_flag=True,
-              help="Use the playbook's sensor (devices and connections: a coarse view).")
+              help="Use the playbook's sensor: its flow records (embedded sensor), else its "
+                   "devices and connections (a coarse view).")
 @click.option("--html", "html", metavar="FILE", default=None,
               help="Also write the report as one self-contained HTML file.")
 @json_option
@@ -290,8 +291,15 @@ def _render(doc: dict[str, Any]) -> None:
 
     con = Console(highlight=False)
     src = doc["sources"]
-    head = (f"{len(src.get('files', []))} capture(s), {src.get('packets', 0)} packets, "
-            f"{src.get('first')} .. {src.get('last')}")
+    if src.get("kind") == "sensor-flows":
+        head = (f"{src.get('flows')} flows from {src.get('sensor')}, {src.get('packets')} "
+                f"packets, {src.get('first')} .. {src.get('last')}")
+    elif src.get("kind") == "sensor":
+        head = (f"{src.get('devices')} devices and {src.get('connections')} connections "
+                f"from {src.get('sensor')}")
+    else:
+        head = (f"{len(src.get('files', []))} capture(s), {src.get('packets', 0)} packets, "
+                f"{src.get('first')} .. {src.get('last')}")
     con.print(head)
     if src.get("missing"):
         con.print(f"[yellow]coarse view from {src.get('sensor')}[/]: the sensor's devices and "
