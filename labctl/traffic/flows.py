@@ -8,8 +8,11 @@ the header layouts and parser of :mod:`labctl.sensor.parse`. What this module ad
 the per-flow accounting, and DNS answers (A and AAAA records in UDP from port 53) for names,
 since the header parser stops at the transport header.
 
-Memory grows with the number of flows and of active minutes per flow, not with packets: a
-flow is one list of counters plus a ``{minute: packets}`` dict.
+Memory grows with the number of flows and of active minutes per flow, not with packets:
+the capture is read through bounded windows of its mapping (the pages behind the walk are
+given back), and a flow is one list of counters plus its per-minute activity, packed as
+``(minute, packets)`` pairs in one ``array('q')`` (16 bytes per active minute) and handed
+to the report as a read-only :class:`MinuteCounts` mapping over that array (no copy).
 
 A flow is directed: ``(vlan, src, dst, proto, sport, dport)``. In the fused loop ports and
 the VLAN id are kept as read by one little-endian ``unpack_from`` (byte-swapped) and swapped
@@ -19,8 +22,11 @@ back once per flow in :meth:`FlowTable.records`.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from array import array
+from bisect import bisect_left
+from collections.abc import ItemsView, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from operator import ge
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,15 +62,85 @@ from labctl.sensor.pcap import (
 if TYPE_CHECKING:
     import mmap
 
-__all__ = ["MAX_RECORD", "CaptureError", "FlowRecord", "FlowTable", "SourceStats",
-           "dns_answers", "read_captures"]
+__all__ = ["MAX_RECORD", "CaptureError", "FlowRecord", "FlowTable", "MinuteCounts",
+           "SourceStats", "dns_answers", "read_captures"]
 
 # flow list slots
 PK, BY, FIRST, LAST, MINS, CURM, CURN, SYN = range(8)
 
 
+def _new_pairs() -> array[int]:
+    return array("q")
+
+
 def _swap(p: int) -> int:
     return ((p & 0xFF) << 8) | (p >> 8)
+
+
+class _MinuteItems(ItemsView[int, int]):
+    _mapping: MinuteCounts
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        m = self._mapping
+        a = m.pairs
+        yield from zip(a[0:m.end:2], a[1:m.end:2], strict=True)
+        if m.n:
+            yield m.cur, m.n
+
+
+class MinuteCounts(Mapping[int, int]):
+    """A flow's ``{epoch minute: packets}``, read-only, over a packed ``array('q')`` of
+    ``minute, packets`` pairs with strictly increasing minutes (16 bytes per entry where a
+    dict takes about 90), plus the open last minute ``cur`` with ``n`` packets.
+
+    The array is the flow table's own (not copied); only its first ``end`` items belong
+    to this view."""
+
+    __slots__ = ("cur", "end", "n", "pairs")
+
+    def __init__(self, pairs: array[int], cur: int = 0, n: int = 0) -> None:
+        self.pairs = pairs
+        self.end = len(pairs)
+        self.cur = cur
+        self.n = n
+
+    @classmethod
+    def of(cls, pairs: array[int], cur: int, n: int) -> MinuteCounts:
+        """From the pairs appended while reading (in packet order) and the open minute
+        ``cur`` with ``n`` packets: sorted and merged only when packets came out of order."""
+        keys = pairs[0::2]
+        if not keys or (keys[-1] < cur and not any(map(ge, keys, keys[1:]))):
+            return cls(pairs, cur, n)
+        merged: dict[int, int] = {cur: n}
+        for m, c in zip(keys, pairs[1::2], strict=True):
+            merged[m] = merged.get(m, 0) + c
+        a = array("q")
+        for m in sorted(merged):
+            a.append(m)
+            a.append(merged[m])
+        return cls(a)
+
+    def __getitem__(self, minute: int) -> int:
+        if self.n and minute == self.cur:
+            return self.n
+        keys = self.pairs[0:self.end:2]
+        i = bisect_left(keys, minute)
+        if i < len(keys) and keys[i] == minute:
+            return self.pairs[2 * i + 1]
+        raise KeyError(minute)
+
+    def __iter__(self) -> Iterator[int]:
+        for m, _c in self.items():
+            yield m
+
+    def __len__(self) -> int:
+        return self.end // 2 + (1 if self.n else 0)
+
+    def items(self) -> ItemsView[int, int]:
+        return _MinuteItems(self)
+
+    def __repr__(self) -> str:
+        return f"MinuteCounts({dict(self.items())!r})"
 
 
 @dataclass(frozen=True)
@@ -81,8 +157,8 @@ class FlowRecord:
     bytes: int
     first: float
     last: float
-    #: epoch minute -> packets in that minute
-    minutes: dict[int, int] = field(compare=False)
+    #: epoch minute -> packets in that minute (a :class:`MinuteCounts` from captures)
+    minutes: Mapping[int, int] = field(compare=False)
     #: a TCP SYN without ACK was sent on this flow (src opened the connection)
     syn: bool = False
 
@@ -180,7 +256,7 @@ class FlowTable:
         m = int(ts) // 60
         f = self.flows.get(key)
         if f is None:
-            self.flows[key] = [1, orig, ts, ts, {}, m, 1, syn]
+            self.flows[key] = [1, orig, ts, ts, array("q"), m, 1, syn]
             self.macs.setdefault(key[1], smac)
             return
         f[PK] += 1
@@ -194,8 +270,7 @@ class FlowTable:
         if m == f[CURM]:
             f[CURN] += 1
         else:
-            mins = f[MINS]
-            mins[f[CURM]] = mins.get(f[CURM], 0) + f[CURN]
+            f[MINS].extend((f[CURM], f[CURN]))
             f[CURM] = m
             f[CURN] = 1
 
@@ -218,6 +293,7 @@ class FlowTable:
         macs = self.macs
         one = self._one
         release = cap.release
+        new_pairs = _new_pairs
         size = len(data)
         limit = size - tagged.size  # past this a fused read could run off the end
         rlen = PCAP_RECORD_LEN
@@ -264,7 +340,7 @@ class FlowTable:
                 m = sec // 60
                 f = get(key)
                 if f is None:
-                    flows[key] = [1, orig, ts, ts, {}, m, 1,
+                    flows[key] = [1, orig, ts, ts, new_pairs(), m, 1,
                                   proto == 6 and (flags & 0x12) == 0x02]
                     if sip not in macs:
                         macs[sip] = data[pk + 6:pk + 12]
@@ -278,8 +354,7 @@ class FlowTable:
                 if m == f[5]:
                     f[6] += 1
                 else:
-                    mins = f[4]
-                    mins[f[5]] = mins.get(f[5], 0) + f[6]
+                    f[4].extend((f[5], f[6]))
                     f[5] = m
                     f[6] = 1
                 if flags & 0x12 == 0x02:
@@ -337,8 +412,7 @@ class FlowTable:
         """The flows as plain records (ports and VLAN swapped back where needed)."""
         out = []
         for (vlan, sip, dip, proto, sport, dport), f in self.flows.items():
-            mins = dict(f[MINS])
-            mins[f[CURM]] = mins.get(f[CURM], 0) + f[CURN]
+            mins = MinuteCounts.of(f[MINS], f[CURM], f[CURN])
             if proto in (6, 17) and sport >= 0:
                 sport, dport = _swap(sport), _swap(dport)
             out.append(FlowRecord(vlan, ip_str(sip), ip_str(dip), proto, sport, dport,
