@@ -118,6 +118,60 @@ def test_without_a_banner_the_kernel_is_unknown_or_given(env, tmp_path):
         assert rep.kernel_source == "given" and "CVE-2022-0847" in rep.known_cves
 
 
+def test_a_debian_backport_below_the_upstream_fix_is_not_reported(env, tmp_path):
+    """Debian 11 shipped the Dirty Pipe fix in 5.10.92-2 (DSA-5092-1), before upstream
+    5.10.102: the package version decides for a Bullseye kernel."""
+    with FakeSensorCli(password=PASSWORD, kernel_release="5.10.0-11-amd64",
+                       kernel_package="5.10.92-2") as fake:
+        rep = _run(fake, tmp_path)
+    found = {c.cve: c for c in rep.cves}
+    assert rep.kernel == "5.10.92"
+    assert found["CVE-2022-0847"].affected is False
+    assert "5.10.92-2" in found["CVE-2022-0847"].note
+    # CVE-2024-1086 has no Debian entry: by upstream 5.10.92 < 5.10.209, affected
+    assert found["CVE-2024-1086"].affected is True and rep.exit_code == 4
+    with FakeSensorCli(password=PASSWORD, kernel_release="5.10.0-11-amd64",
+                       kernel_package="5.10.92-1") as fake:
+        rep = _run(fake, tmp_path)
+    assert {c.cve: c.affected for c in rep.cves}["CVE-2022-0847"] is True
+
+
+def test_the_cve_table_rows_as_checked():
+    """The rows' versions as docs/sensor.md says they were checked (and where not)."""
+    table = {c.cve: c for c in A.load_cves()}
+    v = A.parse_kernel_version
+    dp, cow, nft = table["CVE-2022-0847"], table["CVE-2016-5195"], table["CVE-2024-1086"]
+    assert dp.introduced == (5, 8, 0)
+    assert set(dp.fixed) == {(5, 10, 102), (5, 15, 25), (5, 16, 11)}
+    assert dp.debian_fixed == {"bullseye": "5.10.92-2"}
+    assert cow.introduced == (2, 6, 22) and set(cow.fixed) == {(4, 4, 26), (4, 7, 9),
+                                                               (4, 8, 3)}
+    assert nft.introduced == (3, 15, 0)
+    assert {(5, 10, 209), (5, 15, 149), (6, 1, 76), (6, 6, 15), (6, 7, 3)} <= set(nft.fixed)
+    # 3.15 up to the fixes: affected; the fixed releases and later: not
+    assert not nft.affects(v("3.14.79")) and nft.affects(v("3.15"))
+    for fixed in ("5.10.209", "5.15.149", "6.1.76", "6.6.15", "6.7.3"):
+        f = v(fixed)
+        assert nft.affects((*f[:2], f[2] - 1)) and not nft.affects(f), fixed
+    assert not nft.affects(v("6.8")) and not nft.affects(v("6.12.1"))
+    # unverified branches err towards "affected": 5.4.268 and every 4.19 kernel
+    assert nft.affects(v("5.4.268")) and not nft.affects(v("5.4.269"))
+    assert nft.affects(v("4.19.320"))
+    for c in table.values():
+        assert any("git.kernel.org" in s for s in c.sources), c.cve
+        assert any("nvd.nist.gov" in s for s in c.sources), c.cve
+        assert c.debian_tracker and c.debian_tracker.startswith(
+            "https://security-tracker.debian.org/tracker/")
+
+
+def test_debian_version_comparison_follows_dpkg():
+    cmp = A.debian_version_cmp
+    assert cmp("5.10.92-2", "5.10.92-2") == 0
+    assert cmp("5.10.92-1", "5.10.92-2") < 0 < cmp("5.10.102-1", "5.10.92-2")
+    assert cmp("5.10.92-2~bpo11+1", "5.10.92-2") < 0 < cmp("5.10.92-2+deb11u1", "5.10.92-2")
+    assert cmp("1:4.19.1-1", "5.10.1-1") > 0
+
+
 def test_cve_ranges():
     table = {c.cve: c for c in A.load_cves()}
     dp = table["CVE-2022-0847"]

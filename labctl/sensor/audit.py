@@ -52,6 +52,10 @@ DEBIAN_SERIES = {"4.9": "Debian 9 (Stretch)", "4.19": "Debian 10 (Buster)",
                  "5.10": "Debian 11 (Bullseye)", "6.1": "Debian 12 (Bookworm)",
                  "6.12": "Debian 13 (Trixie)"}
 
+#: the Debian suite whose kernels are of each upstream series (for ``debian_fixed``)
+DEBIAN_SUITE = {"4.9": "stretch", "4.19": "buster", "5.10": "bullseye", "6.1": "bookworm",
+                "6.12": "trixie"}
+
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]")
 _VERSION = re.compile(r"^\s*Version:\s*(\S+)", re.M)
 _SERVICE = re.compile(r"^\s*\[(?P<mark>[^\]]{1,2})\]\s*(?P<name>[^|]+?)\s*\|\s*(?P<detail>.*?)\s*$",
@@ -130,6 +134,72 @@ def parse_uname(text: str) -> tuple[str | None, str | None, str | None]:
     return m["release"], upstream, DEBIAN_SERIES.get(series, "Debian")
 
 
+def parse_debian_package(text: str) -> tuple[str | None, str | None]:
+    """Debian's motd ``uname`` line -> (suite, kernel package version), e.g. ("bullseye",
+    "5.10.92-2"); (None, None) without one."""
+    m = _UNAME.search(text)
+    if not m:
+        return None, None
+    series = ".".join(m["upstream"].split(".")[:2])
+    return DEBIAN_SUITE.get(series), f"{m['upstream']}-{m['rev']}"
+
+
+def _dpkg_part_cmp(a: str, b: str) -> int:
+    """dpkg's verrevcmp for one part (upstream or revision): non-digits lexically with ``~``
+    before everything (letters before other characters), digits numerically."""
+
+    def order(c: str) -> int:
+        if c == "~":
+            return -1
+        if c.isdigit():
+            return 0
+        if c.isalpha():
+            return ord(c)
+        return ord(c) + 256
+
+    i = j = 0
+    while i < len(a) or j < len(b):
+        first_diff = 0
+        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
+            ac = order(a[i]) if i < len(a) and not a[i].isdigit() else 0
+            bc = order(b[j]) if j < len(b) and not b[j].isdigit() else 0
+            if ac != bc:
+                return -1 if ac < bc else 1
+            i += i < len(a) and not a[i].isdigit()
+            j += j < len(b) and not b[j].isdigit()
+        while i < len(a) and a[i] == "0":
+            i += 1
+        while j < len(b) and b[j] == "0":
+            j += 1
+        while i < len(a) and a[i].isdigit() and j < len(b) and b[j].isdigit():
+            if not first_diff:
+                first_diff = ord(a[i]) - ord(b[j])
+            i += 1
+            j += 1
+        if i < len(a) and a[i].isdigit():
+            return 1
+        if j < len(b) and b[j].isdigit():
+            return -1
+        if first_diff:
+            return -1 if first_diff < 0 else 1
+    return 0
+
+
+def debian_version_cmp(a: str, b: str) -> int:
+    """Compare two Debian package versions (``[epoch:]upstream[-revision]``) like dpkg."""
+
+    def split(v: str) -> tuple[int, str, str]:
+        epoch, _, rest = v.rpartition(":") if ":" in v else ("0", "", v)
+        up, _, rev = rest.rpartition("-") if "-" in rest else (rest, "", "0")
+        return int(epoch or 0), up, rev
+
+    ea, ua, ra = split(a)
+    eb, ub, rb = split(b)
+    if ea != eb:
+        return -1 if ea < eb else 1
+    return _dpkg_part_cmp(ua, ub) or _dpkg_part_cmp(ra, rb)
+
+
 # ---- the CVE table --------------------------------------------------------------------------
 
 Version = tuple[int, ...]
@@ -153,6 +223,15 @@ class KnownCve:
     fixed: tuple[Version, ...]
     sources: tuple[str, ...]
     debian_tracker: str | None = None
+    #: suite -> the first fixed Debian kernel package version (a backport below upstream's)
+    debian_fixed: Mapping[str, str] = field(default_factory=dict)
+
+    def affects_debian(self, suite: str | None, package: str | None) -> bool | None:
+        """By the Debian package version when this row knows the suite's fix, else None."""
+        fixed = self.debian_fixed.get(suite or "")
+        if fixed is None or package is None:
+            return None
+        return debian_version_cmp(package, fixed) < 0
 
     def affects(self, v: Version) -> bool:
         if v < self.introduced:
@@ -204,10 +283,17 @@ def load_cves(path: Path | None = None) -> list[KnownCve]:
         except UsageError as e:
             raise bad(e.message, "fixed") from None
         tracker = row.get("debian_tracker")
+        deb = row.get("debian_fixed") or {}
+        if not isinstance(deb, dict) or not all(
+                isinstance(k, str) and isinstance(v, str)
+                and re.fullmatch(r"\d+\.\d+(?:\.\d+)?-[\w.+~]+", v) for k, v in deb.items()):
+            raise bad("a mapping of Debian suite to package version, e.g. "
+                      "{bullseye: 5.10.92-2}", "debian_fixed")
         out.append(KnownCve(cve=str(row["cve"]), name=str(row["name"]),
                             summary=str(row["summary"]), introduced=introduced, fixed=fixed,
                             sources=tuple(srcs),
-                            debian_tracker=str(tracker) if tracker else None))
+                            debian_tracker=str(tracker) if tracker else None,
+                            debian_fixed=dict(deb)))
     return out
 
 
@@ -298,13 +384,24 @@ class AuditReport:
         }
 
 
-def check_kernel(kernel: str | None, table: Iterable[KnownCve]) -> list[CveFinding]:
+def check_kernel(kernel: str | None, table: Iterable[KnownCve], *,
+                 debian_suite: str | None = None,
+                 debian_package: str | None = None) -> list[CveFinding]:
+    """Each row against the kernel: by its Debian package version where the row knows that
+    suite's (backported) fix, else by the upstream version."""
     if kernel is None:
         return [CveFinding(c.cve, c.name, None, c.sources, "kernel version unknown")
                 for c in table]
     v = parse_kernel_version(kernel)
     out = []
     for c in table:
+        by_deb = c.affects_debian(debian_suite, debian_package)
+        if by_deb is not None:
+            fixed = c.debian_fixed[debian_suite or ""]
+            note = (f"by the Debian package {debian_package} against {debian_suite}'s fix in "
+                    f"{fixed}")
+            out.append(CveFinding(c.cve, c.name, by_deb, c.sources, note))
+            continue
         hit = c.affects(v)
         note = ""
         if hit and c.debian_tracker:
@@ -466,7 +563,9 @@ def audit_cli(cli: AdminCli, *, interval: float, sleep: Callable[[float], None],
     elif upstream is not None:
         rep.kernel, rep.kernel_source = upstream, f"login banner ({release})"
     rep.os_base = os_base
-    rep.cves = check_kernel(rep.kernel, table if table is not None else load_cves())
+    suite, package = parse_debian_package(cli.banner) if kernel is None else (None, None)
+    rep.cves = check_kernel(rep.kernel, table if table is not None else load_cves(),
+                            debian_suite=suite, debian_package=package)
     return rep
 
 
