@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from labctl.core.errors import AuthError, LabctlError, UsageError
+from labctl.core.errors import AuthError, LabctlError
 from labctl.core.secrets import PromptFn
 from labctl.transport import pswrap
 from labctl.transport.powershell import RenderedScript
@@ -43,16 +43,9 @@ class SshRunner:
         self._conn: SshConnection | None = None
 
     def _target(self) -> SshTarget:
-        cfg = self.cfg
-        if not cfg.user:
-            raise UsageError("hyperv.user is required for the ssh transport",
-                             hint="set hyperv.user to the Windows account (e.g. LAB\\labadmin)")
-        password = None
-        if cfg.password is not None and not cfg.ssh_key:
-            password = cfg.password.resolve(f"password for {cfg.user}@{cfg.host}", self.prompt_fn)
-        return SshTarget(user=cfg.user, host=cfg.host, port=cfg.effective_port or 22,
-                         key_filename=cfg.ssh_key, known_hosts=cfg.ssh_known_hosts,
-                         password=password, timeout=min(float(cfg.timeout), CONNECT_TIMEOUT))
+        from labctl.transport.tunnel import host_ssh_target
+
+        return host_ssh_target(self.cfg, self.prompt_fn, purpose="for the ssh transport")
 
     def run(self, script: RenderedScript) -> Any:
         """Run one script; return its single JSON document (parsed)."""

@@ -29,6 +29,7 @@ paramiko is imported lazily, inside the functions, so importing this module is c
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -209,8 +210,15 @@ def _quiet_paramiko() -> None:
         lg.addHandler(logging.NullHandler())
 
 
-def connect_client(target: SshTarget) -> paramiko.SSHClient:
-    """Open an authenticated paramiko ``SSHClient`` with host-key checking on."""
+def connect_client(target: SshTarget, *, sock: Any = None,
+                   look_for_keys: bool | None = None) -> paramiko.SSHClient:
+    """Open an authenticated paramiko ``SSHClient`` with host-key checking on.
+
+    ``sock``: an already open socket-like transport to ``target`` (e.g. a ``direct-tcpip``
+    channel through a jump host, :func:`labctl.transport.tunnel.ssh_through`) instead of a
+    new TCP connection; the host key is still checked under ``target.host:target.port``.
+    ``look_for_keys``: try the user's ~/.ssh keys (default: only when neither a key file nor
+    a password is given). Errors are translated (:class:`HostKeyError`, AuthError, ...)."""
     import paramiko
 
     _quiet_paramiko()
@@ -223,27 +231,32 @@ def connect_client(target: SshTarget) -> paramiko.SSHClient:
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     key = os.path.expanduser(target.key_filename) if target.key_filename else None
     password = target.password.reveal() if target.password is not None else None
-    log.debug("ssh connect %s", target.where)
-    sock = None
+    if look_for_keys is None:
+        look_for_keys = key is None and password is None
+    log.debug("ssh connect %s%s", target.where, " (through a given channel)" if sock else "")
+    own = sock is None
     try:
-        # Our own socket, so TCP_NODELAY is on: SSH's small request/reply packets otherwise
-        # meet Nagle + delayed ACK and each handshake round trip can cost ~40 ms.
-        sock = socket.create_connection((target.host, target.port), timeout=target.timeout)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # pragma: no cover - not a TCP socket
-            pass
+        if own:
+            # Our own socket, so TCP_NODELAY is on: SSH's small request/reply packets
+            # otherwise meet Nagle + delayed ACK and each handshake round trip can cost ~40 ms.
+            sock = socket.create_connection((target.host, target.port),
+                                            timeout=target.timeout)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # pragma: no cover - not a TCP socket
+                pass
         client.connect(
             target.host, port=target.port, username=target.user, password=password,
             key_filename=key, timeout=target.timeout, banner_timeout=target.timeout,
             auth_timeout=target.timeout, channel_timeout=target.timeout,
-            allow_agent=key is None, look_for_keys=key is None and password is None,
+            allow_agent=key is None, look_for_keys=look_for_keys,
             sock=sock,
         )
     except Exception as e:  # translated at the boundary
         client.close()
         if sock is not None:
-            sock.close()
+            with contextlib.suppress(Exception):
+                sock.close()
         err = _translate_connect_error(target, e)
         raise err from None
     finally:

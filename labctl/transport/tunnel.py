@@ -46,13 +46,17 @@ _TICK = 0.2  # how often idle loops look at the stop flag
 _JOIN = 5.0  # how long close() waits for each worker thread
 
 
-def host_ssh_target(cfg: HyperVHost, prompt_fn: PromptFn | None = None) -> SshTarget:
+def host_ssh_target(cfg: HyperVHost, prompt_fn: PromptFn | None = None, *,
+                    purpose: str = "to reach the sensor through the host over SSH"
+                    ) -> SshTarget:
     """The SSH login to the Hyper-V host from its playbook settings (``hyperv.user``,
-    ``ssh_key``, ``ssh_known_hosts``, ``password`` when no key file is set, ``timeout``), the
-    same settings the ``ssh`` PowerShell transport uses. The port is ``hyperv.port`` when the
-    transport is ssh, else 22 (a WinRM port is not an SSH port)."""
+    ``ssh_key``, ``ssh_known_hosts``, ``password`` when no key file is set, ``timeout``): the
+    one place that builds it, for the ``ssh`` PowerShell transport
+    (:class:`labctl.transport.ssh.SshRunner`) and the sensor's tunnel alike. The port is
+    ``hyperv.port`` when the transport is ssh, else 22 (a WinRM port is not an SSH port).
+    ``purpose`` completes the error when ``hyperv.user`` is missing."""
     if not cfg.user:
-        raise UsageError("hyperv.user is required to reach the sensor through the host over SSH",
+        raise UsageError(f"hyperv.user is required {purpose}",
                          hint="set hyperv.user to the Windows account (e.g. LAB\\labadmin)")
     password = None
     if cfg.password is not None and not cfg.ssh_key:
@@ -241,12 +245,8 @@ def ssh_through(jump: SshTarget, target: SshTarget) -> Iterator[paramiko.SSHClie
     ``direct-tcpip`` channel from the jump host to ``target.host:target.port`` carries the
     second SSH session. The target's host key is checked under its own name and port (its
     known_hosts entry), never under a local address; both logins close in ``finally``."""
-    import paramiko
-
-    from labctl.transport import sshexec
-
     jump_client = connect_client(jump)
-    client = paramiko.SSHClient()
+    client: paramiko.SSHClient | None = None
     try:
         transport = jump_client.get_transport()
         if transport is None:  # pragma: no cover - connect_client returns a live client
@@ -259,23 +259,11 @@ def ssh_through(jump: SshTarget, target: SshTarget) -> Iterator[paramiko.SSHClie
                 REDACTOR.scrub(f"{jump.where} could not open a channel to {target.host}:"
                                f"{target.port}: {e}"),
                 hint="is the sensor up, and its SSH port reachable from the host?") from None
-        sshexec._load_host_keys(client, target)
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        key = target.key_filename
-        password = target.password.reveal() if target.password is not None else None
-        try:
-            client.connect(target.host, port=target.port, username=target.user,
-                           password=password, key_filename=key, timeout=target.timeout,
-                           banner_timeout=target.timeout, auth_timeout=target.timeout,
-                           channel_timeout=target.timeout, allow_agent=key is None,
-                           look_for_keys=False, sock=chan)
-        except Exception as e:  # translated at the boundary
-            raise sshexec._translate_connect_error(target, e) from None
-        finally:
-            password = None
+        client = connect_client(target, sock=chan, look_for_keys=False)
         yield client
     finally:
-        client.close()
+        if client is not None:
+            client.close()
         jump_client.close()
 
 
