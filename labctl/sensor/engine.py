@@ -509,6 +509,8 @@ class Sensor:
                 if n:
                     f0: FlowRecord = d[D_FLOW]
                     mins = f0.minutes
+                    if mins is None:
+                        mins = f0.minutes = {}
                     mins[om] = mins.get(om, 0) + n
                     if len(mins) > self.flow_window:
                         lo = m - self.flow_window
@@ -534,7 +536,7 @@ class Sensor:
                 d = f.inn
             else:
                 while len(self.flows) >= self.flow_max and self.flow_lru:
-                    self._evict(next(iter(self.flow_lru.values())))
+                    self._evict(self.flow_lru.popitem(last=False)[1])
                 ported = key[2] >= 0
                 if p[6] == 6 and p[9] & 0x12 == 0x12:
                     # the first packet seen is a SYN-ACK: its receiver sent the SYN
@@ -547,20 +549,27 @@ class Sensor:
                     d = f.out
                 self._next_flow += 1
                 self.flows[f.key] = f
-                self.flow_lru[f.id] = f
+                self.flow_lru[f.id] = f  # at the end already: no touch needed
+                self.dirty_flows[f.id] = f
+                d[D_MIN] = self._fminute
+                d[D_STAMP] = self.flow_tick[2]
         d[D_DEV] = dev if isinstance(dev, Device) else None
         self.flow_dirs[key] = d
         return d
 
     def _evict(self, f: FlowRecord) -> None:
+        """Drop ``f`` (already taken off the LRU order by the caller, or not)."""
         self.flows.pop(f.key, None)
-        for d, k in ((f.out, f.key), (f.inn, reverse_key(f.key))):
-            if self.flow_dirs.get(k) is d:
-                del self.flow_dirs[k]
-            dev = d[D_DEV]
-            if dev is not None and d[D_PK] and d[D_LAST] > dev.last_seen:
-                dev.last_seen = d[D_LAST]
-                self.dirty_devices.add(dev.id)
+        fd = self.flow_dirs
+        for d in (f.out, f.inn):
+            if d[D_PK]:
+                k = f.key if d is f.out else reverse_key(f.key)
+                if fd.get(k) is d:
+                    del fd[k]
+                dev = d[D_DEV]
+                if dev is not None and d[D_LAST] > dev.last_seen:
+                    dev.last_seen = d[D_LAST]
+                    self.dirty_devices.add(dev.id)
         self.flow_lru.pop(f.id, None)
         self.dirty_flows.pop(f.id, None)
         if f.stored:
@@ -847,8 +856,7 @@ class Sensor:
             if f.key in self.flows:
                 continue
             while len(self.flows) >= self.flow_max and self.flow_lru:
-                old = next(iter(self.flow_lru.values()))
-                self._evict(old)
+                self._evict(self.flow_lru.popitem(last=False)[1])
             self.flows[f.key] = f
             self.flow_lru[f.id] = f
             self.flow_seq = max(self.flow_seq, f.seq)

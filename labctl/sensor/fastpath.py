@@ -209,7 +209,7 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
     limit = size - tagged.size  # past this offset a fused read could run off the end
     off = PCAP_FILE_HEADER_LEN
     n = 0
-    fast = 0
+    slow = 0
     bad = 0
     vl = 0
     ts = sensor.last_ts
@@ -246,12 +246,12 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
                             d[2] = ts
                             if d[3] is not fstamp:
                                 touch(d)
-                            fast += 1
                             continue
                     # the fields are already read: build the parse tuple directly
                     process((vl, data[pk + 6:pk + 12], data[pk:pk + 6], K_IPV4, sip, dip, 6,
                              (sport & 0xFF) << 8 | sport >> 8,
                              (dport & 0xFF) << 8 | dport >> 8, flags), ts, orig)
+                    slow += 1
                     flo, fhi, fstamp = sensor.flow_tick
                     continue
                 if proto == 17 and incl >= hl + 28:
@@ -266,11 +266,11 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
                         d[2] = ts
                         if d[3] is not fstamp:
                             touch(d)
-                        fast += 1
                         continue
                     process((vl, data[pk + 6:pk + 12], data[pk:pk + 6], K_IPV4, sip, dip, 17,
                              (sport & 0xFF) << 8 | sport >> 8,
                              (dport & 0xFF) << 8 | dport >> 8, 0), ts, orig)
+                    slow += 1
                     flo, fhi, fstamp = sensor.flow_tick
                     continue
         else:
@@ -287,10 +287,12 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
             bad += 1
             continue
         process(p, ts, orig)
+        slow += 1
         flo, fhi, fstamp = sensor.flow_tick
     else:
         if off != size:
             capture.truncated += 1
+    fast = n - slow - bad  # (counted this way: no counter on the fast path)
     sensor.packets += fast + bad
     sensor.malformed += bad
     if fast:

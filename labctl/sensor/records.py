@@ -197,7 +197,9 @@ class FlowRecord:
         self.first = first
         self.out: list[Any] = [0, 0, 0.0, None, self, None, 0, None, None]
         self.inn: list[Any] = [0, 0, 0.0, None, self, None, 0, None, None]
-        self.minutes: dict[int, int] = {}
+        #: epoch minute -> packets, for the minutes before each direction's current one
+        #: (None until there is one: most flows live less than a minute)
+        self.minutes: dict[int, int] | None = None
         #: written to the store at least once (so an eviction deletes its row)
         self.stored = False
 
@@ -207,7 +209,7 @@ class FlowRecord:
 
     def minute_counts(self, lo: int) -> dict[int, int]:
         """Packets per epoch minute, both directions, minutes after ``lo`` only."""
-        out = {m: n for m, n in self.minutes.items() if m > lo}
+        out = {m: n for m, n in (self.minutes or {}).items() if m > lo}
         for d in (self.out, self.inn):
             m = d[D_MIN]
             if m is not None and m > lo:
@@ -244,5 +246,5 @@ class FlowRecord:
         f.inn[D_PK], f.inn[D_BY] = int(r["packets_in"]), int(r["bytes_in"])
         f.out[D_LAST] = r.get("last_out", r["last"] if f.out[D_PK] else 0) / 1000
         f.inn[D_LAST] = r.get("last_in", r["last"] if f.inn[D_PK] else 0) / 1000
-        f.minutes = {int(m): int(n) for m, n in (r.get("minutes") or {}).items()}
+        f.minutes = {int(m): int(n) for m, n in (r.get("minutes") or {}).items()} or None
         return f

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,25 @@ from labctl.sensor.api import alert_to_api, connections_api, device_to_api
 from labctl.sensor.config import load_config
 from labctl.sensor.engine import Sensor
 from labctl.sensor.pcap import CaptureFile
+
+
+class collector_tuned:  # noqa: N801 (used as a context manager)
+    """Python's cyclic garbage collector tuned for the engine while it runs.
+
+    Why: the flow store holds a few container objects per flow (up to ``max_flows``), and
+    each full collection walks every live container, including the thousands the imported
+    modules and the configuration made. Those are frozen (never collected, never walked
+    again), and the youngest generation is collected every 50 000 allocations instead of
+    700. The settings before are restored on exit."""
+
+    def __enter__(self) -> None:
+        self.saved = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(max(self.saved[0], 50_000), self.saved[1], self.saved[2])
+
+    def __exit__(self, *exc: object) -> None:
+        gc.set_threshold(*self.saved)
+        gc.unfreeze()
 
 
 def replay(pcap: str | Path, config: str | Path | None = None, *,
@@ -23,10 +43,11 @@ def replay(pcap: str | Path, config: str | Path | None = None, *,
     sensor = Sensor(cfg, learning_mode=learning_mode,
                     authorized_scanners=authorized_scanners or [])
     sensor.oui.lookup("00:00:00:00:00:00")  # load the OUI table outside the timed part
-    start = time.perf_counter()
-    cap = CaptureFile(pcap)
-    n = sensor.replay(cap, cap.data)
-    seconds = time.perf_counter() - start
+    with collector_tuned():
+        start = time.perf_counter()
+        cap = CaptureFile(pcap)
+        n = sensor.replay(cap, cap.data)
+        seconds = time.perf_counter() - start
     return {
         "alerts": [alert_to_api(a, 2) for a in sensor.alerts],
         "devices": [device_to_api(d)
