@@ -6,15 +6,19 @@ both tools on it, and prints:
 * both wall times and their ratio (goal: labctl at least 10x faster than tshark);
 * whether the IPv4 conversation count and every pair's packet total agree with tshark's;
 * labctl's peak RSS at N and 4N packets (goal: memory grows with flows, not packets: the
-  mix has the same set of flows at both sizes).
+  mix has the same set of flows at both sizes, and by default the same simulated span,
+  50 000 s, so the same active minutes per flow: only the packet count changes. With
+  ``--same-rate`` every capture keeps 20 packets/s, so the 4N file spans four times as
+  long and its flows have four times as many active minutes, which the report keeps).
 
 The mix: 300 long-lived TCP and UDP flows between 40 devices and 12 external hosts (data
 both ways, 10 % 802.1Q-tagged on VLAN 52), 6667 IRC-like traffic from pet feeders, 5000
 short TCP sessions (SYN, SYN-ACK, data), DNS answers, ICMP echo and ARP. Usage::
 
-    python bench/traffic.py [--packets 1000000] [--keep FILE] [--no-4x]
+    python bench/traffic.py [--packets 1000000] [--keep FILE] [--no-4x] [--skip-tshark]
+                            [--same-rate]
 
-Needs tshark (Debian package ``tshark``).
+Needs tshark (Debian package ``tshark``) unless ``--skip-tshark`` (an RSS-only run).
 """
 
 from __future__ import annotations
@@ -61,7 +65,13 @@ def dns_answer(name: str, addr: str) -> bytes:
             + b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + _ip(addr))
 
 
-def build(path: str, n: int, seed: int = 12) -> None:
+#: the simulated span of every capture (the 1M-packet file at 20 packets/s)
+SPAN = 50_000.0
+
+
+def build(path: str, n: int, seed: int = 12, *, step: float | None = None) -> None:
+    """``n`` packets of the mix, ``step`` seconds apart (default: ``SPAN / n``)."""
+    dt = SPAN / n if step is None else step
     rnd = random.Random(seed)
     devices = [f"172.16.1.{10 + i}" for i in range(40)]
     external = [f"203.0.113.{10 + i}" for i in range(6)] + \
@@ -110,7 +120,7 @@ def build(path: str, n: int, seed: int = 12) -> None:
                 fr = arp
             else:
                 fr = templates[rnd.randrange(len(templates))]
-            ts = T0 + i * 0.05  # 20k packets per simulated 1000 s
+            ts = T0 + i * dt
             sec = int(ts)
             out.append(REC.pack(sec, int((ts - sec) * 1e6), len(fr), len(fr)) + fr)
             if len(out) == 65536:
@@ -163,10 +173,16 @@ def main() -> int:
     ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--keep", metavar="FILE")
     ap.add_argument("--no-4x", action="store_true", help="skip the 4x memory run")
+    ap.add_argument("--skip-tshark", action="store_true",
+                    help="do not run tshark (an RSS-only run, for large sizes)")
+    ap.add_argument("--same-rate", action="store_true",
+                    help="20 packets/s in every file (the 4x file spans 4x as long) instead "
+                         f"of the same {SPAN:.0f} s span")
     a = ap.parse_args()
     tshark = shutil.which("tshark")
-    if not tshark:
-        sys.exit("tshark is not installed (apt-get install tshark)")
+    if not tshark and not a.skip_tshark:
+        sys.exit("tshark is not installed (apt-get install tshark), or pass --skip-tshark")
+    step = 0.05 if a.same_rate else None
     work = tempfile.mkdtemp(prefix="labctl-bench-traffic-")
     env = {**os.environ, "LABCTL_STATE_DIR": work}
     # labctl's CLI, in this checkout
@@ -177,34 +193,41 @@ def main() -> int:
     try:
         path = a.keep or os.path.join(work, "mix.pcap")
         t = time.perf_counter()
-        build(path, a.packets)
-        print(f"built {a.packets} packets ({os.path.getsize(path) / 1e6:.0f} MB) in "
-              f"{time.perf_counter() - t:.1f} s")
+        build(path, a.packets, step=step)
+        span = (0.05 * a.packets) if a.same_rate else SPAN
+        print(f"built {a.packets} packets ({os.path.getsize(path) / 1e6:.0f} MB, "
+              f"{span:.0f} s simulated) in {time.perf_counter() - t:.1f} s")
+        print("load average before the runs: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
         lw, lrss, lout = run_measured(labctl + [path], env)
-        tw, trss, tout = run_measured([tshark, "-n", "-q", "-z", "conv,ip", "-r", path])
         doc = json.loads(lout)
-        mine, theirs = labctl_pairs(doc), tshark_pairs(tout.decode())
         print(f"labctl traffic report: {lw:.2f} s ({a.packets / lw / 1e3:.0f}k packets/s), "
               f"peak RSS {lrss / 1024:.0f} MB")
-        print(f"tshark -z conv,ip:     {tw:.2f} s, peak RSS {trss / 1024:.0f} MB")
-        print(f"ratio tshark/labctl:   {tw / lw:.1f}x (goal >= 10x)")
-        same_pairs = set(mine) == set(theirs)
-        diff = [(k, mine.get(k), theirs.get(k)) for k in set(mine) | set(theirs)
-                if mine.get(k) != theirs.get(k)]
-        print(f"IPv4 conversations: labctl {len(mine)}, tshark {len(theirs)}; "
-              f"same pairs: {same_pairs}; per-pair packet totals agree: {not diff}")
-        for k, m, th in sorted(diff)[:10]:
-            print(f"  {k[0]} <-> {k[1]}: labctl {m}, tshark {th}")
+        ok = True
+        if not a.skip_tshark:
+            assert tshark
+            tw, trss, tout = run_measured([tshark, "-n", "-q", "-z", "conv,ip", "-r", path])
+            mine, theirs = labctl_pairs(doc), tshark_pairs(tout.decode())
+            print(f"tshark -z conv,ip:     {tw:.2f} s, peak RSS {trss / 1024:.0f} MB")
+            print(f"ratio tshark/labctl:   {tw / lw:.1f}x (goal >= 10x)")
+            same_pairs = set(mine) == set(theirs)
+            diff = [(k, mine.get(k), theirs.get(k)) for k in set(mine) | set(theirs)
+                    if mine.get(k) != theirs.get(k)]
+            print(f"IPv4 conversations: labctl {len(mine)}, tshark {len(theirs)}; "
+                  f"same pairs: {same_pairs}; per-pair packet totals agree: {not diff}")
+            for k, m, th in sorted(diff)[:10]:
+                print(f"  {k[0]} <-> {k[1]}: labctl {m}, tshark {th}")
+            ok = same_pairs and not diff
         if not a.no_4x:
             big = os.path.join(work, "mix4.pcap")
-            build(big, 4 * a.packets)
+            build(big, 4 * a.packets, step=step)
             if not a.keep:
                 os.unlink(path)
             bw, brss, _ = run_measured(labctl + [big], env)
             print(f"labctl at {4 * a.packets} packets: {bw:.2f} s, peak RSS "
                   f"{brss / 1024:.0f} MB (x{brss / lrss:.2f} of the {a.packets}-packet run; "
-                  f"the file is read through mmap, which RSS counts as pages are touched)")
-        return 0 if same_pairs and not diff else 1
+                  f"{'4x' if a.same_rate else 'the same'} simulated span)")
+        print("load average after the runs: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+        return 0 if ok else 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -99,27 +99,40 @@ def gunzip_to(src: IO[bytes], out: IO[bytes]) -> tuple[int, tuple[int, str] | No
     """Decompress the gzip stream ``src`` (one or more members) into ``out``.
 
     Returns ``(bytes written, damage)``; damage is ``(decompressed offset, what)`` when the
-    stream is cut or damaged, everything decompressed before it having been written.
+    stream is cut or damaged. Everything decompressed before the damage is written: a
+    chunk that fails is fed again in small pieces from a copy of the decompressor's state
+    taken before it, so at most one small piece's output is lost.
     """
     written = 0
     fed = 0  # compressed bytes given to the current member's decompressor
     d = zlib.decompressobj(wbits=31)
-    try:
-        while chunk := src.read(1 << 20):
-            while chunk:
-                fed += len(chunk)
+    while chunk := src.read(1 << 20):
+        while chunk:
+            fed += len(chunk)
+            saved = d.copy()
+            try:
                 piece = d.decompress(chunk)
-                out.write(piece)
-                written += len(piece)
-                chunk = b""
-                if d.eof:
-                    chunk = d.unused_data
-                    d = zlib.decompressobj(wbits=31)
-                    fed = 0
-        if fed:
-            return written, (written, "compressed stream ends early")
-    except zlib.error as e:
-        return written, (written, f"compressed stream damaged ({e})")
+            except zlib.error as e:
+                d = saved
+                for i in range(0, len(chunk), 512):
+                    try:
+                        piece = d.decompress(chunk[i:i + 512])
+                    except zlib.error:
+                        break
+                    out.write(piece)
+                    written += len(piece)
+                    if d.eof:  # the damage is past this member's end: not ours to mend
+                        break
+                return written, (written, f"compressed stream damaged ({e})")
+            out.write(piece)
+            written += len(piece)
+            chunk = b""
+            if d.eof:
+                chunk = d.unused_data
+                d = zlib.decompressobj(wbits=31)
+                fed = 0
+    if fed:
+        return written, (written, "compressed stream ends early")
     return written, None
 
 
@@ -274,16 +287,15 @@ class CaptureFile:
         """The error of a walk that stopped early, or of a damaged gzip stream; None if the
         file was read to its end.
 
-        A cut gzip stream usually also cuts the last record: the gzip damage is the one
-        named then. A corrupt record before the end of what was decompressed is named
-        instead, being the first damage.
+        A damaged gzip stream is the error named, at its decompressed offset: it usually
+        also cuts the last record, and the bytes inflated just before a damage that zlib
+        detects late (at the member's checksum) may be garbage that looks like a corrupt
+        record, a symptom rather than the cause.
         """
-        gz = self.gzip_damage
+        if self.gzip_damage is not None:
+            return self._error(*self.gzip_damage)
         if self.stop is not None and self.stop_reason is not None:
-            if gz is None or not self.stop_reason.startswith("truncated"):
-                return self._error(self.stop, self.stop_reason)
-        if gz is not None:
-            return self._error(*gz)
+            return self._error(self.stop, self.stop_reason)
         return None
 
     # ---- memory ----------------------------------------------------------------------

@@ -74,13 +74,16 @@ def dns_response(qname: str, answers: list[str], *, txid: int = 1,
 
 
 def write_pcap(path: Path, frames: Iterable[Frame], *, endian: str = "<",
-               nanos: bool = False, linktype: int = 1) -> Path:
+               nanos: bool = False, linktype: int = 1, snaplen: int | None = None) -> Path:
+    """A classic pcap (gzip when ``path`` ends in .gz). With ``snaplen`` each record keeps
+    at most that many bytes of its frame, and the frame's length as its wire length."""
     magic = 0xA1B23C4D if nanos else 0xA1B2C3D4
-    out = [struct.pack(endian + "IHHiIII", magic, 2, 4, 0, 0, 65535, linktype)]
+    out = [struct.pack(endian + "IHHiIII", magic, 2, 4, 0, 0, snaplen or 65535, linktype)]
     for ts, fr in frames:
         sec = int(ts)
         frac = round((ts - sec) * (1e9 if nanos else 1e6))
-        out.append(struct.pack(endian + "IIII", sec, frac, len(fr), len(fr)) + fr)
+        cap = fr[:snaplen] if snaplen else fr
+        out.append(struct.pack(endian + "IIII", sec, frac, len(cap), len(fr)) + cap)
     data = b"".join(out)
     if path.suffix == ".gz":
         path.write_bytes(gzip.compress(data))
@@ -89,17 +92,50 @@ def write_pcap(path: Path, frames: Iterable[Frame], *, endian: str = "<",
     return path
 
 
-def write_pcapng(path: Path, frames: Iterable[Frame], *, linktype: int = 1) -> Path:
-    def block(btype: int, body: bytes) -> bytes:
-        body += b"\0" * (-len(body) % 4)
-        n = len(body) + 12
-        return struct.pack("<II", btype, n) + body + struct.pack("<I", n)
+def pcapng_block(btype: int, body: bytes, endian: str = "<") -> bytes:
+    """One pcapng block: type, total length, body padded to 32 bits, total length."""
+    body += b"\0" * (-len(body) % 4)
+    n = len(body) + 12
+    return struct.pack(endian + "II", btype, n) + body + struct.pack(endian + "I", n)
 
-    out = [block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)),
-           block(1, struct.pack("<HHI", linktype, 0, 65535))]
+
+def pcapng_section(frames: Iterable[Frame], *, endian: str = "<", linktype: int = 1,
+                   tsresol: int | None = None, snaplen: int | None = None,
+                   other: Iterable[Frame] = (), other_linktype: int = 101) -> bytes:
+    """One pcapng section in byte order ``endian``: a section header, interface 0 of
+    ``linktype`` (``tsresol``: the if_tsresol option byte, default microseconds), and one
+    enhanced packet block per frame; ``other`` frames go to a second interface of
+    ``other_linktype``, interleaved after them."""
+    tps = 10 ** 6
+    opts = b""
+    if tsresol is not None:
+        opts = struct.pack(endian + "HHB3x", 9, 1, tsresol) + struct.pack(endian + "HH", 0, 0)
+        tps = 2 ** (tsresol & 0x7F) if tsresol & 0x80 else 10 ** tsresol
+    out = [pcapng_block(0x0A0D0D0A, struct.pack(endian + "IHHq", 0x1A2B3C4D, 1, 0, -1),
+                        endian),
+           pcapng_block(1, struct.pack(endian + "HHI", linktype, 0, snaplen or 65535) + opts,
+                        endian)]
+    other = list(other)
+    if other:
+        out.append(pcapng_block(1, struct.pack(endian + "HHI", other_linktype, 0, 65535),
+                                endian))
+
+    def epb(ifid: int, ts: float, fr: bytes, res: int) -> bytes:
+        t = round(ts * res)
+        cap = fr[:snaplen] if snaplen else fr
+        return pcapng_block(6, struct.pack(endian + "IIIII", ifid, t >> 32, t & 0xFFFFFFFF,
+                                           len(cap), len(fr)) + cap, endian)
+
     for ts, fr in frames:
-        t = round(ts * 1e6)
-        out.append(block(6, struct.pack("<IIIII", 0, t >> 32, t & 0xFFFFFFFF, len(fr),
-                                        len(fr)) + fr))
-    path.write_bytes(b"".join(out))
+        out.append(epb(0, ts, fr, tps))
+    for ts, fr in other:
+        out.append(epb(1, ts, fr, 10 ** 6))
+    return b"".join(out)
+
+
+def write_pcapng(path: Path, frames: Iterable[Frame], *, linktype: int = 1,
+                 endian: str = "<", snaplen: int | None = None) -> Path:
+    """A one-section pcapng (see :func:`pcapng_section`)."""
+    path.write_bytes(pcapng_section(frames, endian=endian, linktype=linktype,
+                                    snaplen=snaplen))
     return path
