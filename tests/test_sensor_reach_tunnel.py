@@ -205,3 +205,46 @@ def test_netnat_reaches_the_hosts_published_port(lab, cli_run, repo_root, _isola
         server.shutdown()
         server.server_close()
         server.head_watchdog.stop()
+
+
+def test_ups_sensor_stage_waits_and_signs_in_through_the_tunnel(lab, cli_run, repo_root,
+                                                                _isolated_state):
+    """`labctl up --only sensor` from "the laptop": TCP 443 is probed from the host (a
+    direct-tcpip channel), the certificate checked through the tunnel once the sensor
+    answers and pinned under the sensor's own address, then the first sign-in."""
+    data_pb = lab.playbook(repo_root, "ssh-tunnel")
+    data = yaml.safe_load(data_pb.read_text())
+    data["sensor"].pop("vm", None)  # no Hyper-V VM to watch here (the host is a plain sshd)
+    data_pb.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {"LABCTL_SENSOR_PASSWORD": "Reach-Tunnel-Pw-7!", "LABCTL_SENSOR_TOKEN": None}
+    with netns_context(lab.pair.a):
+        assert _refused("127.0.0.1", lab.port)
+        r = cli_run("up", "--only", "sensor", "-y", "--json", "-f", str(data_pb), env=env)
+        assert r.exit_code == 0, r
+        [stage] = r.json()["stages"]
+        assert stage["stage"] == "sensor" and stage["report"]["action"] == "set-password"
+        assert f"TCP 127.0.0.1:{lab.port} from {HOST_IP}: open" in r.stderr
+        pins = json.loads((_isolated_state / "pins.json").read_text())
+        assert list(pins) == [f"127.0.0.1:{lab.port}"]  # the sensor's, not the tunnel's
+        again = cli_run("up", "--only", "sensor", "-y", "--json", "-f", str(data_pb), env=env)
+        assert again.exit_code == 0, again
+        assert again.json()["stages"][0]["report"]["action"] == "noop"
+
+
+def test_the_tunnels_tcp_probe_sees_a_closed_port_at_the_host(lab):
+    from labctl.transport.tunnel import open_tunnel
+
+    with netns_context(lab.pair.b):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+        s.close()
+    with netns_context(lab.pair.a):
+        target = lab.srv.target(host=HOST_IP)
+        with open_tunnel(target, "127.0.0.1", closed) as t:
+            ok, seen = t.probe()
+            assert not ok and f"127.0.0.1:{closed} from {HOST_IP}" in seen
+            # the local listener itself accepts: that alone would prove nothing
+            socket.create_connection(t.address, timeout=2).close()
+        with open_tunnel(target, "127.0.0.1", lab.port) as t:
+            assert t.probe()[0] is True

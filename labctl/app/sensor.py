@@ -110,23 +110,36 @@ def sensor_stage(ctx: LabContext, *, confirm: Callable[[Any], bool],
     s = loaded.model.sensor
     if s is None:
         return None
+    from labctl.sensor.access import ensure_pinned, sensor_endpoint
+
     desired = admin_password(loaded, ctx.prompt_fn, ctx.environ)
-    target = sensor_target(loaded)
-    driver = make_driver(ctx, target)
-    if probe is None:
-        probe = SensorProbe(ctx, driver, target, s.admin_user, desired)
+    # reached the way sensor.access says (an SSH tunnel stays open for the whole wait); the
+    # tunnel's certificate check waits until the sensor answers (it is being installed)
+    with sensor_endpoint(ctx, defer_pin=True) as base_url:
+        target = sensor_target(loaded)
+        if base_url != target.base_url:
+            target = dataclasses.replace(target, base_url=base_url, netns=None)
+        driver = make_driver(ctx, target)
+        if probe is None:
+            probe = SensorProbe(ctx, driver, target, s.admin_user, desired)
 
-    def sign_in(deadline: float) -> Any:
-        try:
-            return driver.prepare(s.admin_user, desired, wait_seconds=deadline,
-                                  dry_run=dry_run, clock=ctx.clock, sleep=ctx.sleep)
-        except CredentialsRejected as e:
-            raise AuthError(e.message,
-                            hint=f"set {s.admin_password.env or 'the sensor admin password'}"
-                                 " to the sensor's current password") from None
+        def sign_in(deadline: float) -> Any:
+            from labctl.core.errors import TransportError
 
-    done, waited = wait_phases(ctx, probe, signed_in=sign_in, progress=phase_progress,
-                               save=not dry_run)
+            if not ensure_pinned(base_url):
+                raise TransportError(f"the sensor's HTTPS does not answer at {s.base_url} "
+                                     "(through the SSH tunnel)",
+                                     hint="run `labctl up` again: it resumes at this phase")
+            try:
+                return driver.prepare(s.admin_user, desired, wait_seconds=deadline,
+                                      dry_run=dry_run, clock=ctx.clock, sleep=ctx.sleep)
+            except CredentialsRejected as e:
+                env = s.admin_password.env or "the sensor admin password"
+                raise AuthError(e.message,
+                                hint=f"set {env} to the sensor's current password") from None
+
+        done, waited = wait_phases(ctx, probe, signed_in=sign_in, progress=phase_progress,
+                                   save=not dry_run)
     report = SensorStageReport(url=s.base_url, action=done.action, applied=done.applied,
                                waited_seconds=waited)
     if s.kind == "d4iot":
@@ -888,9 +901,13 @@ class SensorProbe:
     def tcp_open(self) -> tuple[bool, str]:
         import socket
 
+        from labctl.sensor.access import tunnel_probe
         from labctl.transport.http import host_port
         from labctl.transport.netns import netns_context
 
+        through = tunnel_probe(self.target.base_url)
+        if through is not None:  # ssh-tunnel: the port as the Hyper-V host sees it
+            return through
         host, port = host_port(self.target.base_url)
         try:
             with netns_context(self.target.netns), \
@@ -901,8 +918,11 @@ class SensorProbe:
 
     def http_answers(self) -> tuple[bool, str]:
         from labctl.core.errors import AuthError, TransportError
+        from labctl.sensor.access import ensure_pinned
 
         client = _client(self.driver)
+        if not ensure_pinned(self.target.base_url):  # ssh-tunnel: its certificate first
+            return False, "HTTPS: no TLS answer through the SSH tunnel yet"
         try:
             client.validate_credentials(self.user, self.password)
         except AuthError:

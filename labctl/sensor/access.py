@@ -28,8 +28,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from labctl.core.context import LabContext
@@ -67,12 +68,33 @@ def describe(ctx: LabContext) -> dict[str, object]:
     return out
 
 
+@dataclass
+class _Tunnel:
+    """An open ``ssh-tunnel`` endpoint: what :func:`tunnel_probe` and :func:`ensure_pinned`
+    need while the ``with`` of :func:`sensor_endpoint` runs."""
+
+    tunnel: Any
+    store: PinStore | None  # None: https with the playbook's fingerprint, or plain http
+    sensor_key: str
+    lhost: str
+    lport: int
+    timeout: float
+    local_key: str | None = None  # set once the certificate was checked and carried
+
+
+#: the tunnels open now, by the base URL :func:`sensor_endpoint` yielded
+_OPEN: dict[str, _Tunnel] = {}
+
+
 @contextmanager
-def sensor_endpoint(ctx: LabContext, *, pin_store: Path | None = None) -> Iterator[str]:
+def sensor_endpoint(ctx: LabContext, *, pin_store: Path | None = None,
+                    defer_pin: bool = False) -> Iterator[str]:
     """The base URL to reach the sensor at for the duration of the ``with``.
 
     ``pin_store`` is the certificate pin file (default: labctl's, the one
-    :func:`labctl.transport.http.make_session` uses)."""
+    :func:`labctl.transport.http.make_session` uses). ``defer_pin`` (``up``'s sensor stage,
+    which opens the tunnel before the sensor answers): the certificate is checked through
+    the tunnel by :func:`ensure_pinned` once the sensor answers, not when the tunnel opens."""
     pb = ctx.loaded.model
     sensor = _sensor(ctx)
     mode = sensor.access.mode
@@ -87,11 +109,11 @@ def sensor_endpoint(ctx: LabContext, *, pin_store: Path | None = None) -> Iterat
     if mode == "netnat":
         yield f"https://{_url_host(pb.hyperv.host)}:{sensor.access.host_port}"
         return
-    yield from _through_tunnel(ctx, sensor, pin_store)
+    yield from _through_tunnel(ctx, sensor, pin_store, defer_pin)
 
 
-def _through_tunnel(ctx: LabContext, sensor: SensorSection,
-                    pin_store: Path | None) -> Iterator[str]:
+def _through_tunnel(ctx: LabContext, sensor: SensorSection, pin_store: Path | None,
+                    defer_pin: bool) -> Iterator[str]:
     from labctl.transport.http import PinStore, host_port, pin_key
     from labctl.transport.tunnel import host_ssh_target, open_tunnel
 
@@ -103,29 +125,70 @@ def _through_tunnel(ctx: LabContext, sensor: SensorSection,
     with open_tunnel(target, dest_host, dest_port,
                      local_port=sensor.access.local_port) as tunnel:
         lhost, lport = tunnel.address
-        local_key = None
         store = None
         if parts.scheme == "https" and not sensor.tls_fingerprint:
             from labctl.core.state import pins_file
 
             store = PinStore(pin_store or pins_file())
-            local_key = _carry_pin(store, pin_key(dest_host, dest_port), lhost, lport,
-                                   target.timeout)
+        url = urlunsplit((parts.scheme, f"{lhost}:{lport}", parts.path.rstrip("/"), "", ""))
+        state = _Tunnel(tunnel, store, pin_key(dest_host, dest_port), lhost, lport,
+                        target.timeout)
+        _OPEN[url] = state
         try:
-            yield urlunsplit((parts.scheme, f"{lhost}:{lport}", parts.path.rstrip("/"), "", ""))
+            if store is not None and not defer_pin:
+                _carry(state)
+            yield url
         finally:
-            if store is not None and local_key is not None:
-                store.forget(local_key)
+            _OPEN.pop(url, None)
+            if store is not None and state.local_key is not None:
+                store.forget(state.local_key)
 
 
-def _carry_pin(store: PinStore, sensor_key: str, lhost: str, lport: int,
-               timeout: float) -> str:
+def tunnel_probe(url: str) -> tuple[bool, str] | None:
+    """For a URL :func:`sensor_endpoint` yielded in ``ssh-tunnel`` mode: whether the sensor's
+    port accepts a connection *from the Hyper-V host* (a ``direct-tcpip`` channel opened
+    and closed at once; the local listener accepts anything, so it proves nothing). None
+    for any other URL."""
+    state = _OPEN.get(url)
+    if state is None:
+        return None
+    ok, seen = state.tunnel.probe()
+    return bool(ok), str(seen)
+
+
+def ensure_pinned(url: str) -> bool:
+    """Check the sensor's certificate through the tunnel and carry its pin to the tunnel's
+    local address, once (a deferred :func:`sensor_endpoint`). False while the sensor's TLS
+    does not answer yet; a changed certificate raises. True for any other URL."""
+    from labctl.core.errors import LabctlError
+    from labctl.transport.http import cert_fingerprint, fetch_peer_certificate
+
+    state = _OPEN.get(url)
+    if state is None or state.store is None or state.local_key is not None:
+        return True
+    try:
+        der, _ = fetch_peer_certificate(state.lhost, state.lport, state.timeout)
+    except LabctlError:
+        return False
+    _pin_seen(state, cert_fingerprint(der))
+    return True
+
+
+def _carry(state: _Tunnel) -> None:
+    from labctl.transport.http import cert_fingerprint, fetch_peer_certificate
+
+    der, _ = fetch_peer_certificate(state.lhost, state.lport, state.timeout)
+    _pin_seen(state, cert_fingerprint(der))
+
+
+def _pin_seen(state: _Tunnel, seen: str) -> None:
     """Check the certificate seen through the tunnel against the sensor's pin (learning it
-    on first use) and pin it for the tunnel's local address; returns that address's key."""
-    from labctl.transport.http import cert_fingerprint, fetch_peer_certificate, pin_key
+    on first use) and pin it for the tunnel's local address."""
+    from labctl.transport.http import pin_key
 
-    der, _ = fetch_peer_certificate(lhost, lport, timeout)
-    seen = cert_fingerprint(der)
+    store = state.store
+    assert store is not None
+    sensor_key = state.sensor_key
     known = store.get(sensor_key)
     if known is None:
         store.set(sensor_key, seen)
@@ -137,6 +200,6 @@ def _carry_pin(store: PinStore, sensor_key: str, lhost: str, lport: int,
             f"no longer matches the pinned sha256 {known}",
             hint=f"if the sensor's certificate was replaced on purpose, delete {sensor_key!r} "
                  f"from {store.path} to re-pin it on the next run")
-    local_key = pin_key(lhost, lport)
+    local_key = pin_key(state.lhost, state.lport)
     store.set(local_key, seen)
-    return local_key
+    state.local_key = local_key

@@ -127,6 +127,23 @@ class SshTunnel:
         host, port = self._listener.getsockname()[:2]
         return str(host), int(port)
 
+    def probe(self) -> tuple[bool, str]:
+        """Whether the destination accepts a TCP connection from the SSH host: one
+        ``direct-tcpip`` channel opened and closed at once (nothing is sent on it)."""
+        client = self._client
+        transport = client.get_transport() if client is not None else None
+        where = f"{self.dest[0]}:{self.dest[1]} from {self.target.host}"
+        if transport is None or not transport.is_active():
+            return False, f"TCP {where}: the SSH login is gone"
+        try:
+            chan = transport.open_channel("direct-tcpip", self.dest, (LOOPBACK, 0),
+                                          timeout=self.target.timeout)
+        except Exception as e:  # paramiko's ChannelException (connect refused), SSHException
+            return False, REDACTOR.scrub(f"TCP {where}: {e}")
+        with suppress(Exception):
+            chan.close()
+        return True, f"TCP {where}: open"
+
     @property
     def stats(self) -> TunnelStats:
         with self._lock:
