@@ -452,6 +452,31 @@ def activation_file(ctx: LabContext, given: str | None = None) -> Any:
                            "pass --activation-file")
 
 
+def browser_url(ctx: LabContext) -> str:
+    """Where a person opens the sensor's web UI from the machine labctl runs on: the
+    published host port in ``netnat`` mode, else the sensor's own URL (``ssh-tunnel``: from
+    the forward :func:`_tunnel_howto` describes, see there)."""
+    s = _require_sensor(ctx)
+    hv = ctx.playbook.hyperv
+    if s.access.mode == "netnat" and hv is not None:
+        host = f"[{hv.host}]" if ":" in hv.host else hv.host
+        return f"https://{host}:{s.access.host_port}"
+    if s.access.mode == "ssh-tunnel":
+        return "https://127.0.0.1:8443"
+    return str(s.base_url)
+
+
+def _tunnel_howto(ctx: LabContext) -> str:
+    from labctl.transport.http import host_port
+
+    s = _require_sensor(ctx)
+    hv = ctx.playbook.hyperv
+    host, port = host_port(s.base_url)
+    who = f"{hv.user}@{hv.host}" if hv is not None and hv.user else "<user>@<hyperv.host>"
+    return (f"the sensor ({s.base_url}) is reachable from the Hyper-V host only: forward a "
+            f"port for your browser first, e.g. `ssh -L 8443:{host}:{port} {who}`")
+
+
 def azure_activation_path(loaded: LoadedPlaybook) -> Any:
     from labctl.core.state import lab_state_dir
 
@@ -516,10 +541,13 @@ def sensor_activate(ctx: LabContext, *, given: str | None = None,
             uploaded = True
             emit({"phase": "uploaded", "file": str(act.path)})
         elif not embedded:
-            instructions = [f"open {s.base_url.rstrip('/')}/ and sign in as {s.admin_user}",
+            browse = browser_url(ctx)
+            instructions = [f"open {browse.rstrip('/')}/ and sign in as {s.admin_user}",
                             f"go to {ACTIVATION_PAGE} > Upload",
                             f"choose {act.path}", "tick the terms and select Activate"]
-            emit({"phase": "instructions", "url": s.base_url, "page": ACTIVATION_PAGE,
+            if s.access.mode == "ssh-tunnel":
+                instructions.insert(0, _tunnel_howto(ctx))
+            emit({"phase": "instructions", "url": browse, "page": ACTIVATION_PAGE,
                   "file": str(act.path), "steps": instructions})
         start = ctx.clock()
         observed = {"last": ""}
