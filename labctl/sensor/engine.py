@@ -536,7 +536,7 @@ class Sensor:
                 d = f.inn
             else:
                 while len(self.flows) >= self.flow_max and self.flow_lru:
-                    self._evict(self.flow_lru.popitem(last=False)[1])
+                    self._evict(self.flow_lru.popitem(last=False)[1], in_lru=False)
                 ported = key[2] >= 0
                 if p[6] == 6 and p[9] & 0x12 == 0x12:
                     # the first packet seen is a SYN-ACK: its receiver sent the SYN
@@ -557,20 +557,32 @@ class Sensor:
         self.flow_dirs[key] = d
         return d
 
-    def _evict(self, f: FlowRecord) -> None:
-        """Drop ``f`` (already taken off the LRU order by the caller, or not)."""
-        self.flows.pop(f.key, None)
+    def _evict(self, f: FlowRecord, *, in_lru: bool = True) -> None:
+        """Drop ``f``; ``in_lru=False`` when the caller already took it off the LRU order.
+
+        A direction key maps to one flow only (a new flow is made only when neither its
+        key nor the reverse is known), so popping the keys cannot drop another flow's."""
+        key = f.key
+        del self.flows[key]
         fd = self.flow_dirs
-        for d in (f.out, f.inn):
-            if d[D_PK]:
-                k = f.key if d is f.out else reverse_key(f.key)
-                if fd.get(k) is d:
-                    del fd[k]
-                dev = d[D_DEV]
-                if dev is not None and d[D_LAST] > dev.last_seen:
-                    dev.last_seen = d[D_LAST]
-                    self.dirty_devices.add(dev.id)
-        self.flow_lru.pop(f.id, None)
+        d = f.out
+        if d[D_PK]:
+            fd.pop(key, None)
+            dev = d[D_DEV]
+            if dev is not None and d[D_LAST] > dev.last_seen:
+                dev.last_seen = d[D_LAST]
+                self.dirty_devices.add(dev.id)
+        d[D_FLOW] = None  # no reference cycle left: freed without the garbage collector
+        d = f.inn
+        if d[D_PK]:
+            fd.pop((key[1], key[0], key[3], key[2], key[4], key[5]), None)
+            dev = d[D_DEV]
+            if dev is not None and d[D_LAST] > dev.last_seen:
+                dev.last_seen = d[D_LAST]
+                self.dirty_devices.add(dev.id)
+        d[D_FLOW] = None
+        if in_lru:
+            del self.flow_lru[f.id]
         self.dirty_flows.pop(f.id, None)
         if f.stored:
             self.evicted_flows.append(f.id)
@@ -856,7 +868,7 @@ class Sensor:
             if f.key in self.flows:
                 continue
             while len(self.flows) >= self.flow_max and self.flow_lru:
-                self._evict(self.flow_lru.popitem(last=False)[1])
+                self._evict(self.flow_lru.popitem(last=False)[1], in_lru=False)
             self.flows[f.key] = f
             self.flow_lru[f.id] = f
             self.flow_seq = max(self.flow_seq, f.seq)

@@ -184,14 +184,13 @@ class FlowRecord:
     """One bidirectional flow: ``src`` opened it; ``out`` counts src -> dst, ``inn`` the
     other way. Times are seconds; rows and the API carry epoch milliseconds."""
 
-    __slots__ = ("id", "seq", "vlan", "proto", "src", "sport", "dst", "dport", "first", "out",
-                 "inn", "minutes", "key", "stored")
+    __slots__ = ("id", "seq", "sport", "dport", "first", "out", "inn", "minutes", "key",
+                 "stored")
 
     def __init__(self, id: int, key: FlowKey, sport: int, dport: int, first: float) -> None:  # noqa: A002
         self.id = id
         self.seq = 0
         self.key = key
-        self.src, self.dst, _s, _d, self.proto, self.vlan = key
         self.sport = sport
         self.dport = dport
         self.first = first
@@ -202,6 +201,22 @@ class FlowRecord:
         self.minutes: dict[int, int] | None = None
         #: written to the store at least once (so an eviction deletes its row)
         self.stored = False
+
+    @property
+    def src(self) -> bytes:
+        return self.key[0]
+
+    @property
+    def dst(self) -> bytes:
+        return self.key[1]
+
+    @property
+    def proto(self) -> int:
+        return self.key[4]
+
+    @property
+    def vlan(self) -> int:
+        return self.key[5]
 
     @property
     def last(self) -> float:

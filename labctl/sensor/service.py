@@ -168,21 +168,10 @@ class SensorService:
                 ready(self)
             sensor = self.sensor
             cap = self.capture
-            while not self.stop_event.is_set():
-                batch = cap.recv_batch()
-                if not batch:
-                    continue
-                self.last_rx = batch[-1][1]
-                with sensor.lock:
-                    if self.idle:
-                        self.idle = False
-                        sensor.operational("traffic_resumed", self.last_rx)
-                    try:
-                        sensor.feed_batch(batch)
-                    except Exception:  # never die on traffic: log, count, carry on
-                        self.errors += 1
-                        log.exception("sensor: a capture batch failed (%d frames)",
-                                      len(batch))
+            from labctl.sensor.replay import collector_tuned
+
+            with collector_tuned():  # the flow store's containers: see collector_tuned
+                self._loop(sensor, cap)
         finally:
             self.stop_event.set()
             if self.server is not None:
@@ -193,6 +182,22 @@ class SensorService:
             self.write_status()
             self.capture.close()
             self.store.close()
+
+    def _loop(self, sensor: Sensor, cap: Any) -> None:
+        while not self.stop_event.is_set():
+            batch = cap.recv_batch()
+            if not batch:
+                continue
+            self.last_rx = batch[-1][1]
+            with sensor.lock:
+                if self.idle:
+                    self.idle = False
+                    sensor.operational("traffic_resumed", self.last_rx)
+                try:
+                    sensor.feed_batch(batch)
+                except Exception:  # never die on traffic: log, count, carry on
+                    self.errors += 1
+                    log.exception("sensor: a capture batch failed (%d frames)", len(batch))
 
     def install_signal_handlers(self) -> None:
         def _stop(signum: int, frame: Any) -> None:
