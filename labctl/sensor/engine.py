@@ -212,9 +212,11 @@ class Sensor:
 
     # ---- hot path --------------------------------------------------------------------
 
-    def process(self, p: Parsed, ts: float, wire: int = 0) -> None:
+    def process(self, p: Parsed, ts: float, wire: int = 0, key: FlowKey | None = None
+                ) -> None:
         """Account one parsed packet (a :func:`~labctl.sensor.parse.parse_frame` tuple) of
-        ``wire`` bytes on the wire."""
+        ``wire`` bytes on the wire. ``key``: its flow direction key, when the caller (the
+        fused loop) has it already."""
         self.packets += 1
         self.last_ts = ts
         kind = p[3]  # literal indexes (F_KIND...): no global look-ups per packet
@@ -227,13 +229,14 @@ class Sensor:
             ft = self.flow_tick
             if ts >= ft[1] or ts < ft[0]:
                 self._flow_tick(ts)
-            sp = p[7]
-            if sp >= 0 and (proto == 6 or proto == 17):
-                dp = p[8]
-                key = (sip, p[5], ((sp & 0xFF) << 8) | (sp >> 8), ((dp & 0xFF) << 8) | (dp >> 8),
-                       proto, p[0])
-            else:
-                key = (sip, p[5], -1, -1, proto, p[0])
+            if key is None:
+                sp = p[7]
+                if sp >= 0 and (proto == 6 or proto == 17):
+                    dp = p[8]
+                    key = (sip, p[5], ((sp & 0xFF) << 8) | (sp >> 8),
+                           ((dp & 0xFF) << 8) | (dp >> 8), proto, p[0])
+                else:
+                    key = (sip, p[5], -1, -1, proto, p[0])
             d = self.flow_dirs.get(key)
             if d is None:
                 d = self._flow_direction(key, p, ts, dev)
@@ -304,7 +307,14 @@ class Sensor:
                                 f"Port 0 is reserved.")
         scanner = None  # computed lazily
         if tcpudp and self._port_scan is not None:
-            hit = self._port_scan.add((sip, dip), dport, ts)
+            w = self._port_scan
+            wk = (sip, dip)
+            items = w.keys.get(wk)
+            if items is not None and len(items) + 1 < w.threshold:
+                items[dport] = ts  # below the threshold whatever: what add() does, inline
+                hit = None
+            else:
+                hit = w.add(wk, dport, ts)
             if hit:
                 scanner = self._is_scanner(sip, p[F_SMAC])
                 if not scanner:
@@ -323,7 +333,14 @@ class Sensor:
         if self._addr_scan is not None:
             # IPv4: the configured prefix (/16, "class B"); IPv6: the /64 (one LAN segment)
             nb = self._addr_prefix_bytes if len(dip) == 4 else 8
-            hit_a = self._addr_scan.add((sip, dip[:nb]), dip, ts)
+            wa = self._addr_scan
+            ak = (sip, dip[:nb])
+            addrs_seen = wa.keys.get(ak)
+            if addrs_seen is not None and len(addrs_seen) + 1 < wa.threshold:
+                addrs_seen[dip] = ts
+                hit_a = None
+            else:
+                hit_a = wa.add(ak, dip, ts)
             if hit_a:
                 if scanner is None:
                     scanner = self._is_scanner(sip, p[F_SMAC])
@@ -343,7 +360,12 @@ class Sensor:
                         self._scan_event(sip, ts)
         if proto == 6:
             if self._sessions is not None:
-                n = self._sessions.add(sip, ts)
+                q = self._sessions.keys.get(sip)
+                if q is not None and len(q) + 1 < self._sessions.threshold:
+                    q.append(ts)
+                    n = 0
+                else:
+                    n = self._sessions.add(sip, ts)
                 if n:
                     win = self._sessions.window
                     self._raise(self.det.excessive_sessions, ts, sip, None,
@@ -351,7 +373,12 @@ class Sensor:
                                         f"{n} TCP sessions within "
                                         f"{int(win)} seconds.")
             if self._dos is not None:
-                n2 = self._dos.add(dip, ts)
+                q = self._dos.keys.get(dip)
+                if q is not None and len(q) + 1 < self._dos.threshold:
+                    q.append(ts)
+                    n2 = 0
+                else:
+                    n2 = self._dos.add(dip, ts)
                 if n2:
                     win = self._dos.window
                     self._raise(self.det.dos, ts, None, dip,

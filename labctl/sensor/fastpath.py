@@ -49,7 +49,8 @@ class Sensor(Protocol):
     malformed: int
     last_ts: float
 
-    def process(self, p: Parsed, ts: float, wire: int = 0) -> None: ...
+    def process(self, p: Parsed, ts: float, wire: int = 0, key: FlowKey | None = None
+                ) -> None: ...
 
     def fold(self, now: float) -> None: ...
 
@@ -73,6 +74,15 @@ def _hits_settled(hits: tuple[list[Any], ...] | None, ms: int, dms: int,
     sends the packet the slow way (no cache yet, or a new alert is due)."""
     if hits is None:
         return False
+    if len(hits) == 1:  # the common case: one rule on the port
+        a = hits[0][0]
+        if a is None or ms - a.last_time >= dms:
+            return False
+        if ms > a.last_time:
+            a.last_time = ms
+        a.count += 1
+        dirty.add(a.id)
+        return True
     for c in hits:
         a = c[0]
         if a is None or ms - a.last_time >= dms:
@@ -234,8 +244,9 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
             ts = sec + frac / div
             if etype == 0x0008 and vihl == 0x45 and (frag == 0 or frag == 0x0040):
                 if proto == 6 and incl >= hl + 34:
+                    key = (sip, dip, sport, dport, 6, vl)
                     if not flags & 0x02:
-                        d = fd.get((sip, dip, sport, dport, 6, vl))
+                        d = fd.get(key)
                         if d is not None and (dport not in tcp_rules or _hits_settled(
                                 d[7], int(ts * 1000), dms, dirty)):
                             if ts >= fhi or ts < flo:
@@ -250,12 +261,13 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
                     # the fields are already read: build the parse tuple directly
                     process((vl, data[pk + 6:pk + 12], data[pk:pk + 6], K_IPV4, sip, dip, 6,
                              (sport & 0xFF) << 8 | sport >> 8,
-                             (dport & 0xFF) << 8 | dport >> 8, flags), ts, orig)
+                             (dport & 0xFF) << 8 | dport >> 8, flags), ts, orig, key)
                     slow += 1
                     flo, fhi, fstamp = sensor.flow_tick
                     continue
                 if proto == 17 and incl >= hl + 28:
-                    d = fd.get((sip, dip, sport, dport, 17, vl))
+                    key = (sip, dip, sport, dport, 17, vl)
+                    d = fd.get(key)
                     if d is not None and (dport not in udp_rules or _hits_settled(
                             d[7], int(ts * 1000), dms, dirty)):
                         if ts >= fhi or ts < flo:
@@ -269,7 +281,7 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
                         continue
                     process((vl, data[pk + 6:pk + 12], data[pk:pk + 6], K_IPV4, sip, dip, 17,
                              (sport & 0xFF) << 8 | sport >> 8,
-                             (dport & 0xFF) << 8 | dport >> 8, 0), ts, orig)
+                             (dport & 0xFF) << 8 | dport >> 8, 0), ts, orig, key)
                     slow += 1
                     flo, fhi, fstamp = sensor.flow_tick
                     continue
