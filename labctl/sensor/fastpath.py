@@ -154,6 +154,10 @@ def feed_batch(sensor: Sensor, batch: Sequence[tuple[bytes, float]]) -> None:
         sensor.last_ts = ts
 
 
+#: the largest believable original frame length (a GSO/TSO capture's 64 KiB, with room)
+MAX_WIRE = 262_144
+
+
 def replay(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) -> int:
     """Process every record of ``capture``; returns the number of records."""
     if capture.format == "pcap":
@@ -169,6 +173,7 @@ def replay_generic(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap
     parse = parse_frame
     process = sensor.process
     wire = struct.Struct(capture.endian + "I").unpack_from
+    guard = capture.format != "pcap"  # classic pcap: orig_len as the fused loop reads it
     n = 0
     bad = 0
     for ts, off, cap in capture:
@@ -177,7 +182,10 @@ def replay_generic(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap
         if p is None:
             bad += 1
             continue
-        process(p, ts, wire(data, off - 4)[0] if off >= 4 else cap)
+        w = wire(data, off - 4)[0] if off >= 4 else cap
+        if guard and not cap <= w <= MAX_WIRE:
+            w = cap  # not a length (a big-endian pcapng section): the captured length
+        process(p, ts, w)
     sensor.malformed += bad
     sensor.packets += bad
     sensor.fold(sensor.last_ts)
