@@ -326,3 +326,11 @@ def test_raw_pcap_wire_length_not_caplen(tmp_path):
     for fused in (True, False):
         (row,) = _replay(path, fused=fused).flow_rows()
         assert (row["packets_out"], row["bytes_out"]) == (2, 2 * len(f))
+
+
+def test_pcapng_gives_the_same_flows_as_pcap(tmp_path):
+    pytest.importorskip("scapy")
+    _m0, pk = _conversation()
+    a = _replay(write(tmp_path / "c.pcap", pk)).flow_rows()
+    b = _replay(write(tmp_path / "c.pcapng", pk, pcapng=True)).flow_rows()
+    assert a == b and len(a) == 4
