@@ -49,8 +49,12 @@ provider: hyperv
 hyperv: {{host: hv.example, transport: winrm}}
 devices:
   - {{name: kali, ip: {SCANNER_IP}}}
+vms:
+  - {{name: d4iot-sensor, role: sensor, profile: L100, generation: 2, cpu: 4, memory_mb: 8192,
+     dynamic_memory: false, disk_gb: 100, iso: "C:\\\\ISO\\\\sensor.iso"}}
 sensor:
   kind: d4iot
+  vm: d4iot-sensor
   url: {url}
   token: {{env: LABCTL_SENSOR_TOKEN}}
 """)
@@ -95,20 +99,22 @@ def test_alerts_as_cef_field_by_field(cli_run, api, rsyslog, tmp_path: Path) -> 
     assert scan["timereported"] == "2023-11-14T22:13:20.240Z"
     msg = scan["msg"].strip()
     head, ext = msg.split("|")[:7], "|".join(msg.split("|")[7:])
-    assert head == ["CEF:0", "Microsoft", "Microsoft Defender for IoT", __version__,
-                    "Port Scan Detected", "Port Scan Detected", "10"]
+    # Microsoft's "Syslog CEF output fields": vendor as the page writes it, the sensor's
+    # name as product, the fixed event class, the title, 1/4/8/10 severities
+    assert head == ["CEF:0", "Microsoft Defender for IoT/CyberX", "d4iot-sensor", __version__,
+                    "Microsoft Defender for IoT Alert", "Port Scan Detected", "10"]
     e = _cef_ext(ext)
     a = want[1]
     assert e["msg"] == a["message"].replace("\n", "\\n").replace("=", "\\=")
     assert e["severity"] == "Critical" and e["type"] == "Anomaly"
     assert e["start"] == "Nov 14 2023 22:13:20"
-    assert e["src"] == SCANNER_IP and e["dst"] == TARGET_IP
+    assert e["src_ip"] == SCANNER_IP and e["dst_ip"] == TARGET_IP and "src" not in e
     assert e["src_mac"] == SCANNER_MAC  # from the sensor's inventory
     assert "dst_mac" not in e  # the target never sent: not in the inventory
     assert e["externalId"] == str(a["id"])
     assert e["dvchost"] == scan["hostname"]
     assert "protocol" not in e and "cat" not in e  # the D4IoT alert object has neither
-    sev = {g["msg"].split("|")[4]: g["msg"].split("|")[6] for g in got}
+    sev = {g["msg"].split("|")[5]: g["msg"].split("|")[6] for g in got}
     assert sev == {"New Asset Detected": "8", "Port Scan Detected": "10",
                    "Excessive Number of Sessions": "10"}
 
@@ -116,16 +122,16 @@ def test_alerts_as_cef_field_by_field(cli_run, api, rsyslog, tmp_path: Path) -> 
 @needs_rsyslog
 def test_cef_options_for_the_uncertain_parts(cli_run, api, rsyslog, tmp_path: Path) -> None:
     r = export(cli_run, api, tmp_path, "--syslog", f"udp://127.0.0.1:{rsyslog.udp}",
-               "--format", "cef", "--cef-product", "CyberX platform", "--cef-version",
-               "24.1.3", "--cef-severity", "Critical=9,Major=7", "--cef-address-keys",
-               "src_ip")
+               "--format", "cef", "--cef-vendor", "Microsoft", "--cef-product",
+               "CyberX platform", "--cef-version", "24.1.3", "--cef-severity",
+               "Critical=9,Major=7", "--cef-address-keys", "src")
     assert r.exit_code == 0, r
     got = [g for g in rsyslog.received(3) if g["msgid"] == "alert"]
     scan = next(g["msg"].strip() for g in got if "|Port Scan Detected|" in g["msg"])
-    assert scan.startswith("CEF:0|Microsoft|CyberX platform|24.1.3|Port Scan Detected|"
-                           "Port Scan Detected|9|")
+    assert scan.startswith("CEF:0|Microsoft|CyberX platform|24.1.3|"
+                           "Microsoft Defender for IoT Alert|Port Scan Detected|9|")
     e = _cef_ext("|".join(scan.split("|")[7:]))
-    assert e["src_ip"] == SCANNER_IP and e["dst_ip"] == TARGET_IP and "src" not in e
+    assert e["src"] == SCANNER_IP and e["dst"] == TARGET_IP and "src_ip" not in e
     bad = export(cli_run, api, tmp_path, "--syslog", f"udp://127.0.0.1:{rsyslog.udp}",
                  "--cef-severity", "Critical=eleven")
     assert bad.exit_code == 2 and "--cef-severity" in bad.stderr
@@ -151,15 +157,19 @@ def test_alerts_as_syslog_text_field_by_field(cli_run, api, rsyslog, tmp_path: P
                   "Engine": "Anomaly", "SrcIp": SCANNER_IP, "SrcMac": SCANNER_MAC,
                   "DstIp": TARGET_IP, "Sensor": f"d4iot {api.url}"}
     text = scan["msg"].strip()
-    fields = dict(part.split(": ", 1) for part in text.split("; ") if ": " in part)
-    assert fields["Sensor"] == f"d4iot {api.url}"
-    assert "Microsoft Defender for IoT Alert" in text
-    assert fields["Title"] == "Port Scan Detected"
+    # Microsoft's "Syslog text message output fields", in the table's order
+    pairs = [part.split(": ", 1) for part in text.split("; ")]
+    assert [k for k, _ in pairs] == ["CyberX platform name", "Microsoft Defender for IoT Alert",
+                                     "Type", "Severity", "Source", "Source IP", "Destination",
+                                     "Destination IP", "Message", "Alert group"]
+    fields = dict(pairs)
+    assert fields["CyberX platform name"] == "d4iot-sensor"
+    assert fields["Microsoft Defender for IoT Alert"] == "Port Scan Detected"
     assert fields["Message"].startswith("Port scan detected. Scanning address: 172.16.1.50")
-    assert fields["Alert severity"] == "Critical" and fields["Alert type"] == "Anomaly"
-    assert fields["Protocol"] == "N/A" and fields["alert_group"] == "N/A"
-    assert fields["Source_MAC"] == f"{SCANNER_IP} {SCANNER_MAC}"
-    assert fields["Destination_MAC"] == TARGET_IP
+    assert fields["Severity"] == "Critical" and fields["Type"] == "Anomaly"
+    assert fields["Alert group"] == "N/A"  # the sensor API has no alert group
+    assert fields["Source"] == "kali" and fields["Source IP"] == SCANNER_IP
+    assert fields["Destination"] == TARGET_IP == fields["Destination IP"]
 
 
 def test_alerts_as_json_lines(cli_run, api, tmp_path: Path) -> None:

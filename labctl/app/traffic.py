@@ -442,6 +442,17 @@ class SinkSpec:
     hostname: str | None = None
 
 
+def sensor_name(loaded: LoadedPlaybook | None) -> str | None:
+    """The sensor's name as D4IoT's forwarding writes it (its appliance name): the Azure
+    sensor name, else the sensor VM's name, else None."""
+    s = loaded.model.sensor if loaded is not None else None
+    if s is None:
+        return None
+    if s.azure is not None:
+        return str(s.azure.sensor_name)
+    return str(s.vm) if s.vm else None
+
+
 def open_sink(spec: SinkSpec, loaded: LoadedPlaybook | None, *, append: bool = False,
               credential: Any = None, verify: str | bool = True) -> Any:
     """The sink of ``spec`` (checked before anything is read or contacted)."""
@@ -459,7 +470,8 @@ def open_sink(spec: SinkSpec, loaded: LoadedPlaybook | None, *, append: bool = F
             raise UsageError(f"--format {spec.fmt!r}: cef or rfc5424")
         host = spec.hostname or socket.gethostname() or "-"
         return ex.SyslogSink(spec.syslog, spec.fmt, host, cafile=spec.cafile,
-                             fingerprint=spec.fingerprint, cef=spec.cef)
+                             fingerprint=spec.fingerprint, cef=spec.cef,
+                             sensor_name=sensor_name(loaded))
     sec = loaded.model.sentinel if loaded is not None else None
     if sec is None or not sec.data_collection_endpoint or not sec.dcr_immutable_id:
         where = loaded.path if loaded is not None else "the playbook"

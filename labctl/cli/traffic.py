@@ -168,23 +168,24 @@ def report_cmd(pcaps: tuple[str, ...], since: str | None, partial: bool,
                    "collection rule (Logs Ingestion API, azure-identity sign-in).")
 @click.option("--alert-stream", metavar="NAME", default=None,
               help="The DCR stream for alerts (default Custom-LabctlAlerts_CL).")
-@click.option("--cef-vendor", default="Microsoft", show_default=True,
+@click.option("--cef-vendor", default="Microsoft Defender for IoT/CyberX", show_default=True,
               help="CEF device vendor of alert lines.")
-@click.option("--cef-product", default="Microsoft Defender for IoT", show_default=True,
-              help="CEF device product of alert lines.")
+@click.option("--cef-product", default=None, metavar="NAME",
+              help="CEF device product of alert lines (default: the sensor's name, as "
+                   "D4IoT writes it).")
 @click.option("--cef-version", default=None, metavar="VERSION",
               help="CEF device version of alert lines (default: labctl's version).")
 @click.option("--cef-severity", default=None, metavar="LEVEL=N,...",
-              help="CEF severity of each D4IoT level (default Warning=3,Minor=5,Major=8,"
-                   "Critical=10).")
-@click.option("--cef-address-keys", type=click.Choice(["src", "src_ip"]), default="src",
+              help="CEF severity of each D4IoT level (default Warning=1,Minor=4,Major=8,"
+                   "Critical=10, as Microsoft documents).")
+@click.option("--cef-address-keys", type=click.Choice(["src", "src_ip"]), default="src_ip",
               show_default=True, help="Alert address keys: src/dst or src_ip/dst_ip.")
 def export_cmd(pcaps: tuple[str, ...], since: str | None, partial: bool,
                playbook: str | None, sensor: bool, alerts: bool, follow: bool,
                poll: float, max_polls: int | None, until_idle: bool, jsonl: str | None,
                syslog: str | None, fmt: str, cafile: str | None, fingerprint: str | None,
                sentinel: bool, alert_stream: str | None, cef_vendor: str,
-               cef_product: str, cef_version: str | None, cef_severity: str | None,
+               cef_product: str | None, cef_version: str | None, cef_severity: str | None,
                cef_address_keys: str) -> None:
     """Export flows and sensor alerts: JSON lines, syslog or Microsoft Sentinel.
 
@@ -220,7 +221,7 @@ def export_cmd(pcaps: tuple[str, ...], since: str | None, partial: bool,
             level, eq, num = part.partition("=")
             if not eq or not num.strip().isdigit() or int(num) > 10:
                 raise UsageError(f"--cef-severity {cef_severity!r}: LEVEL=N pairs, N from "
-                                 "0 to 10, e.g. Warning=3,Minor=5,Major=8,Critical=10")
+                                 "0 to 10, e.g. Warning=1,Minor=4,Major=8,Critical=10")
             sev[level.strip()] = int(num)
     cef = CefOptions(vendor=cef_vendor, product=cef_product, version=cef_version,
                      severity=sev, address_keys=cef_address_keys)

@@ -56,7 +56,11 @@ def sensor_flow_documents(flows: list[Flow]) -> Iterator[dict[str, Any]]:
 
 #: D4IoT severity -> CEF severity (0-10). Microsoft's page shows the CEF header's severity
 #: field but not its numbers for each level: uncertain, hence configurable (--cef-severity)
-CEF_SEVERITY = {"Warning": 3, "Minor": 5, "Major": 8, "Critical": 10}
+#: the header severity Microsoft documents for D4IoT's CEF forwarding
+#: ("1=Warning, 4=Minor, 8=Major, or 10=Critical")
+CEF_SEVERITY = {"Warning": 1, "Minor": 4, "Major": 8, "Critical": 10}
+#: the CEF Device Event Class ID of every D4IoT alert line
+CEF_EVENT_CLASS = "Microsoft Defender for IoT Alert"
 #: facility user (1), severity alert (1): D4IoT's forwarding rules send "User.Alert"
 PRI_ALERT = 1 * 8 + 1
 
@@ -129,38 +133,44 @@ def _cef_time(iso_text: str) -> str:
 
 @dataclass(frozen=True)
 class CefOptions:
-    """The parts of the alert CEF line where Microsoft's page and real sensors differ
-    between versions (docs/traffic.md "Alerts"): configurable, with these defaults."""
+    """The parts of the alert CEF line that are not certain (docs/traffic.md "Alerts"):
+    configurable, with Microsoft's documented values as defaults."""
 
-    vendor: str = "Microsoft"
-    product: str = "Microsoft Defender for IoT"
+    #: the page lists the vendor part as "Microsoft Defender for IoT/CyberX"; sent as written
+    vendor: str = "Microsoft Defender for IoT/CyberX"
+    #: the CEF product field: the sensor's name (None: the playbook's sensor name)
+    product: str | None = None
     #: the CEF version field: the sensor's version; labctl sends its own unless told
     version: str | None = None
     severity: Mapping[str, int] = field(default_factory=lambda: dict(CEF_SEVERITY))
-    #: ``src``/``dst`` (ArcSight names, the brief's and Sentinel's CEF parser's) or
-    #: ``src_ip``/``dst_ip`` (the spelling of older D4IoT pages)
-    address_keys: str = "src"
+    #: ``src_ip``/``dst_ip`` (Microsoft's page) or ``src``/``dst`` (ArcSight's names)
+    address_keys: str = "src_ip"
 
 
 def format_alert_cef(doc: Mapping[str, Any], hostname: str,
-                     opts: CefOptions | None = None) -> str:
-    """One alert as D4IoT's CEF forwarding sends it:
-    ``CEF:0|Microsoft|Microsoft Defender for IoT|<version>|<title>|<title>|<severity>|``
-    then ``msg protocol severity type start src dst src_mac dst_mac cat externalId
-    dvchost``, inside an RFC 5424 header with PRI user.alert (9)."""
+                     opts: CefOptions | None = None, sensor_name: str | None = None) -> str:
+    """One alert as D4IoT's CEF forwarding sends it (Microsoft Learn, "Forward on-premises
+    OT alert information", Syslog CEF output fields):
+    ``CEF:0|Microsoft Defender for IoT/CyberX|<sensor name>|<version>|Microsoft Defender for
+    IoT Alert|<title>|<1, 4, 8 or 10>|`` then ``msg protocol severity type start src_ip src_mac
+    dst_ip dst_mac cat`` (optional ones left out when unknown; the sensor API gives no
+    ``UUID``, so none is sent), then labctl's own
+    ``externalId`` (the alert id, for de-duplication) and ``dvchost``; inside an RFC 5424
+    header with PRI user.alert (9)."""
     from labctl import __version__
 
     o = opts or CefOptions()
-    sev = o.severity.get(str(doc["Severity"]), 5)
-    a_src, a_dst = ("src_ip", "dst_ip") if o.address_keys == "src_ip" else ("src", "dst")
+    sev = o.severity.get(str(doc["Severity"]), 1)
+    a_src, a_dst = ("src", "dst") if o.address_keys == "src" else ("src_ip", "dst_ip")
     ext = [("msg", doc["Message"]), ("protocol", doc["Protocol"]),
            ("severity", doc["Severity"]), ("type", doc["Engine"]),
            ("start", _cef_time(doc["TimeGenerated"])), (a_src, doc["SrcIp"]),
            ("src_mac", doc["SrcMac"]), (a_dst, doc["DstIp"]), ("dst_mac", doc["DstMac"]),
            ("cat", doc["Category"]), ("externalId", doc["AlertId"]), ("dvchost", hostname)]
     body = " ".join(f"{k}={_cef_ext(v)}" for k, v in ext if v is not None)
+    product = o.product or sensor_name or doc.get("Sensor") or "sensor"
     head = "|".join(_cef_header(x) for x in (
-        "CEF:0", o.vendor, o.product, o.version or __version__, doc["Title"], doc["Title"],
+        "CEF:0", o.vendor, product, o.version or __version__, CEF_EVENT_CLASS, doc["Title"],
         sev))
     return (f"<{PRI_ALERT}>1 {doc['TimeGenerated']} {hostname} {APP} - alert - "
             f"{head}|{body}")
@@ -169,26 +179,31 @@ def format_alert_cef(doc: Mapping[str, Any], hostname: str,
 ALERT_SD_ID = "labctl-alert@32473"
 
 
-def format_alert_rfc5424(doc: Mapping[str, Any], hostname: str) -> str:
-    """One alert as D4IoT's "Syslog text message": the message text lists the same fields
-    in its order (sensor, title, message, severity, type, protocol, source, destination,
-    alert group; ``N/A`` where missing); the fields also travel as structured data."""
+def format_alert_rfc5424(doc: Mapping[str, Any], hostname: str,
+                         sensor_name: str | None = None) -> str:
+    """One alert as D4IoT's "Syslog text message": the labels of Microsoft's table in its
+    order (``CyberX platform name``, ``Microsoft Defender for IoT Alert`` (the title),
+    ``Type``, ``Severity``, ``Source``, ``Source IP``, ``Destination``, ``Destination IP``,
+    ``Message``, ``Alert group``; the optional ``Protocol`` only when known (the API gives no
+    ``Address`` or ``UUID``); ``N/A`` for a missing required one), joined by ``; ``. The fields also travel as
+    RFC 5424 structured data."""
     def na(v: Any) -> str:
         return "N/A" if v is None or v == "" else str(v)
-
-    def end(ip: Any, mac: Any) -> str:
-        return na(ip) if mac is None else f"{na(ip)} {mac}"
 
     keys = ("AlertId", "Title", "Severity", "Engine", "Protocol", "SrcIp", "SrcMac", "DstIp",
             "DstMac", "Category", "Sensor")
     sd = " ".join(f'{k}="{_sd_value(doc[k])}"' for k in keys if doc.get(k) is not None)
-    text = (f"Sensor: {na(doc['Sensor'])}; Microsoft Defender for IoT Alert; "
-            f"Title: {na(doc['Title'])}; Message: {na(doc['Message'])}; "
-            f"Alert severity: {na(doc['Severity'])}; Alert type: {na(doc['Engine'])}; "
-            f"Protocol: {na(doc['Protocol'])}; "
-            f"Source_MAC: {end(doc['SrcIp'], doc['SrcMac'])}; "
-            f"Destination_MAC: {end(doc['DstIp'], doc['DstMac'])}; "
-            f"alert_group: {na(doc['Category'])}")
+    parts = [("CyberX platform name", sensor_name or doc.get("Sensor")),
+             ("Microsoft Defender for IoT Alert", doc["Title"]),
+             ("Type", doc["Engine"]), ("Severity", doc["Severity"]),
+             ("Source", doc.get("SrcName") or doc["SrcIp"] or doc["SrcMac"]),
+             ("Source IP", doc["SrcIp"])]
+    if doc.get("Protocol"):
+        parts.append(("Protocol", doc["Protocol"]))
+    parts += [("Destination", doc.get("DstName") or doc["DstIp"] or doc["DstMac"]),
+              ("Destination IP", doc["DstIp"]), ("Message", doc["Message"]),
+              ("Alert group", doc["Category"])]
+    text = "; ".join(f"{k}: {na(v)}" for k, v in parts)
     text = text.replace("\r", " ").replace("\n", " ")
     return (f"<{PRI_ALERT}>1 {doc['TimeGenerated']} {hostname} {APP} - alert "
             f"[{ALERT_SD_ID} {sd}] {text}")
@@ -526,8 +541,10 @@ class SyslogSink:
     :func:`format_alert_rfc5424`/:func:`format_alert_cef`."""
 
     def __init__(self, url: str, fmt: str, hostname: str, *, cafile: str | None = None,
-                 fingerprint: str | None = None, cef: CefOptions | None = None) -> None:
+                 fingerprint: str | None = None, cef: CefOptions | None = None,
+                 sensor_name: str | None = None) -> None:
         self.key = f"syslog:{url}"
+        self.sensor_name = sensor_name
         self.fmt = fmt
         self.hostname = hostname
         self.cef = cef
@@ -536,8 +553,9 @@ class SyslogSink:
     def send(self, kind: str, docs: list[dict[str, Any]]) -> None:
         for d in docs:
             if kind == "alert":
-                msg = (format_alert_cef(d, self.hostname, self.cef) if self.fmt == "cef"
-                       else format_alert_rfc5424(d, self.hostname))
+                msg = (format_alert_cef(d, self.hostname, self.cef, self.sensor_name)
+                       if self.fmt == "cef"
+                       else format_alert_rfc5424(d, self.hostname, self.sensor_name))
             else:
                 msg = (format_cef(d, self.hostname) if self.fmt == "cef"
                        else format_rfc5424(d, self.hostname))
