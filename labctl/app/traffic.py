@@ -482,8 +482,7 @@ def open_sink(spec: SinkSpec, loaded: LoadedPlaybook | None, *, append: bool = F
         from azure.identity import DefaultAzureCredential
 
         credential = DefaultAzureCredential()
-    alert_stream = (spec.alert_stream or getattr(sec, "alert_stream_name", None)
-                    or DEFAULT_ALERT_STREAM)
+    alert_stream = spec.alert_stream or sec.alert_stream_name
     return ex.SentinelSink(endpoint=sec.data_collection_endpoint,
                            rule_id=sec.dcr_immutable_id, flow_stream=sec.stream_name,
                            alert_stream=alert_stream, credential=credential,

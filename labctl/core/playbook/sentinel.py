@@ -47,6 +47,9 @@ class SentinelSection(Model):
     dcr_immutable_id: str | None = Field(default=None, pattern=r"^dcr-[0-9a-fA-F]{32}$")
     stream_name: str = Field(default="Custom-LabctlFlows_CL",
                              pattern=r"^Custom-[A-Za-z0-9_]{1,60}$")
+    #: the DCR stream that takes the sensor's alerts (traffic export --sensor --sentinel)
+    alert_stream_name: str = Field(default="Custom-LabctlAlerts_CL",
+                                   pattern=r"^Custom-[A-Za-z0-9_]{1,60}$")
 
     @field_validator("query_endpoint", "data_collection_endpoint")
     @classmethod
