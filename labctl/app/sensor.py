@@ -646,6 +646,10 @@ def arm_client(ctx: LabContext, *, credential: Any = None, verify: Any = True) -
         raise ConfigError("no Azure section", file=ctx.loaded.path, key="sensor.azure",
                           hint="add sensor.azure: {subscription, location, site, sensor_name,"
                                " zone}")
+    if credential is None:
+        credential = ctx.arm_credential
+    if verify is True:
+        verify = ctx.arm_verify
     return ArmClient(az.subscription, az.location, credential=credential,
                      endpoint=az.endpoint, verify=verify, sleep=ctx.sleep)
 

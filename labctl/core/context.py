@@ -41,6 +41,10 @@ class LabContext:
     provider_factory: ProviderFactory | None = None
     router_driver_factory: RouterDriverFactory | None = None
     sensor_driver_factory: SensorDriverFactory | None = None
+    # Azure Resource Manager sign-in and TLS trust for sensor.azure (None / True: azure-identity's
+    # DefaultAzureCredential and the system CA bundle; tests: a fake credential and CA file).
+    arm_credential: Any = None
+    arm_verify: Any = True
     # Per-command overrides of the playbook (CLI flags such as --url / --user).
     router_url: str | None = None
     router_user: str | None = None
