@@ -184,9 +184,9 @@ def format_alert_rfc5424(doc: Mapping[str, Any], hostname: str,
     """One alert as D4IoT's "Syslog text message": the labels of Microsoft's table in its
     order (``CyberX platform name``, ``Microsoft Defender for IoT Alert`` (the title),
     ``Type``, ``Severity``, ``Source``, ``Source IP``, ``Destination``, ``Destination IP``,
-    ``Message``, ``Alert group``; the optional ``Protocol`` only when known (the API gives no
-    ``Address`` or ``UUID``); ``N/A`` for a missing required one), joined by ``; ``. The fields also travel as
-    RFC 5424 structured data."""
+    ``Message``, ``Alert group``; the optional ``Protocol`` only when known (the API gives
+    no ``Address`` or ``UUID``); ``N/A`` for a missing required one), joined by ``; ``.
+    The fields also travel as RFC 5424 structured data."""
     def na(v: Any) -> str:
         return "N/A" if v is None or v == "" else str(v)
 
