@@ -208,15 +208,81 @@ class FlowTable:
             self.stats.partial.append((path, err.offset, err.what))
 
     def _generic(self, cap: CaptureFile, data: bytes | mmap.mmap) -> int:
-        """Every record through :meth:`CaptureFile.records` and :func:`parse_frame`."""
+        """Every record of any container through :meth:`CaptureFile.records`.
+
+        The frame's Ethernet/IPv4/TCP-UDP fields are read with the sensor's frame layout
+        in one little-endian ``unpack_from`` (network-order fields come out byte-swapped,
+        as in :meth:`_fused`); frames that are not plain IPv4 TCP/UDP, or too near the
+        end of the data for that read, go through :func:`parse_frame` (:meth:`_one`).
+        """
+        head = struct.Struct("<" + FRAME_HEAD).unpack_from
+        tagged = struct.Struct("<" + FRAME_HEAD_TAGGED)
+        headv = tagged.unpack_from
+        limit = len(data) - tagged.size
         since = self.since
+        flows = self.flows
+        get = flows.get
+        macs = self.macs
         one = self._one
+        new_pairs = _new_pairs
         n = 0
-        for ts, off, caplen, wire in cap.records():
+        fast = 0
+        first = last = None
+        for ts, pk, incl, orig in cap.records():
             if since is not None and ts < since:
                 continue
             n += 1
-            one(data, off, caplen, wire, ts)
+            if pk > limit:
+                one(data, pk, incl, orig, ts)
+                continue
+            etype, vihl, frag, proto, sip, dip, sport, dport, flags = head(data, pk)
+            hl = 14
+            vid = 0
+            if etype == 0x0081:
+                v, etype, vihl, frag, proto, sip, dip, sport, dport, flags = headv(data, pk)
+                vid = _swap(v) & 0xFFF
+                hl = 18
+            if etype == 0x0008 and vihl == 0x45 and not frag & 0xFF3F and (
+                    (proto == 6 and incl >= hl + 34)
+                    or (proto == 17 and incl >= hl + 28 and sport != 0x3500)):
+                fast += 1
+                if first is None:
+                    first = last = ts
+                elif ts > last:  # type: ignore[operator]
+                    last = ts
+                elif ts < first:
+                    first = ts
+                key = (vid, sip, dip, proto, sport, dport)
+                m = int(ts) // 60
+                f = get(key)
+                if f is None:
+                    flows[key] = [1, orig, ts, ts, new_pairs(), m, 1,
+                                  proto == 6 and (flags & 0x12) == 0x02]
+                    if sip not in macs:
+                        macs[sip] = data[pk + 6:pk + 12]
+                    continue
+                f[0] += 1
+                f[1] += orig
+                if ts > f[3]:
+                    f[3] = ts
+                elif ts < f[2]:
+                    f[2] = ts
+                if m == f[5]:
+                    f[6] += 1
+                else:
+                    f[4].extend((f[5], f[6]))
+                    f[5] = m
+                    f[6] = 1
+                if proto == 6 and flags & 0x12 == 0x02:
+                    f[7] = True
+                continue
+            one(data, pk, incl, orig, ts)
+        st = self.stats
+        st.packets += fast
+        st.ip_packets += fast
+        if first is not None:
+            st.first = first if st.first is None else min(st.first, first)
+            st.last = last if st.last is None else max(st.last, last)  # type: ignore[type-var]
         return n
 
     def _one(self, data: bytes | mmap.mmap, off: int, caplen: int, orig: int,
@@ -357,7 +423,7 @@ class FlowTable:
                     f[4].extend((f[5], f[6]))
                     f[5] = m
                     f[6] = 1
-                if flags & 0x12 == 0x02:
+                if proto == 6 and flags & 0x12 == 0x02:
                     f[7] = True
                 continue
             one(data, pk, incl, orig, ts)
