@@ -437,3 +437,16 @@ def test_pcapng_block_helper_is_what_the_reader_reads():
     b = pcapng_block(6, b"abc", ">")
     assert len(b) == 16 and b[:8] == struct.pack(">II", 6, 16) and b[-4:] == \
         struct.pack(">I", 16)
+
+
+def test_udp_payload_is_never_read_as_a_tcp_syn(tmp_path):
+    """A UDP payload byte where a TCP header keeps its flags (0x02) does not mark the
+    flow as opened by a SYN, in the fused pcap loop and in the pcapng path alike."""
+    from labctl.traffic.flows import read_captures
+
+    pay = b"\0\0\0\0\0\x02" + b"\0" * 20
+    fr = [(T0 + i, udp(CLOUD, CAM, 5353, 40128, pay, smac=GMAC, dmac=CMAC))
+          for i in range(3)]
+    for f in (write_pcap(tmp_path / "u.pcap", fr), write_pcapng(tmp_path / "u.pcapng", fr)):
+        (r,) = read_captures([f]).records()
+        assert r.packets == 3 and r.syn is False, f
