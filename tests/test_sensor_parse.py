@@ -174,8 +174,10 @@ def test_fused_fast_path_matches_generic_path(tmp_path):
         cap = CaptureFile(path)
         n = s.replay(cap, cap.data) if fused else replay_generic(s, cap, cap.data)
         results.append((n, s.packets, s.malformed, [alert_to_api(a) for a in s.alerts],
-                        [device_to_api(d) for d in s.devices.values()], connections_api(s)))
+                        [device_to_api(d) for d in s.devices.values()], connections_api(s),
+                        s.flow_rows()))
     assert results[0] == results[1]
+    assert results[0][6], "the flow store saw the mix"
     assert results[0][0] == 60_000 and results[0][1] == 60_000
     assert results[0][3], "the mix contains a port scan"
 
