@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import ipaddress
-from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,7 +95,13 @@ class _Session:
     first: float = float("inf")
     last: float = float("-inf")
     starts: list[float] = field(default_factory=list)
-    minutes: dict[int, int] = field(default_factory=dict)
+    #: the flows' own per-minute maps (not merged: the detector only needs the active
+    #: minutes, read once, so the report holds no second copy of every flow's minutes)
+    minute_maps: list[Mapping[int, int]] = field(default_factory=list)
+
+    def active_minutes(self) -> Iterator[int]:
+        for mm in self.minute_maps:
+            yield from mm
 
 
 def _sessions(flows: list[FlowRecord]) -> dict[tuple[str, str, int, int | None], _Session]:
@@ -132,8 +137,7 @@ def _sessions(flows: list[FlowRecord]) -> dict[tuple[str, str, int, int | None],
             s.by_sc += f.bytes
         s.first = min(s.first, f.first)
         s.last = max(s.last, f.last)
-        for m, c in f.minutes.items():
-            s.minutes[m] = s.minutes.get(m, 0) + c
+        s.minute_maps.append(f.minutes)
     return out
 
 
@@ -171,11 +175,10 @@ def _ip_key(addr: str) -> tuple[int, int]:
     return (ip.version, int(ip))
 
 
-def _hours(minutes: Mapping[int, int]) -> list[int]:
-    h = [0] * 24
+def _add_hours(h: list[int], minutes: Mapping[int, int]) -> None:
+    """Add a flow's per-minute packets to 24 hour-of-day counters (UTC)."""
     for m, c in minutes.items():
         h[(m // 60) % 24] += c
-    return h
 
 
 def _service(port: int | None, proto: int, ports: Mapping[int, PortInfo]) -> PortInfo | None:
@@ -206,7 +209,7 @@ def build_report(flows: list[FlowRecord], names: Names, ports: Mapping[int, Port
                 "name": names.devices.get(ip) or names.dns.get(ip),
                 "packets_out": 0, "bytes_out": 0, "packets_in": 0, "bytes_in": 0,
                 "first_seen": float("inf"), "last_seen": float("-inf"),
-                "_peers": {}, "_ports": {}, "_minutes": defaultdict(int),
+                "_peers": {}, "_ports": {}, "_hours": [0] * 24,
                 "periodicity": [], "flags": [],
             }
         return d
@@ -218,8 +221,7 @@ def build_report(flows: list[FlowRecord], names: Names, ports: Mapping[int, Port
             d["bytes_out"] += f.bytes
             d["first_seen"] = min(d["first_seen"], f.first)
             d["last_seen"] = max(d["last_seen"], f.last)
-            for m, c in f.minutes.items():
-                d["_minutes"][m] += c
+            _add_hours(d["_hours"], f.minutes)
     for f in flows:  # receivers: only addresses that are devices (sent something)
         rd = devs.get(f.dst)
         if rd is not None:
@@ -227,8 +229,7 @@ def build_report(flows: list[FlowRecord], names: Names, ports: Mapping[int, Port
             rd["bytes_in"] += f.bytes
             rd["first_seen"] = min(rd["first_seen"], f.first)
             rd["last_seen"] = max(rd["last_seen"], f.last)
-            for m, c in f.minutes.items():
-                rd["_minutes"][m] += c
+            _add_hours(rd["_hours"], f.minutes)
 
     for s in sessions.values():
         for me, other, role in ((s.client, s.server, "client"), (s.server, s.client, "server")):
@@ -267,7 +268,7 @@ def build_report(flows: list[FlowRecord], names: Names, ports: Mapping[int, Port
             pe["bytes"] += s.by_cs + s.by_sc
             pe["peers"].add(other)
             if role == "client" and s.port is not None:
-                p = detect(s.starts, s.minutes)
+                p = detect(s.starts, s.active_minutes())
                 if p is not None:
                     d["periodicity"].append({
                         "peer": other, "proto": proto_name(s.proto), "port": s.port,
@@ -325,7 +326,7 @@ def build_report(flows: list[FlowRecord], names: Names, ports: Mapping[int, Port
                     flags.append({"flag": "new-port", "ports": new_ports,
                                   "detail": "new since the previous report: "
                                             + ", ".join(new_ports)})
-        hours = _hours(d.pop("_minutes"))
+        hours = d.pop("_hours")
         d["first_seen"] = iso(d["first_seen"])
         d["last_seen"] = iso(d["last_seen"])
         d["peers"] = peers
