@@ -19,7 +19,6 @@ module is cheap.
 from __future__ import annotations
 
 import logging
-import select
 import socket
 import threading
 from collections.abc import Iterator
@@ -150,21 +149,34 @@ class SshTunnel:
             return TunnelStats(self._accepted, self._forwarded, self._refused)
 
     def close(self) -> None:
-        """Stop accepting, close every channel and socket and the SSH login, join threads."""
+        """Stop accepting, close every channel and socket and the SSH login, join threads.
+
+        Workers close their own channel and socket: a paramiko channel that a worker selects
+        on owns a pipe, and closing it from this thread frees the pipe's descriptor numbers
+        while the worker may still read them, which can hit whatever socket reuses the
+        number next (seen as "Bad file descriptor" in the next SSH login). So this sets the
+        stop flag, wakes the workers by shutting their local sockets down (the descriptor
+        stays allocated), joins them, and only then closes what is left and the listener."""
         self._stop.set()
-        if self._listener is not None:
-            with suppress(OSError):
-                self._listener.close()
         with self._lock:
             live = list(self._open)
-            self._open.clear()
         for obj in live:
-            with suppress(Exception):
-                obj.close()
+            if isinstance(obj, socket.socket):
+                with suppress(OSError):
+                    obj.shutdown(socket.SHUT_RDWR)
         for t in list(self._threads):
             if t is not threading.current_thread():
                 t.join(_JOIN)
         self._threads.clear()
+        if self._listener is not None:
+            with suppress(OSError):
+                self._listener.close()
+        with self._lock:
+            left = list(self._open)
+            self._open.clear()
+        for obj in left:
+            with suppress(Exception):
+                obj.close()
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -235,25 +247,55 @@ class SshTunnel:
 
 
 def _pump(conn: socket.socket, chan: Any, stop: threading.Event) -> None:
-    """Copy bytes both ways until one side closes or the tunnel stops."""
-    while not stop.is_set():
+    """Copy bytes both ways until one side closes or the tunnel stops.
+
+    One thread a direction, each blocking with a short timeout, never ``select`` on the
+    channel: ``Channel.fileno()`` makes paramiko create a pipe whose descriptors its
+    transport thread may still write to while the channel is being closed, and a freed
+    descriptor number is soon another socket's (it broke the next SSH login)."""
+    done = threading.Event()
+
+    def down() -> None:  # sensor -> local client
         try:
-            readable, _, _ = select.select([conn, chan], [], [], _TICK)
-        except (OSError, ValueError):
-            return  # a side was closed under us
-        for src, dst in ((conn, chan), (chan, conn)):
-            if src not in readable:
-                continue
+            chan.settimeout(_TICK)
+            while not stop.is_set() and not done.is_set():
+                try:
+                    data = chan.recv(_BUF)
+                except TimeoutError:
+                    continue
+                except Exception:  # paramiko's socket errors, EOFError
+                    return
+                if not data:
+                    return
+                try:
+                    conn.sendall(data)
+                except OSError:
+                    return
+        finally:
+            done.set()
+            with suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)  # wakes the other direction
+
+    t = threading.Thread(target=down, name="labctl-tunnel-down", daemon=True)
+    t.start()
+    try:
+        conn.settimeout(_TICK)
+        while not stop.is_set() and not done.is_set():
             try:
-                data = src.recv(_BUF)
+                data = conn.recv(_BUF)
+            except TimeoutError:
+                continue
             except OSError:
                 return
             if not data:
                 return
             try:
-                dst.sendall(data)
-            except OSError:
+                chan.sendall(data)
+            except Exception:  # paramiko's socket errors
                 return
+    finally:
+        done.set()
+        t.join(_JOIN)
 
 
 @contextmanager
