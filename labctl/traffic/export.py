@@ -54,10 +54,8 @@ def sensor_flow_documents(flows: list[Flow]) -> Iterator[dict[str, Any]]:
 
 # ---- alerts, in the fields of Defender for IoT's own syslog forwarding ----------------
 
-#: D4IoT severity -> CEF severity (0-10). Microsoft's page shows the CEF header's severity
-#: field but not its numbers for each level: uncertain, hence configurable (--cef-severity)
-#: the header severity Microsoft documents for D4IoT's CEF forwarding
-#: ("1=Warning, 4=Minor, 8=Major, or 10=Critical")
+#: D4IoT severity -> the CEF header's severity, as Microsoft documents D4IoT's CEF forwarding
+#: ("1=Warning, 4=Minor, 8=Major, or 10=Critical"); --cef-severity changes it
 CEF_SEVERITY = {"Warning": 1, "Minor": 4, "Major": 8, "Critical": 10}
 #: the CEF Device Event Class ID of every D4IoT alert line
 CEF_EVENT_CLASS = "Microsoft Defender for IoT Alert"
