@@ -334,3 +334,100 @@ def test_pcapng_gives_the_same_flows_as_pcap(tmp_path):
     a = _replay(write(tmp_path / "c.pcap", pk)).flow_rows()
     b = _replay(write(tmp_path / "c.pcapng", pk, pcapng=True)).flow_rows()
     assert a == b and len(a) == 4
+
+
+def _scan_frames(seed: int, n: int) -> list[tuple[float, bytes]]:
+    """SYN scans that cross every window's threshold, mixed with what the fused loop's SYN
+    branch must leave to the slow path: new sources, port 0, internet peers both ways,
+    SYN-ACK replies, retransmitted SYNs, a SYN on the reverse of a known flow, VLAN tags,
+    and other traffic between them."""
+    import random
+
+    bench = _bench()
+    rnd = random.Random(seed)
+    scanners = [bytes([172, 16, 1, 50]), bytes([172, 16, 1, 51]), bytes([93, 184, 216, 34])]
+    targets = [bytes([172, 16, 1, 10 + i]) for i in range(5)] + \
+        [bytes([172, 16, 2, i]) for i in range(1, 40)] + [bytes([1, 1, 1, 1])]
+    mac = {ip: bytes([2, 0]) + ip for ip in scanners + targets}
+    frames: list[tuple[float, bytes]] = []
+    sent: list[tuple[bytes, bytes, int, int, int]] = []
+    ts = T0
+    for _ in range(n):
+        ts += rnd.choices((0.0004, 0.002, 0.01, 0.2), (4, 3, 2, 1))[0]
+        r = rnd.random()
+        vlan = 52 if rnd.random() < 0.2 else 0
+        if r < 0.7 or not sent:
+            t = rnd.random()
+            src = rnd.choice(scanners)
+            dst = rnd.choice(targets[:5] if t < 0.6 else targets[5:-1] if t < 0.95
+                             else targets[-1:])
+            sport, dport = rnd.choice((40000, 40001, rnd.randrange(1024, 65535))), \
+                rnd.choice((0, 22, 80, rnd.randrange(1, 2000)))
+            flags = 0x02
+            sent.append((src, dst, sport, dport, vlan))
+        else:
+            src, dst, sport, dport, vlan = rnd.choice(sent[-300:])
+            if r < 0.8:  # the target answers
+                src, dst, sport, dport, flags = dst, src, dport, sport, 0x12
+            elif r < 0.85:  # the target opens the reverse direction itself
+                src, dst, sport, dport, flags = dst, src, dport, sport, 0x02
+            elif r < 0.92:  # a retransmitted SYN
+                flags = 0x02
+            else:  # data of the conversation, either way
+                flags = 0x18
+                if rnd.random() < 0.5:
+                    src, dst, sport, dport = dst, src, dport, sport
+        frames.append((ts, bench.eth(mac[dst], mac[src], 0x0800, bench.ipv4(
+            src, dst, 6, bench.tcp(sport, dport, flags, b"d" * rnd.choice((0, 0, 40)))),
+            vlan)))
+    return frames
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_fused_syn_branch_matches_every_path(tmp_path, seed):
+    """The fused loop settles a SYN itself when every window is below its threshold: the
+    same flows, alerts, events, devices and connections as every other path, with
+    thresholds crossed often and the flow store full (evictions)."""
+    import yaml
+
+    from labctl.sensor.api import connections_api, device_to_api
+
+    path = engines_file(tmp_path, learning=False, flows={"max_flows": 400, "max_age_days": 7,
+                                         "minute_window": 1440})
+    doc = yaml.safe_load(path.read_text())
+    doc["detections"]["dos"]["threshold"] = 40
+    doc["detections"]["address_scan"]["threshold"] = 12
+    doc["detections"]["address_scan"]["prefix"] = 24
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    cfg = load_config(path)
+    frames = _scan_frames(seed, 6000)
+    pcap = write_raw(tmp_path / "scan.pcap", frames)
+    cap = CaptureFile(pcap)
+    frames = [(cap.data[off:off + n], ts) for ts, off, n in cap]  # the stored stamps
+    results = []
+    for way in ("fused", "generic", "batch", "feed"):
+        s = Sensor(cfg)
+        if way == "fused":
+            s.replay(cap, cap.data)
+        elif way == "generic":
+            replay_generic(s, cap, cap.data)
+        elif way == "batch":
+            for i in range(0, len(frames), 500):
+                s.feed_batch(frames[i:i + 500])
+            s.fold(s.last_ts)
+        else:
+            for f, ts in frames:
+                s.feed(f, 0, len(f), ts)
+            s.fold(s.last_ts)
+        # the alert rows carry the repeat counts and last times
+        results.append((s.packets, s.flow_rows(), [a.to_row() for a in s.alerts],
+                        [(e.type, e.content) for e in s.events],
+                        [device_to_api(d) for d in s.devices.values()], connections_api(s),
+                        s._next_flow))
+    for other in results[1:]:
+        assert other == results[0]
+    titles = {a["title"] for a in results[0][2]}
+    assert {"Port Scan Detected", "Address Scan Detected", "Excessive Number of Sessions",
+            "Suspicion of Denial Of Service Attack", "Illegal Connection Attempt on Port 0",
+            "Unauthorized Internet Connectivity Detected"} <= titles
+    assert len(results[0][1]) == 400 and results[0][6] > 1000  # full, and evicting

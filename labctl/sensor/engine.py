@@ -196,9 +196,9 @@ class Sensor:
         self.flow_max = fl.max_flows
         self.flow_age = fl.max_age_days * 86400.0
         self.flow_window = fl.minute_window
-        self.flows: dict[FlowKey, FlowRecord] = {}  # by the opener's direction key
+        #: by the opener's direction key, least recently seen first (the LRU order)
+        self.flows: OrderedDict[FlowKey, FlowRecord] = OrderedDict()
         self.flow_dirs: dict[FlowKey, list[Any]] = {}  # direction key -> direction
-        self.flow_lru: OrderedDict[int, FlowRecord] = OrderedDict()
         self.dirty_flows: dict[int, FlowRecord] = {}
         self.evicted_flows: list[int] = []
         self.flow_seq = 0
@@ -520,7 +520,7 @@ class Sensor:
         self._fminute = m
         self.flow_tick = (m * 60.0, m * 60.0 + 60.0, object())
         cutoff = ts - self.flow_age
-        lru = self.flow_lru
+        lru = self.flows
         while lru:
             f = next(iter(lru.values()))
             if f.last >= cutoff:
@@ -546,8 +546,40 @@ class Sensor:
             d[D_BASE] = d[D_PK] - 1
         f: FlowRecord = d[D_FLOW]
         self.dirty_flows[f.id] = f
-        self.flow_lru.move_to_end(f.id)
+        self.flows.move_to_end(f.key)
         d[D_STAMP] = self.flow_tick[2]
+
+    def syn_state(self) -> tuple[Any, ...]:
+        """What the fused loop reads to settle a SYN itself (see fastpath._replay_pcap):
+        the windows' key maps and the room below each threshold (None: off)."""
+        def keys(w: Any) -> Any:
+            return None if w is None else w.keys
+
+        def room(w: Any) -> int:
+            return 0 if w is None else w.threshold - 1
+
+        return (self.by_ip, self._port0_on, keys(self._port_scan), room(self._port_scan),
+                keys(self._addr_scan), room(self._addr_scan), self._addr_prefix_bytes,
+                keys(self._sessions), room(self._sessions), keys(self._dos),
+                room(self._dos), self._internet_on, self._global, self._syn_flow)
+
+    def _syn_flow(self, key: FlowKey, ts: float, dev: Device | bool) -> list[Any]:
+        """A new flow opened by a SYN whose direction and reverse are both unknown."""
+        flows = self.flows
+        if len(flows) >= self.flow_max:
+            self._evict(flows.popitem(last=False)[1], in_map=False)
+        sp, dp = key[2], key[3]
+        f = FlowRecord(self._next_flow, key, (sp & 0xFF) << 8 | sp >> 8,
+                       (dp & 0xFF) << 8 | dp >> 8, ts)
+        self._next_flow += 1
+        flows[key] = f
+        self.dirty_flows[f.id] = f
+        d = f.out
+        d[D_MIN] = self._fminute
+        d[D_STAMP] = self.flow_tick[2]
+        d[D_DEV] = dev if dev is not False else None
+        self.flow_dirs[key] = d
+        return d
 
     def _flow_direction(self, key: FlowKey, p: Parsed, ts: float,
                         dev: Device | bool) -> list[Any]:
@@ -562,8 +594,8 @@ class Sensor:
             if f is not None:
                 d = f.inn
             else:
-                while len(self.flows) >= self.flow_max and self.flow_lru:
-                    self._evict(self.flow_lru.popitem(last=False)[1], in_lru=False)
+                while len(self.flows) >= self.flow_max:
+                    self._evict(self.flows.popitem(last=False)[1], in_map=False)
                 ported = key[2] >= 0
                 if p[6] == 6 and p[9] & 0x12 == 0x12:
                     # the first packet seen is a SYN-ACK: its receiver sent the SYN
@@ -575,8 +607,7 @@ class Sensor:
                                    p[8] if ported else -1, ts)
                     d = f.out
                 self._next_flow += 1
-                self.flows[f.key] = f
-                self.flow_lru[f.id] = f  # at the end already: no touch needed
+                self.flows[f.key] = f  # at the end already: no touch needed
                 self.dirty_flows[f.id] = f
                 d[D_MIN] = self._fminute
                 d[D_STAMP] = self.flow_tick[2]
@@ -584,13 +615,14 @@ class Sensor:
         self.flow_dirs[key] = d
         return d
 
-    def _evict(self, f: FlowRecord, *, in_lru: bool = True) -> None:
-        """Drop ``f``; ``in_lru=False`` when the caller already took it off the LRU order.
+    def _evict(self, f: FlowRecord, *, in_map: bool = True) -> None:
+        """Drop ``f``; ``in_map=False`` when the caller already took it out of ``flows``.
 
         A direction key maps to one flow only (a new flow is made only when neither its
         key nor the reverse is known), so popping the keys cannot drop another flow's."""
         key = f.key
-        del self.flows[key]
+        if in_map:
+            del self.flows[key]
         fd = self.flow_dirs
         d = f.out
         if d[D_PK]:
@@ -608,8 +640,6 @@ class Sensor:
                 dev.last_seen = d[D_LAST]
                 self.dirty_devices.add(dev.id)
         d[D_FLOW] = None
-        if in_lru:
-            del self.flow_lru[f.id]
         self.dirty_flows.pop(f.id, None)
         if f.stored:
             self.evicted_flows.append(f.id)
@@ -795,8 +825,11 @@ class Sensor:
             cutoff = now - 600
             self.udp_flows = {k: t for k, t in self.udp_flows.items() if t >= cutoff}
             # a UDP direction skips the known-flow check only while its flow is known: make
-            # every direction pass through process once more
-            self.flow_dirs.clear()
+            # every UDP direction pass through process once more. (TCP directions stay: the
+            # fused loop's SYN branch relies on a known TCP flow having a known direction.)
+            fd = self.flow_dirs
+            for k in [k for k in fd if k[4] == 17]:
+                del fd[k]
         if len(self._global) > 500_000:
             self._global.clear()
         if len(self.by_ip) - len(self.devices) > 500_000:
@@ -894,10 +927,9 @@ class Sensor:
             f = FlowRecord.from_row(r)
             if f.key in self.flows:
                 continue
-            while len(self.flows) >= self.flow_max and self.flow_lru:
-                self._evict(self.flow_lru.popitem(last=False)[1], in_lru=False)
+            while len(self.flows) >= self.flow_max:
+                self._evict(self.flows.popitem(last=False)[1], in_map=False)
             self.flows[f.key] = f
-            self.flow_lru[f.id] = f
             self.flow_seq = max(self.flow_seq, f.seq)
             self._next_flow = max(self._next_flow, f.id + 1)
             for dr, k in ((f.out, f.key), (f.inn, reverse_key(f.key))):

@@ -58,6 +58,8 @@ class Sensor(Protocol):
 
     def _flow_touch(self, d: list[Any]) -> None: ...
 
+    def syn_state(self) -> tuple[Any, ...]: ...
+
 # the live frames' fields read little-endian, like the fused pcap loop reads them, so the
 # flow keys (byte-swapped ports) and the byte-swapped constants are the same on both paths
 _LIVE_HEAD = struct.Struct("<" + FRAME_HEAD)
@@ -222,6 +224,8 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
     tick = sensor._flow_tick
     touch = sensor._flow_touch
     flo, fhi, fstamp = sensor.flow_tick
+    (by_ip, port0, ps_keys, ps_room, as_keys, as_room, nb, ss_keys, ss_room, dos_keys,
+     dos_room, internet, glob, new_flow) = sensor.syn_state()
     rec_len = PCAP_RECORD_LEN
     size = len(data)
     limit = size - tagged.size  # past this offset a fused read could run off the end
@@ -266,6 +270,57 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
                             if d[3] is not fstamp:
                                 touch(d)
                             continue
+                    elif flags & 0x12 == 0x02 and dport not in tcp_rules:
+                        # a SYN: a connection attempt. Settled here when every detection
+                        # window is below its threshold and the source is known
+                        dev = by_ip.get(sip)
+                        hp = (dport & 0xFF) << 8 | dport >> 8
+                        ok = dev is not None and (hp or not port0)
+                        if ok and ps_keys is not None:
+                            items = ps_keys.get((sip, dip))
+                            if items is not None and len(items) < ps_room:
+                                items[hp] = ts
+                            else:
+                                ok = False
+                        if ok and as_keys is not None:
+                            items = as_keys.get((sip, dip[:nb]))
+                            if items is not None and len(items) < as_room:
+                                items[dip] = ts
+                            else:
+                                ok = False
+                        q1 = q2 = None
+                        if ok and ss_keys is not None:
+                            q1 = ss_keys.get(sip)
+                            if q1 is None or len(q1) >= ss_room:
+                                ok = False
+                        if ok and dos_keys is not None:
+                            q2 = dos_keys.get(dip)
+                            if q2 is None or len(q2) >= dos_room:
+                                ok = False
+                        if ok and internet:
+                            g = glob.get(dip)
+                            if g is None or (g and dev):
+                                ok = False
+                        if ok:
+                            if ts >= fhi or ts < flo:
+                                tick(ts)
+                                flo, fhi, fstamp = sensor.flow_tick
+                            d = fd.get(key)
+                            # (the other side's flow, when its direction is known, is
+                            # found the slow way)
+                            if d is None and (dip, sip, dport, sport, 6, vl) not in fd:
+                                d = new_flow(key, ts, dev)
+                            if d is not None:
+                                if q1 is not None:
+                                    q1.append(ts)
+                                if q2 is not None:
+                                    q2.append(ts)
+                                d[0] += 1
+                                d[1] += orig
+                                d[2] = ts
+                                if d[3] is not fstamp:
+                                    touch(d)
+                                continue
                     # the fields are already read: build the parse tuple directly
                     process((vl, data[pk + 6:pk + 12], data[pk:pk + 6], K_IPV4, sip, dip, 6,
                              (sport & 0xFF) << 8 | sport >> 8,
