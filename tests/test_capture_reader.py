@@ -255,6 +255,58 @@ def test_sensor_replay_reads_gzip_through_the_same_reader(tmp_path, cli_run):
     assert a["devices"] == b["devices"] and a["alerts"] == b["alerts"]
 
 
+def test_sensor_replay_fused_loop_names_damage_and_releases_pages(tmp_path, cli_run,
+                                                                  monkeypatch):
+    """The sensor's own fused pcap loop stops at a corrupt length or a cut record like the
+    reader does (the packets before it counted, the byte offset named), and gives back the
+    mapped pages behind it."""
+    import mmap
+
+    import labctl.sensor.fastpath as fastpath
+    from labctl.sensor.config import load_config
+    from labctl.sensor.engine import Sensor
+    from labctl.sensor.pcap import CaptureFile
+
+    fr = frames() * 200  # long enough that the fused loop, not the tail walk, meets it
+    good = write_pcap(tmp_path / "good.pcap", fr).read_bytes()
+    offs, off = [], 24
+    for _, b in fr:
+        offs.append(off)
+        off += 16 + len(b)
+    k = 700
+    assert offs[k] + 300_000 < len(good)  # a length the file could hold, but no frame has
+    bad = bytearray(good)
+    struct.pack_into("<I", bad, offs[k] + 8, 300_000)
+    (tmp_path / "corrupt.pcap").write_bytes(bytes(bad))
+    doc = cli_run("sensor", "replay", "--pcap", str(tmp_path / "corrupt.pcap"),
+                  "--json").json()
+    assert doc["packets"] == k and doc["truncated"] == 1
+    assert doc["damage"] == {"offset": offs[k], "what": "corrupt record (length 300000)",
+                             "compressed": False}
+    r = cli_run("sensor", "replay", "--pcap", str(tmp_path / "corrupt.pcap"))
+    assert r.exit_code == 0
+    assert f"corrupt record (length 300000) at byte {offs[k]}" in r.stderr
+    # a record cut by the end of the file, and a clean file
+    (tmp_path / "cut.pcap").write_bytes(good[:offs[-1] + 30])
+    doc = cli_run("sensor", "replay", "--pcap", str(tmp_path / "cut.pcap"), "--json").json()
+    assert doc["packets"] == len(fr) - 1
+    assert doc["damage"]["offset"] == offs[-1] and doc["damage"]["what"] == "truncated record"
+    doc = cli_run("sensor", "replay", "--pcap", str(tmp_path / "good.pcap"), "--json").json()
+    assert doc["packets"] == len(fr) and doc["damage"] is None and doc["truncated"] == 0
+    # the same counters whichever way the records go, and the pages behind are released
+    monkeypatch.setattr(fastpath, "RELEASE_EVERY", 4096)
+    cfg = load_config()
+    with CaptureFile(tmp_path / "good.pcap", mmap_threshold=0) as cap:
+        s = Sensor(cfg)
+        assert s.replay(cap, cap.data) == len(fr)
+        assert isinstance(cap.data, mmap.mmap)
+        assert cap._released >= len(good) - 2 * 4096 - mmap.PAGESIZE
+    with CaptureFile(tmp_path / "good.pcap") as cap:
+        g = Sensor(cfg)
+        fastpath.replay_generic(g, cap, cap.data)
+    assert (s.packets, s.malformed, s.flow_rows()) == (g.packets, g.malformed, g.flow_rows())
+
+
 # ---- bad input -------------------------------------------------------------------------------
 
 def test_not_a_capture_exits_2_naming_the_file(tmp_path, capsys):

@@ -101,6 +101,11 @@ def replay(pcap: str, config: str | None, learning: bool | None, scanners: tuple
     pps = doc["packets_per_second"]
     echo(f"{doc['packets']} packets ({doc['malformed']} malformed) in {doc['seconds']:.3f}s"
          + (f" = {pps:,} packets/s" if pps else ""))
+    dmg = doc["damage"]
+    if dmg:
+        where = "of the decompressed stream " if dmg["compressed"] else ""
+        echo(f"warning: {pcap}: {dmg['what']} at byte {dmg['offset']} {where}"
+             f"(read up to there)", err=True)
 
 
 @sensor.group(invoke_without_command=True,

@@ -22,9 +22,11 @@ from labctl.sensor.parse import K_IPV4, Parsed, parse_frame
 from labctl.sensor.pcap import (
     FRAME_HEAD,
     FRAME_HEAD_TAGGED,
+    MAX_RECORD,
     PCAP_FILE_HEADER_LEN,
     PCAP_RECORD,
     PCAP_RECORD_LEN,
+    RELEASE_EVERY,
     CaptureFile,
 )
 from labctl.sensor.records import Device, FlowKey
@@ -156,10 +158,6 @@ def feed_batch(sensor: Sensor, batch: Sequence[tuple[bytes, float]]) -> None:
         sensor.last_ts = ts
 
 
-#: the largest believable original frame length (a GSO/TSO capture's 64 KiB, with room)
-MAX_WIRE = 262_144
-
-
 def replay(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) -> int:
     """Process every record of ``capture``; returns the number of records."""
     if capture.format == "pcap":
@@ -185,7 +183,7 @@ def replay_generic(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap
             bad += 1
             continue
         w = wire(data, off - 4)[0] if off >= 4 else cap
-        if guard and not cap <= w <= MAX_WIRE:
+        if guard and not cap <= w <= MAX_RECORD:
             w = cap  # not a length (a big-endian pcapng section): the captured length
         process(p, ts, w)
     sensor.malformed += bad
@@ -206,7 +204,6 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
     rules = sensor.rules
     if capture.endian != "<" or rules.any:
         return replay_generic(sensor, capture, data)
-    rec = struct.Struct("<" + PCAP_RECORD).unpack_from
     head = struct.Struct("<" + PCAP_RECORD + FRAME_HEAD).unpack_from
     tagged = struct.Struct("<" + PCAP_RECORD + FRAME_HEAD_TAGGED)
     headv = tagged.unpack_from
@@ -227,111 +224,46 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
     (by_ip, port0, ps_keys, ps_room, as_keys, as_room, nb, ss_keys, ss_room, dos_keys,
      dos_room, internet, glob, new_flow) = sensor.syn_state()
     rec_len = PCAP_RECORD_LEN
+    maxrec = MAX_RECORD
+    release = capture.release
     size = len(data)
     limit = size - tagged.size  # past this offset a fused read could run off the end
     off = PCAP_FILE_HEADER_LEN
+    lim = min(limit, off + RELEASE_EVERY)
     n = 0
     slow = 0
     bad = 0
     vl = 0
     ts = sensor.last_ts
-    while off + rec_len <= size:
-        if off <= limit:
-            sec, frac, incl, orig, etype, vihl, frag, proto, sip, dip, sport, dport, \
-                flags = head(data, off)
-            hl = 14
-            if etype == 0x0081:  # 802.1Q: read the same fields 4 bytes further on
-                sec, frac, incl, orig, vid, etype, vihl, frag, proto, sip, dip, sport, \
-                    dport, flags = headv(data, off)
-                hl = 18
-                vl = ((vid & 0xFF) << 8 | vid >> 8) & 0xFFF
-            else:
-                vl = 0
-            pk = off + rec_len
-            off = pk + incl
-            if off > size:
-                capture.truncated += 1
-                break
-            n += 1
-            ts = sec + frac / div
-            if etype == 0x0008 and vihl == 0x45 and (frag == 0 or frag == 0x0040):
-                if proto == 6 and incl >= hl + 34:
-                    key = (sip, dip, sport, dport, 6, vl)
-                    if not flags & 0x02:
-                        d = fd.get(key)
-                        if d is not None and (dport not in tcp_rules or _hits_settled(
-                                d[7], int(ts * 1000), dms, dirty)):
-                            if ts >= fhi or ts < flo:
-                                tick(ts)
-                                flo, fhi, fstamp = sensor.flow_tick
-                            d[0] += 1
-                            d[1] += orig
-                            d[2] = ts
-                            if d[3] is not fstamp:
-                                touch(d)
-                            continue
-                    elif flags & 0x12 == 0x02 and dport not in tcp_rules:
-                        # a SYN: a connection attempt. Settled here when every detection
-                        # window is below its threshold and the source is known
-                        dev = by_ip.get(sip)
-                        hp = (dport & 0xFF) << 8 | dport >> 8
-                        ok = dev is not None and (hp or not port0)
-                        if ok and ps_keys is not None:
-                            items = ps_keys.get((sip, dip))
-                            if items is not None and len(items) < ps_room:
-                                items[hp] = ts
-                            else:
-                                ok = False
-                        if ok and as_keys is not None:
-                            items = as_keys.get((sip, dip[:nb]))
-                            if items is not None and len(items) < as_room:
-                                items[dip] = ts
-                            else:
-                                ok = False
-                        q1 = q2 = None
-                        if ok and ss_keys is not None:
-                            q1 = ss_keys.get(sip)
-                            if q1 is None or len(q1) >= ss_room:
-                                ok = False
-                        if ok and dos_keys is not None:
-                            q2 = dos_keys.get(dip)
-                            if q2 is None or len(q2) >= dos_room:
-                                ok = False
-                        if ok and internet:
-                            g = glob.get(dip)
-                            if g is None or (g and dev):
-                                ok = False
-                        if ok:
-                            if ts >= fhi or ts < flo:
-                                tick(ts)
-                                flo, fhi, fstamp = sensor.flow_tick
-                            d = fd.get(key)
-                            # (the other side's flow, when its direction is known, is
-                            # found the slow way)
-                            if d is None and (dip, sip, dport, sport, 6, vl) not in fd:
-                                d = new_flow(key, ts, dev)
-                            if d is not None:
-                                if q1 is not None:
-                                    q1.append(ts)
-                                if q2 is not None:
-                                    q2.append(ts)
-                                d[0] += 1
-                                d[1] += orig
-                                d[2] = ts
-                                if d[3] is not fstamp:
-                                    touch(d)
-                                continue
-                    # the fields are already read: build the parse tuple directly
-                    process((vl, data[pk + 6:pk + 12], data[pk:pk + 6], K_IPV4, sip, dip, 6,
-                             (sport & 0xFF) << 8 | sport >> 8,
-                             (dport & 0xFF) << 8 | dport >> 8, flags), ts, orig, key)
-                    slow += 1
-                    flo, fhi, fstamp = sensor.flow_tick
-                    continue
-                if proto == 17 and incl >= hl + 28:
-                    key = (sip, dip, sport, dport, 17, vl)
+    while True:
+        if off > lim:
+            if off > limit:
+                break  # the last few records: the reader walks them (see below)
+            release(off)
+            lim = min(limit, off + RELEASE_EVERY)
+            continue
+        sec, frac, incl, orig, etype, vihl, frag, proto, sip, dip, sport, dport, \
+            flags = head(data, off)
+        hl = 14
+        if etype == 0x0081:  # 802.1Q: read the same fields 4 bytes further on
+            sec, frac, incl, orig, vid, etype, vihl, frag, proto, sip, dip, sport, \
+                dport, flags = headv(data, off)
+            hl = 18
+            vl = ((vid & 0xFF) << 8 | vid >> 8) & 0xFFF
+        else:
+            vl = 0
+        pk = off + rec_len
+        if incl > maxrec or pk + incl > size:
+            break  # damage: the reader names it (see below)
+        off = pk + incl
+        n += 1
+        ts = sec + frac / div
+        if etype == 0x0008 and vihl == 0x45 and (frag == 0 or frag == 0x0040):
+            if proto == 6 and incl >= hl + 34:
+                key = (sip, dip, sport, dport, 6, vl)
+                if not flags & 0x02:
                     d = fd.get(key)
-                    if d is not None and (dport not in udp_rules or _hits_settled(
+                    if d is not None and (dport not in tcp_rules or _hits_settled(
                             d[7], int(ts * 1000), dms, dirty)):
                         if ts >= fhi or ts < flo:
                             tick(ts)
@@ -342,21 +274,84 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
                         if d[3] is not fstamp:
                             touch(d)
                         continue
-                    process((vl, data[pk + 6:pk + 12], data[pk:pk + 6], K_IPV4, sip, dip, 17,
-                             (sport & 0xFF) << 8 | sport >> 8,
-                             (dport & 0xFF) << 8 | dport >> 8, 0), ts, orig, key)
-                    slow += 1
-                    flo, fhi, fstamp = sensor.flow_tick
+                elif flags & 0x12 == 0x02 and dport not in tcp_rules:
+                    # a SYN: a connection attempt. Settled here when every detection
+                    # window is below its threshold and the source is known
+                    dev = by_ip.get(sip)
+                    hp = (dport & 0xFF) << 8 | dport >> 8
+                    ok = dev is not None and (hp or not port0)
+                    if ok and ps_keys is not None:
+                        items = ps_keys.get((sip, dip))
+                        if items is not None and len(items) < ps_room:
+                            items[hp] = ts
+                        else:
+                            ok = False
+                    if ok and as_keys is not None:
+                        items = as_keys.get((sip, dip[:nb]))
+                        if items is not None and len(items) < as_room:
+                            items[dip] = ts
+                        else:
+                            ok = False
+                    q1 = q2 = None
+                    if ok and ss_keys is not None:
+                        q1 = ss_keys.get(sip)
+                        if q1 is None or len(q1) >= ss_room:
+                            ok = False
+                    if ok and dos_keys is not None:
+                        q2 = dos_keys.get(dip)
+                        if q2 is None or len(q2) >= dos_room:
+                            ok = False
+                    if ok and internet:
+                        g = glob.get(dip)
+                        if g is None or (g and dev):
+                            ok = False
+                    if ok:
+                        if ts >= fhi or ts < flo:
+                            tick(ts)
+                            flo, fhi, fstamp = sensor.flow_tick
+                        d = fd.get(key)
+                        # (the other side's flow, when its direction is known, is
+                        # found the slow way)
+                        if d is None and (dip, sip, dport, sport, 6, vl) not in fd:
+                            d = new_flow(key, ts, dev)
+                        if d is not None:
+                            if q1 is not None:
+                                q1.append(ts)
+                            if q2 is not None:
+                                q2.append(ts)
+                            d[0] += 1
+                            d[1] += orig
+                            d[2] = ts
+                            if d[3] is not fstamp:
+                                touch(d)
+                            continue
+                # the fields are already read: build the parse tuple directly
+                process((vl, data[pk + 6:pk + 12], data[pk:pk + 6], K_IPV4, sip, dip, 6,
+                         (sport & 0xFF) << 8 | sport >> 8,
+                         (dport & 0xFF) << 8 | dport >> 8, flags), ts, orig, key)
+                slow += 1
+                flo, fhi, fstamp = sensor.flow_tick
+                continue
+            if proto == 17 and incl >= hl + 28:
+                key = (sip, dip, sport, dport, 17, vl)
+                d = fd.get(key)
+                if d is not None and (dport not in udp_rules or _hits_settled(
+                        d[7], int(ts * 1000), dms, dirty)):
+                    if ts >= fhi or ts < flo:
+                        tick(ts)
+                        flo, fhi, fstamp = sensor.flow_tick
+                    d[0] += 1
+                    d[1] += orig
+                    d[2] = ts
+                    if d[3] is not fstamp:
+                        touch(d)
                     continue
-        else:
-            sec, frac, incl, orig = rec(data, off)
-            pk = off + rec_len
-            off = pk + incl
-            if off > size:
-                capture.truncated += 1
-                break
-            n += 1
-            ts = sec + frac / div
+                process((vl, data[pk + 6:pk + 12], data[pk:pk + 6], K_IPV4, sip, dip, 17,
+                         (sport & 0xFF) << 8 | sport >> 8,
+                         (dport & 0xFF) << 8 | dport >> 8, 0), ts, orig, key)
+                slow += 1
+                flo, fhi, fstamp = sensor.flow_tick
+                continue
         p = parse(data, pk, incl)
         if p is None:
             bad += 1
@@ -364,13 +359,20 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
         process(p, ts, orig)
         slow += 1
         flo, fhi, fstamp = sensor.flow_tick
-    else:
-        if off != size:
-            capture.truncated += 1
     fast = n - slow - bad  # (counted this way: no counter on the fast path)
     sensor.packets += fast + bad
     sensor.malformed += bad
     if fast:
         sensor.last_ts = max(sensor.last_ts, ts)
+    # the tail: what the fused read could run off, and any damage, which the reader records
+    # (CaptureFile.damage names the byte offset)
+    for ts, pk, incl, orig in capture.records(start=off):
+        n += 1
+        p = parse(data, pk, incl)
+        if p is None:
+            sensor.malformed += 1
+            sensor.packets += 1
+            continue
+        process(p, ts, orig)
     sensor.fold(sensor.last_ts)
     return n

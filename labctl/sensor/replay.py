@@ -38,16 +38,19 @@ def replay(pcap: str | Path, config: str | Path | None = None, *,
     """Replay ``pcap`` through a fresh in-memory sensor; return the ``--json`` document.
 
     ``seconds`` is the time spent reading and processing the packets (not loading the config).
+    A damaged file is read up to the damage, which ``damage`` names (a sensor keeps what it
+    saw), with ``truncated`` 1.
     """
     cfg = load_config(config)
     sensor = Sensor(cfg, learning_mode=learning_mode,
                     authorized_scanners=authorized_scanners or [])
     sensor.oui.lookup("00:00:00:00:00:00")  # load the OUI table outside the timed part
-    with collector_tuned():
+    with collector_tuned(), CaptureFile(pcap) as cap:
         start = time.perf_counter()
-        cap = CaptureFile(pcap)
         n = sensor.replay(cap, cap.data)
         seconds = time.perf_counter() - start
+    # (closed: the mapping and a gzip capture's decompressed copy are gone)
+    err = cap.damage()
     return {
         "alerts": [alert_to_api(a, 2) for a in sensor.alerts],
         "devices": [device_to_api(d)
@@ -57,6 +60,9 @@ def replay(pcap: str | Path, config: str | Path | None = None, *,
         "packets": n,
         "malformed": sensor.malformed,
         "truncated": cap.truncated,
+        #: where the walk stopped early (a cut or corrupt record, a damaged gzip stream)
+        "damage": None if err is None else {"offset": err.offset, "what": err.what,
+                                            "compressed": err.compressed},
         "skipped": cap.skipped,
         "withheld_policy_alerts": sensor.withheld,
         "learning_mode": sensor.learning,

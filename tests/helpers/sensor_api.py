@@ -51,8 +51,8 @@ def running_api(state: Path, pcap: Path | None = None, *, learning: bool | None 
     sensor = Sensor(load_config(config), learning_mode=learning)
     sensor.restore(*store.load_all(), *store.load_flows())
     if pcap is not None:
-        cap = CaptureFile(pcap)
-        sensor.replay(cap, cap.data)
+        with CaptureFile(pcap) as cap:
+            sensor.replay(cap, cap.data)
     token = store.create_token("tests")
     server = make_server(sensor, store, ("127.0.0.1", 0), state, **server_opts)
     start_in_thread(server)
