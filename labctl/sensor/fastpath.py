@@ -200,6 +200,12 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
     therefore come out byte-swapped, and are compared with byte-swapped constants
     (``0x0008`` is EtherType 0x0800); the flow keys hold the ports byte-swapped too. Only
     little-endian pcap takes this path.
+
+    A SYN from a known source is settled here too while every connection-attempt window is
+    below its threshold (what ``Sensor._attempt`` would do, inline; the window stores are
+    idempotent, so a SYN sent the slow way after them counts the same). The last few
+    records, and any damage, go to :meth:`CaptureFile.records`, which records where the
+    walk stopped; the pages behind the loop are released every ``RELEASE_EVERY`` bytes.
     """
     rules = sensor.rules
     if capture.endian != "<" or rules.any:
