@@ -14,7 +14,9 @@ What it guarantees, for every server built on it:
   ones, drains moderately large ones so the client reads the answer instead of a reset, and
   closes the connection otherwise;
 - after any error reply, whatever was left of the request body is drained (or the
-  connection closed), so the next request on a keep-alive connection is parsed cleanly.
+  connection closed), so the next request on a keep-alive connection is parsed cleanly;
+- a reply after which the server will close the connection says so (``Connection:
+  close``), so a keep-alive client opens a new connection instead of racing the close.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class BaseHandler(BaseHTTPRequestHandler):
     server: LabHTTPServer
 
     _body_left: int = 0
+    _said_connection: bool = False
 
     def setup(self) -> None:
         super().setup()
@@ -113,6 +116,7 @@ class BaseHandler(BaseHTTPRequestHandler):
         self.connection.settimeout(self.server.header_timeout)
         self._body_left = 0
         self._body_read = False
+        self._said_connection = False
         watchdog = self.server.head_watchdog
         watchdog.watch(self)
         try:
@@ -133,6 +137,21 @@ class BaseHandler(BaseHTTPRequestHandler):
             except ValueError:
                 self._body_left = 0
         return ok
+
+    def send_header(self, keyword: str, value: str) -> None:
+        if keyword.lower() == "connection":
+            self._said_connection = True
+        super().send_header(keyword, value)
+
+    def end_headers(self) -> None:
+        # An unread body too large to drain will close the connection after this reply:
+        # decide now, while the client can still be told.
+        if self._body_left > self.server.drain_limit:
+            self.close_connection = True
+        if self.close_connection and not self._said_connection:
+            super().send_header("Connection", "close")
+            self._said_connection = True
+        super().end_headers()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
         # never log query strings: clients put tokens there
