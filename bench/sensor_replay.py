@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"load average (1/5 min) {res['load_before']} before, {res['load_after']} after")
             print(f"[{mix}]   alerts: {sorted({a['title'] for a in doc['alerts']})}; "
                   f"devices: {len(doc['devices'])}; flows: {doc.get('flows')}; "
-                  f"malformed: {doc['malformed']}")
+                  f"malformed: {doc['malformed']}; pcap loop: {doc.get('loop')}")
             print(f"[{mix}]   goal >= {goal:,} packets/s: {'MET' if pps >= goal else 'NOT MET'} "
                   f"({pps / goal:.2f}x of goal)")
             if mix == "default" and shutil.which("tcpdump"):

@@ -42,6 +42,7 @@ def test_wheel_contains_templates_profiles_and_playbooks(wheel):
     assert "labctl/_assets/sensor/appliance-sizes.yaml" in names
     assert "labctl/_assets/playbooks/home-lab.yaml" in names
     assert "labctl/cli/lab.py" in names and "labctl/hyperv/provider.py" in names
+    assert "labctl/sensor/_walk.c" in names  # the compiled pcap loop is built from it
     assert not any(n.startswith("tests/") for n in names)
 
 

@@ -111,9 +111,10 @@ def test_counters_opener_and_minutes_are_exact(tmp_path):
         assert ssh["first"] == int((m0 + 5) * 1000)
 
 
-def test_every_path_gives_identical_flows(tmp_path):
+def test_every_path_gives_identical_flows(tmp_path, monkeypatch):
     """The fused pcap loop, the generic path, live feed_batch and feed: the same flows,
     alerts, devices and connections, on the bench's default and irc6667 mixes."""
+    from labctl.sensor import native
     from labctl.sensor.api import alert_to_api, connections_api, device_to_api
 
     bench = _bench()
@@ -124,10 +125,15 @@ def test_every_path_gives_identical_flows(tmp_path):
         cap = CaptureFile(path)
         frames = [(cap.data[off:off + n], ts) for ts, off, n in cap]
         results = []
-        for way in ("fused", "generic", "batch", "feed"):
+        for way in ("native", "python", "generic", "batch", "feed"):
             s = Sensor(cfg)
-            if way == "fused":
+            if way == "native":
+                assert native.walk() is not None, native.status()
                 s.replay(cap, cap.data)
+            elif way == "python":  # the fused loop in Python
+                with monkeypatch.context() as m:
+                    m.setattr(native, "walk", lambda: None)
+                    s.replay(cap, cap.data)
             elif way == "generic":
                 replay_generic(s, cap, cap.data)
             elif way == "batch":
@@ -384,12 +390,14 @@ def _scan_frames(seed: int, n: int) -> list[tuple[float, bytes]]:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_the_fused_syn_branch_matches_every_path(tmp_path, seed):
+def test_the_fused_syn_branch_matches_every_path(tmp_path, seed, monkeypatch):
     """The fused loop settles a SYN itself when every window is below its threshold: the
     same flows, alerts, events, devices and connections as every other path, with
-    thresholds crossed often and the flow store full (evictions)."""
+    thresholds crossed often and the flow store full (evictions). The fused loop runs twice:
+    compiled (labctl/sensor/_walk.c) and in Python."""
     import yaml
 
+    from labctl.sensor import native
     from labctl.sensor.api import connections_api, device_to_api
 
     path = engines_file(tmp_path, learning=False, flows={"max_flows": 400, "max_age_days": 7,
@@ -405,10 +413,15 @@ def test_the_fused_syn_branch_matches_every_path(tmp_path, seed):
     cap = CaptureFile(pcap)
     frames = [(cap.data[off:off + n], ts) for ts, off, n in cap]  # the stored stamps
     results = []
-    for way in ("fused", "generic", "batch", "feed"):
+    assert native.walk() is not None, native.status()  # .ci/install brings gcc and headers
+    for way in ("native", "python", "generic", "batch", "feed"):
         s = Sensor(cfg)
-        if way == "fused":
+        if way == "native":
             s.replay(cap, cap.data)
+        elif way == "python":
+            with monkeypatch.context() as m:
+                m.setattr(native, "walk", lambda: None)
+                s.replay(cap, cap.data)
         elif way == "generic":
             replay_generic(s, cap, cap.data)
         elif way == "batch":

@@ -150,11 +150,13 @@ def test_pcapng_gives_the_same_result_as_pcap(tmp_path, cli_run):
     assert da["devices"] == db["devices"]
 
 
-def test_fused_fast_path_matches_generic_path(tmp_path):
-    """The bench-style mixed pcap through the fused loop and through parse+process."""
+def test_fused_fast_path_matches_generic_path(tmp_path, monkeypatch):
+    """The bench-style mixed pcap through the fused loop (compiled and Python) and through
+    parse+process."""
     import importlib.util
     from pathlib import Path
 
+    from labctl.sensor import native
     from labctl.sensor.api import alert_to_api, connections_api, device_to_api
     from labctl.sensor.config import load_config
     from labctl.sensor.engine import Sensor
@@ -169,14 +171,21 @@ def test_fused_fast_path_matches_generic_path(tmp_path):
     bench.build(str(path), 60_000)
     cfg = load_config()
     results = []
-    for fused in (True, False):
+    assert native.walk() is not None, native.status()
+    for way in ("native", "python", "generic"):
         s = Sensor(cfg)
         cap = CaptureFile(path)
-        n = s.replay(cap, cap.data) if fused else replay_generic(s, cap, cap.data)
+        if way == "generic":
+            n = replay_generic(s, cap, cap.data)
+        else:
+            with monkeypatch.context() as m:
+                if way == "python":  # the fused loop in Python
+                    m.setattr(native, "walk", lambda: None)
+                n = s.replay(cap, cap.data)
         results.append((n, s.packets, s.malformed, [alert_to_api(a) for a in s.alerts],
                         [device_to_api(d) for d in s.devices.values()], connections_api(s),
                         s.flow_rows()))
-    assert results[0] == results[1]
+    assert results[0] == results[1] == results[2]
     assert results[0][6], "the flow store saw the mix"
     assert results[0][0] == 60_000 and results[0][1] == 60_000
     assert results[0][3], "the mix contains a port scan"

@@ -100,7 +100,7 @@ def replay(pcap: str, config: str | None, learning: bool | None, scanners: tuple
              f"{d['vendor'] or '-'}")
     pps = doc["packets_per_second"]
     echo(f"{doc['packets']} packets ({doc['malformed']} malformed) in {doc['seconds']:.3f}s"
-         + (f" = {pps:,} packets/s" if pps else ""))
+         + (f" = {pps:,} packets/s" if pps else "") + f"; pcap loop {doc['loop']}")
     dmg = doc["damage"]
     if dmg:
         where = "of the decompressed stream " if dmg["compressed"] else ""

@@ -15,7 +15,7 @@ the fused loop for little-endian classic pcap, :func:`replay_generic` otherwise)
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from labctl.sensor.parse import K_IPV4, Parsed, parse_frame
@@ -29,7 +29,7 @@ from labctl.sensor.pcap import (
     RELEASE_EVERY,
     CaptureFile,
 )
-from labctl.sensor.records import Device, FlowKey
+from labctl.sensor.records import Device, FlowKey, FlowRecord
 from labctl.sensor.rules import RuleIndex
 
 if TYPE_CHECKING:
@@ -62,9 +62,14 @@ class Sensor(Protocol):
 
     def syn_state(self) -> tuple[Any, ...]: ...
 
+    def _attempt(self, p: Parsed, ts: float, proto: int) -> None: ...
+
 # the live frames' fields read little-endian, like the fused pcap loop reads them, so the
 # flow keys (byte-swapped ports) and the byte-swapped constants are the same on both paths
 _LIVE_HEAD = struct.Struct("<" + FRAME_HEAD)
+# the fused pcap loop's reads: a little-endian record header and the frame's fields
+_UNTAGGED = struct.Struct("<" + PCAP_RECORD + FRAME_HEAD)
+_TAGGED = struct.Struct("<" + PCAP_RECORD + FRAME_HEAD_TAGGED)
 
 
 def _swapped(ports: Iterable[int]) -> set[int]:
@@ -192,8 +197,15 @@ def replay_generic(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap
     return n
 
 
-def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) -> int:
-    """The fused classic-pcap loop.
+def walk_py(data: bytes | mmap.mmap, off: int, limit: int, div: float, sensor: Sensor,
+            fd: dict[FlowKey, list[Any]], tcp_rules: set[int], udp_rules: set[int], dms: int,
+            dirty: set[int], tick: Callable[[float], None],
+            touch: Callable[[list[Any]], None], settled: Callable[..., bool],
+            process: Callable[..., None], parse: Callable[..., Parsed | None],
+            release: Callable[[int], None], syn: tuple[Any, ...], maxrec: int, every: int,
+            ts: float) -> tuple[int, int, int, int, float]:
+    """The fused classic-pcap loop, from byte ``off`` while a fused read stays below
+    ``limit``; returns ``(offset reached, records, slow ones, malformed, last ts)``.
 
     One precompiled little-endian struct reads the pcap record header *and* the frame's
     Ethernet/IPv4/TCP-UDP fields in a single ``unpack_from`` call. Network-order fields
@@ -201,52 +213,33 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
     (``0x0008`` is EtherType 0x0800); the flow keys hold the ports byte-swapped too. Only
     little-endian pcap takes this path.
 
-    A SYN from a known source is settled here too while every connection-attempt window is
-    below its threshold (what ``Sensor._attempt`` would do, inline; the window stores are
-    idempotent, so a SYN sent the slow way after them counts the same). The last few
-    records, and any damage, go to :meth:`CaptureFile.records`, which records where the
-    walk stopped; the pages behind the loop are released every ``RELEASE_EVERY`` bytes.
+    A SYN from a known source is settled here too: its flow is counted as ``process`` would,
+    and while every connection-attempt window is below its threshold, so are the windows
+    (what ``Sensor._attempt`` would do, inline); otherwise ``Sensor._attempt`` itself runs
+    after the flow, as in ``process`` (the window stores are idempotent, so a SYN sent on
+    after them counts the same). It stops at a
+    corrupt length (> ``maxrec``) or a cut record, for the reader to name, and releases the
+    pages behind it every ``every`` bytes. ``_walk.c`` is its line-by-line translation:
+    change both.
     """
-    rules = sensor.rules
-    if capture.endian != "<" or rules.any:
-        return replay_generic(sensor, capture, data)
-    head = struct.Struct("<" + PCAP_RECORD + FRAME_HEAD).unpack_from
-    tagged = struct.Struct("<" + PCAP_RECORD + FRAME_HEAD_TAGGED)
-    headv = tagged.unpack_from
-    div = 1e9 if capture.nanos else 1e6
-    parse = parse_frame
-    process = sensor.process
-    fd = sensor.flow_dirs
-    if rules.has_rules:
-        tcp_rules = _swapped(rules.by_port[6])
-        udp_rules = _swapped(rules.by_port[17])
-    else:
-        tcp_rules = udp_rules = set()
-    dms = sensor.dedup_ms
-    dirty = sensor.dirty_alerts
-    tick = sensor._flow_tick
-    touch = sensor._flow_touch
-    flo, fhi, fstamp = sensor.flow_tick
+    head = _UNTAGGED.unpack_from
+    headv = _TAGGED.unpack_from
     (by_ip, port0, ps_keys, ps_room, as_keys, as_room, nb, ss_keys, ss_room, dos_keys,
-     dos_room, internet, glob, new_flow) = sensor.syn_state()
+     dos_room, internet, glob, new_flow, kipv4, _flow_class, attempt) = syn
+    flo, fhi, fstamp = sensor.flow_tick
     rec_len = PCAP_RECORD_LEN
-    maxrec = MAX_RECORD
-    release = capture.release
     size = len(data)
-    limit = size - tagged.size  # past this offset a fused read could run off the end
-    off = PCAP_FILE_HEADER_LEN
-    lim = min(limit, off + RELEASE_EVERY)
+    lim = min(limit, off + every)
     n = 0
     slow = 0
     bad = 0
     vl = 0
-    ts = sensor.last_ts
     while True:
         if off > lim:
             if off > limit:
                 break  # the last few records: the reader walks them (see below)
             release(off)
-            lim = min(limit, off + RELEASE_EVERY)
+            lim = min(limit, off + every)
             continue
         sec, frac, incl, orig, etype, vihl, frag, proto, sip, dip, sport, dport, \
             flags = head(data, off)
@@ -269,7 +262,7 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
                 key = (sip, dip, sport, dport, 6, vl)
                 if not flags & 0x02:
                     d = fd.get(key)
-                    if d is not None and (dport not in tcp_rules or _hits_settled(
+                    if d is not None and (dport not in tcp_rules or settled(
                             d[7], int(ts * 1000), dms, dirty)):
                         if ts >= fhi or ts < flo:
                             tick(ts)
@@ -311,7 +304,7 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
                         g = glob.get(dip)
                         if g is None or (g and dev):
                             ok = False
-                    if ok:
+                    if dev is not None:
                         if ts >= fhi or ts < flo:
                             tick(ts)
                             flo, fhi, fstamp = sensor.flow_tick
@@ -321,18 +314,26 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
                         if d is None and (dip, sip, dport, sport, 6, vl) not in fd:
                             d = new_flow(key, ts, dev)
                         if d is not None:
-                            if q1 is not None:
-                                q1.append(ts)
-                            if q2 is not None:
-                                q2.append(ts)
+                            if ok:
+                                if q1 is not None:
+                                    q1.append(ts)
+                                if q2 is not None:
+                                    q2.append(ts)
                             d[0] += 1
                             d[1] += orig
                             d[2] = ts
                             if d[3] is not fstamp:
                                 touch(d)
+                            if not ok:
+                                # a window at its threshold, port 0, or a destination
+                                # not classified yet: the rest of process() for a SYN
+                                attempt((vl, data[pk + 6:pk + 12], data[pk:pk + 6], kipv4,
+                                         sip, dip, 6, (sport & 0xFF) << 8 | sport >> 8, hp,
+                                         flags), ts, 6)
+                                flo, fhi, fstamp = sensor.flow_tick
                             continue
                 # the fields are already read: build the parse tuple directly
-                process((vl, data[pk + 6:pk + 12], data[pk:pk + 6], K_IPV4, sip, dip, 6,
+                process((vl, data[pk + 6:pk + 12], data[pk:pk + 6], kipv4, sip, dip, 6,
                          (sport & 0xFF) << 8 | sport >> 8,
                          (dport & 0xFF) << 8 | dport >> 8, flags), ts, orig, key)
                 slow += 1
@@ -341,7 +342,7 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
             if proto == 17 and incl >= hl + 28:
                 key = (sip, dip, sport, dport, 17, vl)
                 d = fd.get(key)
-                if d is not None and (dport not in udp_rules or _hits_settled(
+                if d is not None and (dport not in udp_rules or settled(
                         d[7], int(ts * 1000), dms, dirty)):
                     if ts >= fhi or ts < flo:
                         tick(ts)
@@ -352,7 +353,7 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
                     if d[3] is not fstamp:
                         touch(d)
                     continue
-                process((vl, data[pk + 6:pk + 12], data[pk:pk + 6], K_IPV4, sip, dip, 17,
+                process((vl, data[pk + 6:pk + 12], data[pk:pk + 6], kipv4, sip, dip, 17,
                          (sport & 0xFF) << 8 | sport >> 8,
                          (dport & 0xFF) << 8 | dport >> 8, 0), ts, orig, key)
                 slow += 1
@@ -365,6 +366,33 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
         process(p, ts, orig)
         slow += 1
         flo, fhi, fstamp = sensor.flow_tick
+    return off, n, slow, bad, ts
+
+
+def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) -> int:
+    """The fused classic-pcap loop: :func:`walk_py`, or its compiled translation
+    (:mod:`labctl.sensor.native`) when it is built; then the tail and the fold.
+
+    The last few records, and any damage, go to :meth:`CaptureFile.records`, which records
+    where the walk stopped.
+    """
+    rules = sensor.rules
+    if capture.endian != "<" or rules.any:
+        return replay_generic(sensor, capture, data)
+    if rules.has_rules:
+        tcp_rules = _swapped(rules.by_port[6])
+        udp_rules = _swapped(rules.by_port[17])
+    else:
+        tcp_rules = udp_rules = set()
+    from labctl.sensor import native
+
+    walk = native.walk() or walk_py
+    off, n, slow, bad, ts = walk(
+        data, PCAP_FILE_HEADER_LEN, len(data) - _TAGGED.size, 1e9 if capture.nanos else 1e6,
+        sensor, sensor.flow_dirs, tcp_rules, udp_rules, sensor.dedup_ms, sensor.dirty_alerts,
+        sensor._flow_tick, sensor._flow_touch, _hits_settled, sensor.process, parse_frame,
+        capture.release, (*sensor.syn_state(), K_IPV4, FlowRecord, sensor._attempt),
+        MAX_RECORD, RELEASE_EVERY, sensor.last_ts)
     fast = n - slow - bad  # (counted this way: no counter on the fast path)
     sensor.packets += fast + bad
     sensor.malformed += bad
@@ -372,6 +400,8 @@ def _replay_pcap(sensor: Sensor, capture: CaptureFile, data: bytes | mmap.mmap) 
         sensor.last_ts = max(sensor.last_ts, ts)
     # the tail: what the fused read could run off, and any damage, which the reader records
     # (CaptureFile.damage names the byte offset)
+    parse = parse_frame
+    process = sensor.process
     for ts, pk, incl, orig in capture.records(start=off):
         n += 1
         p = parse(data, pk, incl)
