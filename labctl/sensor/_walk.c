@@ -340,6 +340,9 @@ static PyObject *mkkey(PyObject *a, PyObject *b, unsigned sp, unsigned dp, int p
     PyTuple_SET_ITEM(k, 3, o3);
     PyTuple_SET_ITEM(k, 4, o4);
     PyTuple_SET_ITEM(k, 5, o5);
+    /* bytes and ints only: it can be in no reference cycle, so the collector need not
+     * walk it (as Python's own tuples are untracked once the collector sees them) */
+    PyObject_GC_UnTrack(k);
     return k;
 }
 
@@ -472,24 +475,20 @@ static int evict(W *w, PyObject *f) {
     return 0;
 }
 
+/* 0.0, shared by every new direction (as FlowRecord.__init__'s constant is) */
+static PyObject *fzero;
+
 static PyObject *new_dir(PyObject *f) {
     PyObject *d = PyList_New(9);
     if (d == NULL)
         return NULL;
-    PyObject *zero = PyLong_FromLong(0), *fzero = PyFloat_FromDouble(0.0);
-    if (!zero || !fzero) {
-        Py_XDECREF(zero);
-        Py_XDECREF(fzero);
-        Py_DECREF(d);
-        return NULL;
-    }
+    PyObject *zero = PyLong_FromLong(0); /* a cached small int */
     PyObject *v[9] = {zero, zero, fzero, Py_None, f, Py_None, zero, Py_None, Py_None};
     for (int i = 0; i < 9; i++) {
         Py_INCREF(v[i]);
         PyList_SET_ITEM(d, i, v[i]);
     }
     Py_DECREF(zero);
-    Py_DECREF(fzero);
     return d;
 }
 
@@ -1012,6 +1011,9 @@ PyMODINIT_FUNC PyInit__walk(void) {
     s_last_seen = PyUnicode_InternFromString("last_seen");
     s_id = PyUnicode_InternFromString("id");
     s_popitem = PyUnicode_InternFromString("popitem");
+    fzero = PyFloat_FromDouble(0.0);
+    if (fzero == NULL)
+        return NULL;
     for (int i = 0; i < FR_N; i++) {
         fr_name_objs[i] = PyUnicode_InternFromString(fr_names[i]);
         if (fr_name_objs[i] == NULL)

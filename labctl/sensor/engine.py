@@ -730,6 +730,8 @@ class Sensor:
         dev = self.by_ip.get(ip)
         if isinstance(dev, Device) and dev.scanner:
             return True
+        if not self.scanners:  # none authorized (the default): no text to build
+            return False
         return ip_str(ip) in self.scanners or mac_str(mac) in self.scanners
 
     def _scan_event(self, ip: bytes, ts: float) -> None:
