@@ -122,3 +122,19 @@ def test_flows_stored_before_are_evicted_alike(monkeypatch, tmp_path):
         out.append((deleted, s.flow_rows(), s._next_flow))
         assert stored and set(deleted) <= stored and len(deleted) > 100
     assert out[0] == out[1]
+
+
+def test_a_damaged_build_is_built_again(tmp_path):
+    """A cached module that does not load (cut short by a full disk, say) is built again
+    once. In fresh processes: a module loaded here stays mapped and cached."""
+    import subprocess
+    import sys
+
+    probe = [sys.executable, "-c", "from labctl.sensor import native; print(native.status())"]
+    env = {**os.environ, "LABCTL_CACHE_DIR": str(tmp_path / "cache")}
+    first = subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout
+    (so,) = _built(tmp_path)
+    assert first.strip() == f"native ({so})"
+    so.write_bytes(b"not an ELF file")
+    again = subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout
+    assert again == first and so.read_bytes()[:4] == b"\x7fELF"

@@ -109,21 +109,32 @@ def _load() -> tuple[ModuleType | None, str]:
         if not _private(folder):
             return None, f"{folder} is not private to this user: not loading code from it"
         target = folder / f"_walk-{digest.hexdigest()[:20]}{sysconfig.get_config_var('EXT_SUFFIX')}"
-        if not target.exists():
-            why = _build(folder, cc, include, target)
-            if why:
-                return None, why
-        if not _private(target):
-            return None, f"{target} is not private to this user: not loading it"
-        loader = importlib.machinery.ExtensionFileLoader("_walk", str(target))
-        spec = importlib.util.spec_from_file_location("_walk", target, loader=loader)
-        if spec is None:
-            return None, f"cannot import {target}"
-        mod = importlib.util.module_from_spec(spec)
-        loader.exec_module(mod)
+        for attempt in (1, 2):
+            if not target.exists():
+                why = _build(folder, cc, include, target)
+                if why:
+                    return None, why
+            if not _private(target):
+                return None, f"{target} is not private to this user: not loading it"
+            try:
+                return _import(target), f"native ({target})"
+            except ImportError:
+                if attempt == 2:
+                    raise
+                target.unlink()  # damaged (a full disk, say): built again once
     except (OSError, ImportError) as e:
         return None, f"cannot build or load the compiled loop: {e}"
-    return mod, f"native ({target})"
+    raise AssertionError("unreachable")
+
+
+def _import(target: Path) -> ModuleType:
+    loader = importlib.machinery.ExtensionFileLoader("_walk", str(target))
+    spec = importlib.util.spec_from_file_location("_walk", target, loader=loader)
+    if spec is None:
+        raise ImportError(f"cannot import {target}")
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
 
 
 def walk() -> Any | None:
