@@ -744,8 +744,9 @@ static PyObject *walk(PyObject *self, PyObject *const *a, Py_ssize_t nargs) {
                     if (c < 0)
                         goto error;
                     if (!c) {
-                        /* a SYN: settled here when every detection window is below its
-                         * threshold and the source is known */
+                        /* a SYN: from a known source, its flow is counted here, and its
+                         * windows too while each is below its threshold (else
+                         * Sensor._attempt runs, as in process) */
                         PyObject *dev = PyDict_GetItemWithError(by_ip, sip);
                         if (dev == NULL && PyErr_Occurred())
                             goto error;

@@ -274,8 +274,9 @@ def walk_py(data: bytes | mmap.mmap, off: int, limit: int, div: float, sensor: S
                             touch(d)
                         continue
                 elif flags & 0x12 == 0x02 and dport not in tcp_rules:
-                    # a SYN: a connection attempt. Settled here when every detection
-                    # window is below its threshold and the source is known
+                    # a SYN: a connection attempt. From a known source, its flow is
+                    # counted here, and its windows too while each is below its threshold
+                    # (else Sensor._attempt runs, as in process)
                     dev = by_ip.get(sip)
                     hp = (dport & 0xFF) << 8 | dport >> 8
                     ok = dev is not None and (hp or not port0)
