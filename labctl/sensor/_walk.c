@@ -1,6 +1,6 @@
 /* The fused classic-pcap loop of labctl's embedded sensor, compiled.
  *
- * A line-by-line translation of the Python loop in labctl/sensor/fastpath.py
+ * A translation, step for step, of the Python loop in labctl/sensor/fastpath.py
  * (walk_py), which stays the reference: the same fields, the same byte-swapped flow
  * keys, the same objects touched in the same order, and the same calls back into the
  * engine (process, parse, the flow tick and touch, the rule repeat check, _attempt). New SYN
@@ -319,6 +319,23 @@ static int in_set(PyObject *set, unsigned port) {
     int c = PySet_Contains(set, o);
     Py_DECREF(o);
     return c;
+}
+
+/* a packet of a known flow direction: counted (1), unless its port has a rule whose alert
+ * is not a repeat within the dedup window (0: the slow way); -1 error */
+static int known_flow(W *w, PyObject *key, PyObject *rules, unsigned dport, double ts,
+                      PyObject *tsf, uint32_t orig) {
+    PyObject *d = PyDict_GetItemWithError(w->fd, key);
+    if (d == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    Py_INCREF(d); /* a tick may evict its flow */
+    int c = check_dir(d) < 0 ? -1 : in_set(rules, dport);
+    if (c > 0)
+        c = settled(w, d, ts) == 1 ? 0 : (PyErr_Occurred() ? -1 : 1);
+    int r = c < 0 ? -1 : c ? 0
+            : (maybe_tick(w, ts, tsf) < 0 || bump(w, d, orig, tsf) < 0) ? -1 : 1;
+    Py_DECREF(d);
+    return r;
 }
 
 static PyObject *mkkey(PyObject *a, PyObject *b, unsigned sp, unsigned dp, int proto, long vl) {
@@ -710,35 +727,24 @@ static PyObject *walk(PyObject *self, PyObject *const *a, Py_ssize_t nargs) {
         unsigned vihl = h[14], frag = rd16(h + 20), proto = h[23];
         if (etype == 0x0008 && vihl == 0x45 && (frag == 0 || frag == 0x0040)) {
             unsigned sport = rd16(h + 34), dport = rd16(h + 36), flags = h[47];
-            if (proto == 6 && incl >= hl + 34) {
+            int tcp = proto == 6 && incl >= hl + 34, udp = proto == 17 && incl >= hl + 28;
+            if (tcp || udp) {
+                if (udp)
+                    flags = 0;
                 sip = addr_obj(&w, h + 26);
                 dip = addr_obj(&w, h + 30);
                 if (!sip || !dip)
                     goto error;
-                key = mkkey(sip, dip, sport, dport, 6, vl);
+                key = mkkey(sip, dip, sport, dport, (int)proto, vl);
                 if (key == NULL)
                     goto error;
-                if (!(flags & 0x02)) {
-                    d = PyDict_GetItemWithError(w.fd, key);
-                    if (d == NULL && PyErr_Occurred())
+                if (udp || !(flags & 0x02)) {
+                    int k = known_flow(&w, key, udp ? w.udp_rules : w.tcp_rules, dport, ts,
+                                       tsf, orig);
+                    if (k < 0)
                         goto error;
-                    Py_XINCREF(d);
-                    if (d != NULL) {
-                        if (check_dir(d) < 0)
-                            goto error;
-                        int c = in_set(w.tcp_rules, dport);
-                        if (c < 0)
-                            goto error;
-                        if (c)
-                            c = settled(&w, d, ts) == 1 ? 0 : (PyErr_Occurred() ? -1 : 1);
-                        if (c < 0)
-                            goto error;
-                        if (!c) {
-                            if (maybe_tick(&w, ts, tsf) < 0 || bump(&w, d, orig, tsf) < 0)
-                                goto error;
-                            continue;
-                        }
-                    }
+                    if (k)
+                        continue;
                 } else if ((flags & 0x12) == 0x02) {
                     int c = in_set(w.tcp_rules, dport);
                     if (c < 0)
@@ -881,47 +887,7 @@ static PyObject *walk(PyObject *self, PyObject *const *a, Py_ssize_t nargs) {
                     }
                 }
                 /* the fields are read already: build the parse tuple directly */
-                p = parse_tuple(fr, vl, kipv4, sip, dip, 6, sport, dport, flags);
-                if (p == NULL)
-                    goto error;
-                r = call_process(&w, p, tsf, orig, key);
-                if (r == NULL)
-                    goto error;
-                Py_CLEAR(r);
-                slow++;
-                if (reread_tick(&w) < 0)
-                    goto error;
-                continue;
-            }
-            if (proto == 17 && incl >= hl + 28) {
-                sip = addr_obj(&w, h + 26);
-                dip = addr_obj(&w, h + 30);
-                if (!sip || !dip)
-                    goto error;
-                key = mkkey(sip, dip, sport, dport, 17, vl);
-                if (key == NULL)
-                    goto error;
-                d = PyDict_GetItemWithError(w.fd, key);
-                if (d == NULL && PyErr_Occurred())
-                    goto error;
-                Py_XINCREF(d);
-                if (d != NULL) {
-                    if (check_dir(d) < 0)
-                        goto error;
-                    int c = in_set(w.udp_rules, dport);
-                    if (c < 0)
-                        goto error;
-                    if (c)
-                        c = settled(&w, d, ts) == 1 ? 0 : (PyErr_Occurred() ? -1 : 1);
-                    if (c < 0)
-                        goto error;
-                    if (!c) {
-                        if (maybe_tick(&w, ts, tsf) < 0 || bump(&w, d, orig, tsf) < 0)
-                            goto error;
-                        continue;
-                    }
-                }
-                p = parse_tuple(fr, vl, kipv4, sip, dip, 17, sport, dport, 0);
+                p = parse_tuple(fr, vl, kipv4, sip, dip, (int)proto, sport, dport, flags);
                 if (p == NULL)
                     goto error;
                 r = call_process(&w, p, tsf, orig, key);

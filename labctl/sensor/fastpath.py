@@ -219,7 +219,7 @@ def walk_py(data: bytes | mmap.mmap, off: int, limit: int, div: float, sensor: S
     after the flow, as in ``process`` (the window stores are idempotent, so a SYN sent on
     after them counts the same). It stops at a
     corrupt length (> ``maxrec``) or a cut record, for the reader to name, and releases the
-    pages behind it every ``every`` bytes. ``_walk.c`` is its line-by-line translation:
+    pages behind it every ``every`` bytes. ``_walk.c`` is its step-for-step translation:
     change both.
     """
     head = _UNTAGGED.unpack_from
