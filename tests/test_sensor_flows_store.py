@@ -208,6 +208,90 @@ def test_bounds_count_age_and_minute_window(tmp_path):
     assert len(s2.flows) == 40 and len(s2.flow_dirs) == 40
 
 
+def _tcp(bench, src: int, dst: int, sport: int, dport: int, flags: int) -> bytes:
+    return bench.eth(bytes([2, 0, 172, 16, 1, dst]), bytes([2, 0, 172, 16, 1, src]), 0x0800,
+                     bench.ipv4(bytes([172, 16, 1, src]), bytes([172, 16, 1, dst]), 6,
+                                bench.tcp(sport, dport, flags)))
+
+
+def test_a_flow_first_seen_at_its_syn_ack_is_found_by_its_key_until_evicted(tmp_path,
+                                                                           monkeypatch):
+    """A flow whose opener's direction has no packet yet (first seen at its SYN-ACK) is kept
+    in unseen_flows: its late SYN joins it (no second flow), on the compiled loop, the
+    Python loop and feed, and evicting it leaves no key behind."""
+    from labctl.sensor import native
+
+    bench = _bench()
+    cfg = load_config(engines_file(tmp_path, flows={"max_flows": 3, "max_age_days": 1,
+                                                    "minute_window": 60}))
+    frames = [(T0, _tcp(bench, 30, 20, 22, 52000, 0x12)),      # SYN-ACK first
+              (T0 + 0.1, _tcp(bench, 20, 30, 52000, 22, 0x02)),  # then its (late) SYN
+              (T0 + 0.2, _tcp(bench, 30, 20, 22, 52001, 0x12)),  # a second one, SYN-ACK only
+              (T0 + 1, _tcp(bench, 21, 30, 40000, 80, 0x02)),   # three new flows: the
+              (T0 + 2, _tcp(bench, 21, 30, 40001, 80, 0x02)),   # first two are evicted
+              (T0 + 2.5, _tcp(bench, 21, 30, 40002, 80, 0x02)),
+              (T0 + 3, _tcp(bench, 20, 30, 52001, 22, 0x10))]   # the evicted one's opener
+    cap = CaptureFile(write_raw(tmp_path / "synack.pcap", frames[:3]))
+    assert native.walk() is not None, native.status()
+    results = []
+    for way in ("native", "python", "feed"):
+        s = Sensor(cfg)
+        if way == "native":
+            s.replay(cap, cap.data)
+        elif way == "python":
+            with monkeypatch.context() as m:
+                m.setattr(native, "walk", lambda: None)
+                s.replay(cap, cap.data)
+        else:
+            for ts, f in frames[:3]:
+                s.feed(f, 0, len(f), ts)
+        (ssh, other) = sorted(s.flows.values(), key=lambda f: f.id)
+        assert ssh.key[2:4] == (52000 >> 8 | (52000 & 0xFF) << 8, 22 << 8)  # the SYN side
+        assert (ssh.out[0], ssh.inn[0]) == (1, 1) and len(s.flows) == 2
+        assert list(s.unseen_flows) == [other.key]  # the SYN-ACK-only flow
+        for ts, f in frames[3:]:
+            s.feed(f, 0, len(f), ts)
+        rows = s.flow_rows()
+        assert [(r["sport"], r["dport"]) for r in rows] == \
+            [(40001, 80), (40002, 80), (52001, 22)]
+        assert rows[-1]["packets_out"] == 1 and rows[-1]["packets_in"] == 0  # a new flow
+        assert not s.unseen_flows and len(s.flow_dirs) == 3  # nothing of the evicted left
+        results.append(rows)
+    assert results[0] == results[1] == results[2]
+    # the evictions made by the fused loops themselves (their SYN branch)
+    whole = CaptureFile(write_raw(tmp_path / "whole.pcap", frames))
+    for way in ("native", "python"):
+        s = Sensor(cfg)
+        with monkeypatch.context() as m:
+            if way == "python":
+                m.setattr(native, "walk", lambda: None)
+            s.replay(whole, whole.data)
+        assert s.flow_rows() == results[0], way
+        assert not s.unseen_flows and len(s.flow_dirs) == 3
+
+
+def test_udp_directions_dropped_from_flow_dirs_still_find_their_flow(tmp_path):
+    """When the UDP cache overflows, every UDP direction leaves flow_dirs (to pass through
+    process once more); its flow is still found by either direction, not made again."""
+    bench = _bench()
+    cfg = load_config(engines_file(tmp_path, flows={"max_flows": 10, "max_age_days": 1,
+                                                    "minute_window": 60}))
+    s = Sensor(cfg)
+    out = _frame(bench, 30000)
+    back = bench.eth(b"\x04" * 6, b"\x02" * 6, 0x0800, bench.ipv4(
+        bytes([172, 16, 1, 30]), bytes([172, 16, 1, 20]), 17, bench.udp(9999, 30000, b"zz")))
+    s.feed(out, 0, len(out), T0)
+    s.feed(back, 0, len(back), T0 + 1)
+    s.udp_flows.update({(bytes(4), bytes(4), i): T0 for i in range(200_001)})
+    s.fold(T0 + 2)
+    assert not s.flow_dirs and len(s.unseen_flows) == 1
+    s.feed(back, 0, len(back), T0 + 3)  # the in direction first
+    s.feed(out, 0, len(out), T0 + 4)
+    (row,) = s.flow_rows()
+    assert (row["packets_out"], row["packets_in"], row["sport"]) == (2, 2, 30000)
+    assert not s.unseen_flows and len(s.flow_dirs) == 2
+
+
 @pytest.mark.parametrize(("flows", "needle"), [
     ({"max_flows": 0}, "max_flows"), ({"max_age_days": -1}, "max_age_days"),
     ({"minute_window": "a day"}, "minute_window"), ({"max_flow": 5}, "max_flow"),
@@ -289,7 +373,8 @@ def test_seq_cursor_persistence_and_restart(tmp_path):
     # restored directions take the fast path at once (no new device, same flow)
     n = len(s.devices)
     s.feed_batch([(f1, T0 + 7)])
-    assert len(s.devices) == n and s.flows[next(k for k in s.flows if k[2] == 0xE803)].out[0] == 4
+    assert len(s.devices) == n
+    assert next(f for f in s.flows.values() if f.key[2] == 0xE803).out[0] == 4
     store.close()
 
 

@@ -18,6 +18,7 @@
 
 static PyObject *s_flow_tick, *s_append, *s_fminute, *s_next_flow, *s_flows, *s_dirty_flows;
 static PyObject *s_dirty_devices, *s_evicted_flows, *s_flow_max, *s_last_seen, *s_id;
+static PyObject *s_unseen_flows;
 static PyObject *s_popitem;
 
 /* the port numbers as int objects, made once (a port above 256 is not a cached small int) */
@@ -59,11 +60,14 @@ typedef struct {
     /* the flow store, for new SYN flows made here (flow_type NULL: new_flow is called) */
     PyTypeObject *flow_type;
     Py_ssize_t fr_off[FR_N];
-    PyObject *fminute, *flows, *dirty_flows, *dirty_devices, *evicted; /* owned */
+    PyObject *fminute, *flows, *dirty_flows, *dirty_devices, *evicted, *unseen; /* owned */
     Py_ssize_t flow_max;
     /* sensor._next_flow, counted here between calls back into Python (owned) */
     PyObject *next_id;
     int next_dirty;
+    /* the last-seen time evicted flows carry to their device, held here while the evictions
+     * are of one device (ls_dev and ls_last owned, ls_dev NULL: none held) */
+    PyObject *ls_dev, *ls_last;
     /* a window queue's append (a method descriptor of its type, owned) */
     PyTypeObject *q_type;
     PyObject *q_append;
@@ -114,7 +118,41 @@ static PyObject *prefix_obj(W *w, const unsigned char *p, Py_ssize_t n) {
 }
 
 /* write the counted sensor._next_flow back before Python code runs */
-static int next_flush(W *w) {
+/* Device.last_seen = max(it, last), marking the device dirty when it changes (as
+ * Sensor._evict does) */
+static int carry_last(W *w, PyObject *dev, PyObject *last) {
+    PyObject *seen = PyObject_GetAttr(dev, s_last_seen);
+    int later = seen == NULL ? -1
+                : (PyFloat_CheckExact(last) && PyFloat_CheckExact(seen))
+                      ? PyFloat_AS_DOUBLE(last) > PyFloat_AS_DOUBLE(seen)
+                      : PyObject_RichCompareBool(last, seen, Py_GT);
+    Py_XDECREF(seen);
+    if (later > 0) {
+        PyObject *id = PyObject_GetAttr(dev, s_id);
+        later = (id && PyObject_SetAttr(dev, s_last_seen, last) == 0 &&
+                 PySet_Add(w->dirty_devices, id) == 0) ? 0 : -1;
+        Py_XDECREF(id);
+    }
+    return later < 0 ? -1 : 0;
+}
+
+/* the device last-seen time held, carried to it */
+static int flush_last(W *w) {
+    if (w->ls_dev == NULL)
+        return 0;
+    PyObject *dev = w->ls_dev, *last = w->ls_last;
+    w->ls_dev = w->ls_last = NULL;
+    int r = carry_last(w, dev, last);
+    Py_DECREF(dev);
+    Py_DECREF(last);
+    return r;
+}
+
+/* what the loop holds back from the sensor (the next flow id, a device's last-seen time),
+ * written to it: before any Python code runs, and at the end */
+static int flush_held(W *w) {
+    if (flush_last(w) < 0)
+        return -1;
     if (!w->next_dirty)
         return 0;
     w->next_dirty = 0;
@@ -150,22 +188,26 @@ static void w_clear(W *w) {
     Py_CLEAR(w->dirty_flows);
     Py_CLEAR(w->dirty_devices);
     Py_CLEAR(w->evicted);
+    Py_CLEAR(w->unseen);
+    Py_CLEAR(w->ls_dev);
+    Py_CLEAR(w->ls_last);
 }
 
 static int reread_store(W *w) {
-    PyObject **to[6] = {&w->fminute, &w->flows, &w->dirty_flows, &w->dirty_devices, &w->evicted,
-                        &w->next_id};
-    PyObject *names[6] = {s_fminute, s_flows, s_dirty_flows, s_dirty_devices, s_evicted_flows,
-                          s_next_flow};
+    PyObject **to[7] = {&w->fminute, &w->flows, &w->dirty_flows, &w->dirty_devices, &w->evicted,
+                        &w->next_id, &w->unseen};
+    PyObject *names[7] = {s_fminute, s_flows, s_dirty_flows, s_dirty_devices, s_evicted_flows,
+                          s_next_flow, s_unseen_flows};
     w->next_dirty = 0;
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < 7; i++) {
         PyObject *o = PyObject_GetAttr(w->sensor, names[i]);
         if (o == NULL)
             return -1;
         Py_XSETREF(*to[i], o);
     }
     if (!PyDict_Check(w->flows) || !PyDict_CheckExact(w->dirty_flows) ||
-        !PyAnySet_Check(w->dirty_devices) || !PyList_Check(w->evicted)) {
+        !PyAnySet_Check(w->dirty_devices) || !PyList_Check(w->evicted) ||
+        !PyDict_CheckExact(w->unseen)) {
         PyErr_SetString(PyExc_TypeError, "the sensor's flow store has unexpected types");
         return -1;
     }
@@ -235,7 +277,7 @@ static int reread_tick(W *w) {
 
 static int maybe_tick(W *w, double ts, PyObject *tsf) {
     if (ts >= w->fhi || ts < w->flo) {
-        if (next_flush(w) < 0)
+        if (flush_held(w) < 0)
             return -1;
         PyObject *r = PyObject_CallOneArg(w->tick, tsf);
         if (r == NULL)
@@ -282,7 +324,7 @@ static int bump(W *w, PyObject *d, long long wire, PyObject *tsf) {
     Py_INCREF(tsf);
     PyList_SetItem(d, 2, tsf);
     if (PyList_GET_ITEM(d, 3) != w->fstamp) {
-        if (next_flush(w) < 0)
+        if (flush_held(w) < 0)
             return -1;
         PyObject *r = PyObject_CallOneArg(w->touch, d);
         if (r == NULL)
@@ -295,7 +337,7 @@ static int bump(W *w, PyObject *d, long long wire, PyObject *tsf) {
 /* 1: a rule-port packet whose rules all alerted within the dedup window (counted by the
  * Python helper); 0: the slow way; -1: error */
 static int settled(W *w, PyObject *d, double ts) {
-    if (next_flush(w) < 0)
+    if (flush_held(w) < 0)
         return -1;
     PyObject *ms = PyLong_FromLongLong((long long)(ts * 1000.0));
     if (ms == NULL)
@@ -403,7 +445,7 @@ static PyObject *rate_queue(PyObject *keys, PyObject *k, Py_ssize_t room, int *o
 }
 
 static PyObject *call_process(W *w, PyObject *p, PyObject *tsf, uint32_t orig, PyObject *key) {
-    if (next_flush(w) < 0)
+    if (flush_held(w) < 0)
         return NULL;
     PyObject *wire = PyLong_FromUnsignedLong(orig);
     if (wire == NULL)
@@ -437,22 +479,26 @@ static int evict_dir(W *w, PyObject *d, PyObject *key) {
             PyErr_Clear();
         }
         PyObject *dev = PyList_GET_ITEM(d, 8), *last = PyList_GET_ITEM(d, 2);
-        if (dev != Py_None) {
-            Py_INCREF(dev);
-            PyObject *seen = PyObject_GetAttr(dev, s_last_seen);
-            int later = seen == NULL ? -1
-                        : (PyFloat_CheckExact(last) && PyFloat_CheckExact(seen))
-                              ? PyFloat_AS_DOUBLE(last) > PyFloat_AS_DOUBLE(seen)
-                              : PyObject_RichCompareBool(last, seen, Py_GT);
-            Py_XDECREF(seen);
-            if (later > 0) {
-                PyObject *id = PyObject_GetAttr(dev, s_id);
-                later = (id && PyObject_SetAttr(dev, s_last_seen, last) == 0 &&
-                         PySet_Add(w->dirty_devices, id) == 0) ? 0 : -1;
-                Py_XDECREF(id);
+        if (dev != Py_None && dev == w->ls_dev && PyFloat_CheckExact(last)) {
+            /* the device held already: keep the later time */
+            if (PyFloat_AS_DOUBLE(last) > PyFloat_AS_DOUBLE(w->ls_last)) {
+                Py_INCREF(last);
+                Py_SETREF(w->ls_last, last);
             }
-            Py_DECREF(dev);
-            if (later < 0)
+        } else if (dev != Py_None) {
+            Py_INCREF(dev);
+            Py_INCREF(last);
+            int r = flush_last(w);
+            if (r == 0 && PyFloat_CheckExact(last)) {
+                w->ls_dev = dev; /* held until flush_last (references passed on) */
+                w->ls_last = last;
+            } else {
+                if (r == 0)
+                    r = carry_last(w, dev, last);
+                Py_DECREF(dev);
+                Py_DECREF(last);
+            }
+            if (r < 0)
                 return -1;
         }
     }
@@ -471,13 +517,25 @@ static int evict(W *w, PyObject *f) {
     }
     if (evict_dir(w, out, key) < 0)
         return -1;
-    PyObject *rk = PyTuple_Pack(6, PyTuple_GET_ITEM(key, 1), PyTuple_GET_ITEM(key, 0),
-                                PyTuple_GET_ITEM(key, 3), PyTuple_GET_ITEM(key, 2),
-                                PyTuple_GET_ITEM(key, 4), PyTuple_GET_ITEM(key, 5));
-    if (rk == NULL)
+    if (PyDict_GET_SIZE(w->unseen) && PyDict_DelItem(w->unseen, key) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_KeyError))
+            return -1;
+        PyErr_Clear();
+    }
+    if (check_dir(inn) < 0)
+        return -1;
+    int used = PyObject_IsTrue(PyList_GET_ITEM(inn, 0));
+    if (used < 0)
+        return -1;
+    /* (the reverse key is made only when the in direction had packets: in flow_dirs) */
+    PyObject *rk = !used ? NULL
+                   : PyTuple_Pack(6, PyTuple_GET_ITEM(key, 1), PyTuple_GET_ITEM(key, 0),
+                                  PyTuple_GET_ITEM(key, 3), PyTuple_GET_ITEM(key, 2),
+                                  PyTuple_GET_ITEM(key, 4), PyTuple_GET_ITEM(key, 5));
+    if (used && rk == NULL)
         return -1;
     int r = evict_dir(w, inn, rk);
-    Py_DECREF(rk);
+    Py_XDECREF(rk);
     if (r < 0)
         return -1;
     if (PyDict_DelItem(w->dirty_flows, id) < 0) {
@@ -568,7 +626,7 @@ static PyObject *syn_flow(W *w, PyObject *key, PyObject *tsf, PyObject *dev, uns
     fr_set(w, f, FR_MINUTES, Py_None);
     Py_INCREF(Py_False);
     fr_set(w, f, FR_STORED, Py_False);
-    r = PyObject_SetItem(w->flows, key, f);
+    r = PyObject_SetItem(w->flows, id, f); /* the LRU is by flow id */
     if (r == 0)
         r = PyDict_SetItem(w->dirty_flows, id, f);
     Py_DECREF(id);
@@ -692,7 +750,7 @@ static PyObject *walk(PyObject *self, PyObject *const *a, Py_ssize_t nargs) {
             PyObject *o = PyLong_FromSsize_t(off);
             if (o == NULL)
                 goto error;
-            r = next_flush(&w) < 0 ? NULL : PyObject_CallOneArg(release, o);
+            r = flush_held(&w) < 0 ? NULL : PyObject_CallOneArg(release, o);
             Py_DECREF(o);
             if (r == NULL)
                 goto error;
@@ -847,7 +905,7 @@ static PyObject *walk(PyObject *self, PyObject *const *a, Py_ssize_t nargs) {
                                     }
                                 } else if (!known) {
                                     PyObject *args[3] = {key, tsf, dev};
-                                    d = next_flush(&w) < 0 ? NULL
+                                    d = flush_held(&w) < 0 ? NULL
                                         : PyObject_Vectorcall(w.new_flow, args, 3, NULL);
                                     if (d == NULL) {
                                         Py_DECREF(dev);
@@ -874,7 +932,7 @@ static PyObject *walk(PyObject *self, PyObject *const *a, Py_ssize_t nargs) {
                                                     flags);
                                     PyObject *six = PyLong_FromLong(6);
                                     PyObject *args[3] = {p, tsf, six};
-                                    r = (p && six && next_flush(&w) == 0)
+                                    r = (p && six && flush_held(&w) == 0)
                                             ? PyObject_Vectorcall(attempt, args, 3, NULL) : NULL;
                                     Py_XDECREF(six);
                                     if (r == NULL || reread_tick(&w) < 0)
@@ -908,7 +966,7 @@ static PyObject *walk(PyObject *self, PyObject *const *a, Py_ssize_t nargs) {
                 goto error;
             }
             PyObject *args[3] = {data, o1, o2};
-            p = next_flush(&w) < 0 ? NULL : PyObject_Vectorcall(w.parse, args, 3, NULL);
+            p = flush_held(&w) < 0 ? NULL : PyObject_Vectorcall(w.parse, args, 3, NULL);
             Py_DECREF(o1);
             Py_DECREF(o2);
         }
@@ -928,7 +986,7 @@ static PyObject *walk(PyObject *self, PyObject *const *a, Py_ssize_t nargs) {
     }
     Py_CLEAR(tsf); Py_CLEAR(sip); Py_CLEAR(dip); Py_CLEAR(key); Py_CLEAR(d);
     Py_CLEAR(p); Py_CLEAR(q1); Py_CLEAR(q2);
-    if (next_flush(&w) < 0)
+    if (flush_held(&w) < 0)
         goto error;
     w_clear(&w);
     PyBuffer_Release(&view);
@@ -942,7 +1000,7 @@ error:
         /* the flows made so far are in the store: their ids must stay taken */
         PyObject *et, *ev, *tb;
         PyErr_Fetch(&et, &ev, &tb);
-        if (next_flush(&w) < 0)
+        if (flush_held(&w) < 0)
             PyErr_Clear();
         PyErr_Restore(et, ev, tb);
     }
@@ -974,6 +1032,7 @@ PyMODINIT_FUNC PyInit__walk(void) {
     s_dirty_flows = PyUnicode_InternFromString("dirty_flows");
     s_dirty_devices = PyUnicode_InternFromString("dirty_devices");
     s_evicted_flows = PyUnicode_InternFromString("evicted_flows");
+    s_unseen_flows = PyUnicode_InternFromString("unseen_flows");
     s_flow_max = PyUnicode_InternFromString("flow_max");
     s_last_seen = PyUnicode_InternFromString("last_seen");
     s_id = PyUnicode_InternFromString("id");
@@ -987,7 +1046,8 @@ PyMODINIT_FUNC PyInit__walk(void) {
             return NULL;
     }
     if (!s_flow_tick || !s_append || !s_fminute || !s_next_flow || !s_flows || !s_dirty_flows ||
-        !s_dirty_devices || !s_evicted_flows || !s_flow_max || !s_last_seen || !s_id || !s_popitem)
+        !s_dirty_devices || !s_evicted_flows || !s_flow_max || !s_last_seen || !s_id || !s_popitem ||
+        !s_unseen_flows)
         return NULL;
     return PyModule_Create(&module);
 }

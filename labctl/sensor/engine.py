@@ -196,9 +196,16 @@ class Sensor:
         self.flow_max = fl.max_flows
         self.flow_age = fl.max_age_days * 86400.0
         self.flow_window = fl.minute_window
-        #: by the opener's direction key, least recently seen first (the LRU order)
-        self.flows: OrderedDict[FlowKey, FlowRecord] = OrderedDict()
+        #: by flow id, least recently seen first (the LRU order). Keyed by the id, not the
+        #: direction key: ids are consecutive integers, so a new flow's entry and the oldest
+        #: flow's sit in memory the engine touched just before (no cache miss per flow)
+        self.flows: OrderedDict[int, FlowRecord] = OrderedDict()
         self.flow_dirs: dict[FlowKey, list[Any]] = {}  # direction key -> direction
+        #: opener's direction key -> flow, for the flows whose opening direction is not in
+        #: flow_dirs (none of its packets went through process: a flow first seen by its
+        #: SYN-ACK, restored so, or whose UDP directions were dropped). With flow_dirs it
+        #: finds every flow by its key: usually empty
+        self.unseen_flows: dict[FlowKey, FlowRecord] = {}
         self.dirty_flows: dict[int, FlowRecord] = {}
         self.evicted_flows: list[int] = []
         self.flow_seq = 0
@@ -546,7 +553,7 @@ class Sensor:
             d[D_BASE] = d[D_PK] - 1
         f: FlowRecord = d[D_FLOW]
         self.dirty_flows[f.id] = f
-        self.flows.move_to_end(f.key)
+        self.flows.move_to_end(f.id)
         d[D_STAMP] = self.flow_tick[2]
 
     def syn_state(self) -> tuple[Any, ...]:
@@ -572,7 +579,7 @@ class Sensor:
         f = FlowRecord(self._next_flow, key, (sp & 0xFF) << 8 | sp >> 8,
                        (dp & 0xFF) << 8 | dp >> 8, ts)
         self._next_flow += 1
-        flows[key] = f
+        flows[f.id] = f
         self.dirty_flows[f.id] = f
         d = f.out
         d[D_MIN] = self._fminute
@@ -583,31 +590,40 @@ class Sensor:
 
     def _flow_direction(self, key: FlowKey, p: Parsed, ts: float,
                         dev: Device | bool) -> list[Any]:
-        """The direction of ``key``: of a known flow, or of a new one (which may evict the
-        least recently seen flow)."""
-        f = self.flows.get(key)
-        if f is not None:
+        """The direction of ``key`` (not in flow_dirs): of a known flow, or of a new one
+        (which may evict the least recently seen flow)."""
+        unseen = self.unseen_flows
+        f = unseen.pop(key, None) if unseen else None
+        if f is not None:  # the opener's direction, seen now
             d = f.out
         else:
             rk = reverse_key(key)
-            f = self.flows.get(rk)
-            if f is not None:
-                d = f.inn
+            r = self.flow_dirs.get(rk)
+            if r is None and unseen:
+                f = unseen.get(rk)
+                r = None if f is None else f.out
+            if r is not None:
+                # (r is its flow's out: were it the in, ``key`` would be the out's key,
+                # found in flow_dirs or unseen_flows)
+                f = r[D_FLOW]
+                d = f.inn if r is f.out else f.out
             else:
-                while len(self.flows) >= self.flow_max:
-                    self._evict(self.flows.popitem(last=False)[1], in_map=False)
+                flows = self.flows
+                while len(flows) >= self.flow_max:
+                    self._evict(flows.popitem(last=False)[1], in_map=False)
                 ported = key[2] >= 0
                 if p[6] == 6 and p[9] & 0x12 == 0x12:
                     # the first packet seen is a SYN-ACK: its receiver sent the SYN
                     f = FlowRecord(self._next_flow, rk, p[8] if ported else -1,
                                    p[7] if ported else -1, ts)
                     d = f.inn
+                    unseen[rk] = f
                 else:
                     f = FlowRecord(self._next_flow, key, p[7] if ported else -1,
                                    p[8] if ported else -1, ts)
                     d = f.out
                 self._next_flow += 1
-                self.flows[f.key] = f  # at the end already: no touch needed
+                flows[f.id] = f  # at the end already: no touch needed
                 self.dirty_flows[f.id] = f
                 d[D_MIN] = self._fminute
                 d[D_STAMP] = self.flow_tick[2]
@@ -622,7 +638,7 @@ class Sensor:
         key nor the reverse is known), so popping the keys cannot drop another flow's."""
         key = f.key
         if in_map:
-            del self.flows[key]
+            del self.flows[f.id]
         fd = self.flow_dirs
         d = f.out
         if d[D_PK]:
@@ -631,6 +647,8 @@ class Sensor:
             if dev is not None and d[D_LAST] > dev.last_seen:
                 dev.last_seen = d[D_LAST]
                 self.dirty_devices.add(dev.id)
+        if self.unseen_flows:
+            self.unseen_flows.pop(key, None)
         d[D_FLOW] = None  # no reference cycle left: freed without the garbage collector
         d = f.inn
         if d[D_PK]:
@@ -831,7 +849,10 @@ class Sensor:
             # fused loop's SYN branch relies on a known TCP flow having a known direction.)
             fd = self.flow_dirs
             for k in [k for k in fd if k[4] == 17]:
-                del fd[k]
+                d = fd.pop(k)
+                f = d[D_FLOW]
+                if d is f.out:  # its flow is found by its key still
+                    self.unseen_flows[k] = f
         if len(self._global) > 500_000:
             self._global.clear()
         if len(self.by_ip) - len(self.devices) > 500_000:
@@ -927,11 +948,13 @@ class Sensor:
         self._next_flow = max(self._next_flow, int(meta.get("next_id", 1)))
         for r in sorted(flows or [], key=lambda r: (r["last"], r["id"])):
             f = FlowRecord.from_row(r)
-            if f.key in self.flows:
+            if f.key in self.flow_dirs or f.key in self.unseen_flows:
                 continue
             while len(self.flows) >= self.flow_max:
                 self._evict(self.flows.popitem(last=False)[1], in_map=False)
-            self.flows[f.key] = f
+            self.flows[f.id] = f
+            if not f.out[D_PK]:
+                self.unseen_flows[f.key] = f
             self.flow_seq = max(self.flow_seq, f.seq)
             self._next_flow = max(self._next_flow, f.id + 1)
             for dr, k in ((f.out, f.key), (f.inn, reverse_key(f.key))):
