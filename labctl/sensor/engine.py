@@ -190,6 +190,7 @@ class Sensor:
             for r in config.rules)
         #: dedup key -> [the alert _dedup holds for it], shared by the flow directions
         self._cells: dict[DedupKey, list[Alert | None]] = {}
+        self._ip_texts: dict[bytes, str] = {}
 
         # flows (see the flow store section below)
         fl = eng.flows
@@ -325,15 +326,15 @@ class Sensor:
             if hit:
                 scanner = self._is_scanner(sip, p[F_SMAC])
                 if not scanner:
-                    ports = sorted(hit)
+                    # (the texts are built only for a new alert, not for its repeats)
                     new = self._raise(
                         self.det.port_scan, ts, sip, dip,
                         lambda: f"Port scan detected.\nScanning address: {ip_str(sip)}\n"
                                 f"Scanned address: {ip_str(dip)}\n"
-                                f"Scanned ports: {_short_list(ports)}\n"
+                                f"Scanned ports: {_short_list(sorted(hit))}\n"
                                 f"The source hasn't been authorized as a network scanning "
                                 f"device.",
-                        info=lambda: [f"{len(ports)} ports in "
+                        info=lambda: [f"{len(hit)} ports in "
                                       f"{int(self.det.port_scan.window_seconds or 0)} seconds"])
                     if new:
                         self._scan_event(sip, ts)
@@ -744,6 +745,15 @@ class Sensor:
         e = self._endpoint(ip, ts)
         return e.id if e is not None else None
 
+    def _ip_text(self, ip: bytes) -> str:
+        """``ip_str(ip)``, kept in ``_ip_texts`` (an alert's repeats need its addresses'
+        texts for its dedup key; bounded, emptied when full)."""
+        texts = self._ip_texts
+        if len(texts) >= 65536:
+            texts.clear()
+        t = texts[ip] = ip_str(ip)
+        return t
+
     def _is_scanner(self, ip: bytes, mac: bytes) -> bool:
         dev = self.by_ip.get(ip)
         if isinstance(dev, Device) and dev.scanner:
@@ -776,8 +786,9 @@ class Sensor:
             self.withheld += 1
             return None
         ms = int(ts * 1000)
-        src_a = src_text or (ip_str(src) if src else None)
-        dst_a = ip_str(dst) if dst else None
+        texts = self._ip_texts
+        src_a = src_text or ((texts.get(src) or self._ip_text(src)) if src else None)
+        dst_a = (texts.get(dst) or self._ip_text(dst)) if dst else None
         key: DedupKey = (det.title, src_a, dedup_dst or dst_a)
         if dedup:
             prev = self._dedup.get(key)

@@ -38,14 +38,15 @@ class DistinctWindow(Generic[K, V]):
         if len(d) < self.threshold:
             return None
         cutoff = ts - self.window
-        old = [k for k, t in d.items() if t < cutoff]
-        for k in old:
-            del d[k]
-        if len(d) < self.threshold:
-            return None
-        items = dict(d)
-        d.clear()  # the alert is raised; start counting afresh (dedup absorbs repeats)
-        return items
+        if min(d.values()) < cutoff:
+            for k in [k for k, t in d.items() if t < cutoff]:
+                del d[k]
+            if len(d) < self.threshold:
+                return None
+        # the alert is raised; start counting afresh (dedup absorbs repeats). The items
+        # are handed over, not copied: the key gets a new dict
+        self.keys[key] = {}
+        return d
 
     def prune(self, now: float) -> None:
         cutoff = now - self.window
