@@ -16,6 +16,16 @@
 #include <stdint.h>
 #include <string.h>
 
+/* A tuple key's hash is not kept by the tuple: a key looked up and then stored is hashed
+ * once where CPython exports the known-hash calls (3.8 to 3.12), twice elsewhere. */
+#if PY_VERSION_HEX >= 0x03080000 && PY_VERSION_HEX < 0x030D0000
+#define DICT_GET_H(d, k, h) _PyDict_GetItem_KnownHash((d), (k), (h))
+#define DICT_SET_H(d, k, v, h) _PyDict_SetItem_KnownHash((d), (k), (v), (h))
+#else
+#define DICT_GET_H(d, k, h) ((void)(h), PyDict_GetItemWithError((d), (k)))
+#define DICT_SET_H(d, k, v, h) ((void)(h), PyDict_SetItem((d), (k), (v)))
+#endif
+
 static PyObject *s_flow_tick, *s_append, *s_fminute, *s_next_flow, *s_flows, *s_dirty_flows;
 static PyObject *s_dirty_devices, *s_evicted_flows, *s_flow_max, *s_last_seen, *s_id;
 static PyObject *s_unseen_flows;
@@ -569,8 +579,8 @@ static PyObject *new_dir(PyObject *f) {
 
 /* Sensor._syn_flow(key, ts, dev): a new flow opened by a SYN whose direction and reverse
  * are both unknown; returns its out direction (a new reference) */
-static PyObject *syn_flow(W *w, PyObject *key, PyObject *tsf, PyObject *dev, unsigned sport,
-                          unsigned dport) {
+static PyObject *syn_flow(W *w, PyObject *key, Py_hash_t kh, PyObject *tsf, PyObject *dev,
+                          unsigned sport, unsigned dport) {
     if (PyDict_GET_SIZE(w->flows) >= w->flow_max) {
         PyObject *kv = PyObject_CallMethodOneArg(w->flows, s_popitem, Py_False);
         if (kv == NULL)
@@ -642,7 +652,7 @@ static PyObject *syn_flow(W *w, PyObject *key, PyObject *tsf, PyObject *dev, uns
     PyObject *owner = dev == Py_False ? Py_None : dev;
     Py_INCREF(owner);
     PyList_SetItem(out, 8, owner);
-    if (PyDict_SetItem(w->fd, key, out) < 0) {
+    if (DICT_SET_H(w->fd, key, out, kh) < 0) {
         Py_DECREF(out);
         return NULL;
     }
@@ -881,7 +891,8 @@ static PyObject *walk(PyObject *self, PyObject *const *a, Py_ssize_t nargs) {
                                 Py_DECREF(dev);
                                 goto error;
                             }
-                            d = PyDict_GetItemWithError(w.fd, key);
+                            Py_hash_t kh = PyObject_Hash(key);
+                            d = kh == -1 ? NULL : DICT_GET_H(w.fd, key, kh);
                             if (d == NULL && PyErr_Occurred()) {
                                 Py_DECREF(dev);
                                 goto error;
@@ -898,7 +909,7 @@ static PyObject *walk(PyObject *self, PyObject *const *a, Py_ssize_t nargs) {
                                     goto error;
                                 }
                                 if (!known && w.flow_type) {
-                                    d = syn_flow(&w, key, tsf, dev, sport, dport);
+                                    d = syn_flow(&w, key, kh, tsf, dev, sport, dport);
                                     if (d == NULL) {
                                         Py_DECREF(dev);
                                         goto error;
