@@ -29,7 +29,7 @@
 static PyObject *s_flow_tick, *s_append, *s_fminute, *s_next_flow, *s_flows, *s_dirty_flows;
 static PyObject *s_dirty_devices, *s_evicted_flows, *s_flow_max, *s_last_seen, *s_id;
 static PyObject *s_unseen_flows;
-static PyObject *s_popitem;
+static PyObject *s_lru;
 
 /* the port numbers as int objects, made once (a port above 256 is not a cached small int) */
 static PyObject *port_objs[65536];
@@ -48,9 +48,9 @@ static inline PyObject *port_obj(unsigned v) {
 
 /* FlowRecord's slots, in this order (labctl/sensor/records.py) */
 enum { FR_ID, FR_SEQ, FR_SPORT, FR_DPORT, FR_FIRST, FR_OUT, FR_INN, FR_MINUTES, FR_KEY,
-       FR_STORED, FR_N };
+       FR_STORED, FR_PREV, FR_NXT, FR_N };
 static const char *fr_names[FR_N] = {"id", "seq", "sport", "dport", "first", "out", "inn",
-                                     "minutes", "key", "stored"};
+                                     "minutes", "key", "stored", "prev", "nxt"};
 
 static inline uint32_t rd32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -71,6 +71,7 @@ typedef struct {
     PyTypeObject *flow_type;
     Py_ssize_t fr_off[FR_N];
     PyObject *fminute, *flows, *dirty_flows, *dirty_devices, *evicted, *unseen; /* owned */
+    PyObject *lru; /* owned: the sentinel of the flows' least-recently-seen ring */
     Py_ssize_t flow_max;
     /* sensor._next_flow, counted here between calls back into Python (owned) */
     PyObject *next_id;
@@ -199,23 +200,24 @@ static void w_clear(W *w) {
     Py_CLEAR(w->dirty_devices);
     Py_CLEAR(w->evicted);
     Py_CLEAR(w->unseen);
+    Py_CLEAR(w->lru);
     Py_CLEAR(w->ls_dev);
     Py_CLEAR(w->ls_last);
 }
 
 static int reread_store(W *w) {
-    PyObject **to[7] = {&w->fminute, &w->flows, &w->dirty_flows, &w->dirty_devices, &w->evicted,
-                        &w->next_id, &w->unseen};
-    PyObject *names[7] = {s_fminute, s_flows, s_dirty_flows, s_dirty_devices, s_evicted_flows,
-                          s_next_flow, s_unseen_flows};
+    PyObject **to[8] = {&w->fminute, &w->flows, &w->dirty_flows, &w->dirty_devices, &w->evicted,
+                        &w->next_id, &w->unseen, &w->lru};
+    PyObject *names[8] = {s_fminute, s_flows, s_dirty_flows, s_dirty_devices, s_evicted_flows,
+                          s_next_flow, s_unseen_flows, s_lru};
     w->next_dirty = 0;
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < 8; i++) {
         PyObject *o = PyObject_GetAttr(w->sensor, names[i]);
         if (o == NULL)
             return -1;
         Py_XSETREF(*to[i], o);
     }
-    if (!PyDict_Check(w->flows) || !PyDict_CheckExact(w->dirty_flows) ||
+    if (!PyDict_CheckExact(w->flows) || !PyDict_CheckExact(w->dirty_flows) ||
         !PyAnySet_Check(w->dirty_devices) || !PyList_Check(w->evicted) ||
         !PyDict_CheckExact(w->unseen)) {
         PyErr_SetString(PyExc_TypeError, "the sensor's flow store has unexpected types");
@@ -517,14 +519,41 @@ static int evict_dir(W *w, PyObject *d, PyObject *key) {
     return 0;
 }
 
-/* Sensor._evict(f, in_map=False) */
-static int evict(W *w, PyObject *f) {
-    PyObject *key = fr_get(w, f, FR_KEY), *out = fr_get(w, f, FR_OUT);
-    PyObject *inn = fr_get(w, f, FR_INN), *id = fr_get(w, f, FR_ID);
-    if (!key || !out || !inn || !id || !PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 6) {
-        PyErr_SetString(PyExc_TypeError, "an evicted flow is not a complete FlowRecord");
+/* records.lru_unlink(f) */
+static int lru_unlink(W *w, PyObject *f) {
+    PyObject *p = fr_get(w, f, FR_PREV), *n = fr_get(w, f, FR_NXT);
+    if (!p || !n || !Py_IS_TYPE(p, w->flow_type) || !Py_IS_TYPE(n, w->flow_type)) {
+        PyErr_SetString(PyExc_TypeError, "a flow is not in the flows' ring");
         return -1;
     }
+    /* (the caller holds f: its neighbours let go of it here) */
+    Py_INCREF(n);
+    fr_set(w, p, FR_NXT, n);
+    Py_INCREF(p);
+    fr_set(w, n, FR_PREV, p);
+    Py_INCREF(Py_None);
+    fr_set(w, f, FR_PREV, Py_None);
+    Py_INCREF(Py_None);
+    fr_set(w, f, FR_NXT, Py_None);
+    return 0;
+}
+
+/* records.lru_append(ring, f): f (in no ring) the most recently seen */
+static void lru_append(W *w, PyObject *f) {
+    PyObject *ring = w->lru, *tail = fr_get(w, ring, FR_PREV); /* checked: a record */
+    Py_INCREF(tail);
+    fr_set(w, f, FR_PREV, tail);
+    Py_INCREF(ring);
+    fr_set(w, f, FR_NXT, ring);
+    Py_INCREF(f);
+    fr_set(w, tail, FR_NXT, f);
+    Py_INCREF(f);
+    fr_set(w, ring, FR_PREV, f);
+}
+
+/* the rest of Sensor._evict(f), f out of the store already */
+static int evict_rest(W *w, PyObject *f, PyObject *key, PyObject *out, PyObject *inn,
+                      PyObject *id) {
     if (evict_dir(w, out, key) < 0)
         return -1;
     if (PyDict_GET_SIZE(w->unseen) && PyDict_DelItem(w->unseen, key) < 0) {
@@ -560,6 +589,21 @@ static int evict(W *w, PyObject *f) {
     return 0;
 }
 
+/* Sensor._evict(f); the caller holds a reference to f */
+static int evict(W *w, PyObject *f) {
+    PyObject *key = fr_get(w, f, FR_KEY), *out = fr_get(w, f, FR_OUT);
+    PyObject *inn = fr_get(w, f, FR_INN), *id = fr_get(w, f, FR_ID);
+    if (!key || !out || !inn || !id || !PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 6) {
+        PyErr_SetString(PyExc_TypeError, "an evicted flow is not a complete FlowRecord");
+        return -1;
+    }
+    Py_INCREF(key); Py_INCREF(out); Py_INCREF(inn); Py_INCREF(id);
+    int e = PyDict_DelItem(w->flows, id) < 0 || lru_unlink(w, f) < 0 ? -1 : 0;
+    if (e == 0)
+        e = evict_rest(w, f, key, out, inn, id);
+    Py_DECREF(key); Py_DECREF(out); Py_DECREF(inn); Py_DECREF(id);
+    return e;
+}
 /* 0.0, shared by every new direction (as FlowRecord.__init__'s constant is) */
 static PyObject *fzero;
 
@@ -581,16 +625,21 @@ static PyObject *new_dir(PyObject *f) {
  * are both unknown; returns its out direction (a new reference) */
 static PyObject *syn_flow(W *w, PyObject *key, Py_hash_t kh, PyObject *tsf, PyObject *dev,
                           unsigned sport, unsigned dport) {
+    PyObject *ring = w->lru, *oldest = NULL;
+    if (!Py_IS_TYPE(ring, w->flow_type) || !fr_get(w, ring, FR_PREV) ||
+        !Py_IS_TYPE(fr_get(w, ring, FR_PREV), w->flow_type) ||
+        !(oldest = fr_get(w, ring, FR_NXT)) || !Py_IS_TYPE(oldest, w->flow_type)) {
+        PyErr_SetString(PyExc_TypeError, "the flow store holds something else");
+        return NULL;
+    }
     if (PyDict_GET_SIZE(w->flows) >= w->flow_max) {
-        PyObject *kv = PyObject_CallMethodOneArg(w->flows, s_popitem, Py_False);
-        if (kv == NULL)
+        if (oldest == ring) {
+            PyErr_SetString(PyExc_TypeError, "the flows' ring is empty but the store full");
             return NULL;
-        int r = PyTuple_Check(kv) && PyTuple_GET_SIZE(kv) == 2 &&
-                Py_IS_TYPE(PyTuple_GET_ITEM(kv, 1), w->flow_type)
-                    ? evict(w, PyTuple_GET_ITEM(kv, 1)) : -2;
-        Py_DECREF(kv);
-        if (r == -2)
-            PyErr_SetString(PyExc_TypeError, "the flow store holds something else");
+        }
+        Py_INCREF(oldest);
+        int r = evict(w, oldest);
+        Py_DECREF(oldest);
         if (r < 0)
             return NULL;
     }
@@ -636,9 +685,11 @@ static PyObject *syn_flow(W *w, PyObject *key, Py_hash_t kh, PyObject *tsf, PyOb
     fr_set(w, f, FR_MINUTES, Py_None);
     Py_INCREF(Py_False);
     fr_set(w, f, FR_STORED, Py_False);
-    r = PyObject_SetItem(w->flows, id, f); /* the LRU is by flow id */
-    if (r == 0)
+    r = PyDict_SetItem(w->flows, id, f);
+    if (r == 0) {
+        lru_append(w, f);
         r = PyDict_SetItem(w->dirty_flows, id, f);
+    }
     Py_DECREF(id);
     Py_DECREF(f); /* held by the store now (or freed on error) */
     if (r < 0) {
@@ -1047,7 +1098,7 @@ PyMODINIT_FUNC PyInit__walk(void) {
     s_flow_max = PyUnicode_InternFromString("flow_max");
     s_last_seen = PyUnicode_InternFromString("last_seen");
     s_id = PyUnicode_InternFromString("id");
-    s_popitem = PyUnicode_InternFromString("popitem");
+    s_lru = PyUnicode_InternFromString("_lru");
     fzero = PyFloat_FromDouble(0.0);
     if (fzero == NULL)
         return NULL;
@@ -1057,7 +1108,7 @@ PyMODINIT_FUNC PyInit__walk(void) {
             return NULL;
     }
     if (!s_flow_tick || !s_append || !s_fminute || !s_next_flow || !s_flows || !s_dirty_flows ||
-        !s_dirty_devices || !s_evicted_flows || !s_flow_max || !s_last_seen || !s_id || !s_popitem ||
+        !s_dirty_devices || !s_evicted_flows || !s_flow_max || !s_last_seen || !s_id || !s_lru ||
         !s_unseen_flows)
         return NULL;
     return PyModule_Create(&module);

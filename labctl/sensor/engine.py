@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +67,9 @@ from labctl.sensor.records import (
     Event,
     FlowKey,
     FlowRecord,
+    lru_append,
+    lru_ring,
+    lru_unlink,
     reverse_key,
 )
 from labctl.sensor.rules import RuleIndex, render_message, rule_matches
@@ -197,10 +200,12 @@ class Sensor:
         self.flow_max = fl.max_flows
         self.flow_age = fl.max_age_days * 86400.0
         self.flow_window = fl.minute_window
-        #: by flow id, least recently seen first (the LRU order). Keyed by the id, not the
-        #: direction key: ids are consecutive integers, so a new flow's entry and the oldest
-        #: flow's sit in memory the engine touched just before (no cache miss per flow)
-        self.flows: OrderedDict[int, FlowRecord] = OrderedDict()
+        #: by flow id. Keyed by the id, not the direction key: ids are consecutive
+        #: integers, so a new flow's entry and the oldest flow's sit in memory the engine
+        #: touched just before (no cache miss per flow)
+        self.flows: dict[int, FlowRecord] = {}
+        #: the flows least recently seen first (records.lru_ring: oldest _lru.nxt)
+        self._lru = lru_ring()
         self.flow_dirs: dict[FlowKey, list[Any]] = {}  # direction key -> direction
         #: opener's direction key -> flow, for the flows whose opening direction is not in
         #: flow_dirs (none of its packets went through process: a flow first seen by its
@@ -528,10 +533,11 @@ class Sensor:
         self._fminute = m
         self.flow_tick = (m * 60.0, m * 60.0 + 60.0, object())
         cutoff = ts - self.flow_age
-        lru = self.flows
-        while lru:
-            f = next(iter(lru.values()))
-            if f.last >= cutoff:
+        ring = self._lru
+        while True:
+            f = ring.nxt
+            assert f is not None
+            if f is ring or f.last >= cutoff:
                 break
             self._evict(f)
 
@@ -554,7 +560,10 @@ class Sensor:
             d[D_BASE] = d[D_PK] - 1
         f: FlowRecord = d[D_FLOW]
         self.dirty_flows[f.id] = f
-        self.flows.move_to_end(f.id)
+        ring = self._lru
+        if ring.prev is not f:  # move it last: the most recently seen
+            lru_unlink(f)
+            lru_append(ring, f)
         d[D_STAMP] = self.flow_tick[2]
 
     def syn_state(self) -> tuple[Any, ...]:
@@ -575,12 +584,13 @@ class Sensor:
         """A new flow opened by a SYN whose direction and reverse are both unknown."""
         flows = self.flows
         if len(flows) >= self.flow_max:
-            self._evict(flows.popitem(last=False)[1], in_map=False)
+            self._evict(self._oldest())
         sp, dp = key[2], key[3]
         f = FlowRecord(self._next_flow, key, (sp & 0xFF) << 8 | sp >> 8,
                        (dp & 0xFF) << 8 | dp >> 8, ts)
         self._next_flow += 1
         flows[f.id] = f
+        lru_append(self._lru, f)
         self.dirty_flows[f.id] = f
         d = f.out
         d[D_MIN] = self._fminute
@@ -611,7 +621,7 @@ class Sensor:
             else:
                 flows = self.flows
                 while len(flows) >= self.flow_max:
-                    self._evict(flows.popitem(last=False)[1], in_map=False)
+                    self._evict(self._oldest())
                 ported = key[2] >= 0
                 if p[6] == 6 and p[9] & 0x12 == 0x12:
                     # the first packet seen is a SYN-ACK: its receiver sent the SYN
@@ -624,7 +634,8 @@ class Sensor:
                                    p[8] if ported else -1, ts)
                     d = f.out
                 self._next_flow += 1
-                flows[f.id] = f  # at the end already: no touch needed
+                flows[f.id] = f
+                lru_append(self._lru, f)  # last already: no touch needed
                 self.dirty_flows[f.id] = f
                 d[D_MIN] = self._fminute
                 d[D_STAMP] = self.flow_tick[2]
@@ -632,14 +643,19 @@ class Sensor:
         self.flow_dirs[key] = d
         return d
 
-    def _evict(self, f: FlowRecord, *, in_map: bool = True) -> None:
-        """Drop ``f``; ``in_map=False`` when the caller already took it out of ``flows``.
+    def _oldest(self) -> FlowRecord:
+        f = self._lru.nxt
+        assert f is not None and f is not self._lru
+        return f
+
+    def _evict(self, f: FlowRecord) -> None:
+        """Drop ``f``.
 
         A direction key maps to one flow only (a new flow is made only when neither its
         key nor the reverse is known), so popping the keys cannot drop another flow's."""
         key = f.key
-        if in_map:
-            del self.flows[f.id]
+        del self.flows[f.id]
+        lru_unlink(f)
         fd = self.flow_dirs
         d = f.out
         if d[D_PK]:
@@ -962,8 +978,9 @@ class Sensor:
             if f.key in self.flow_dirs or f.key in self.unseen_flows:
                 continue
             while len(self.flows) >= self.flow_max:
-                self._evict(self.flows.popitem(last=False)[1], in_map=False)
+                self._evict(self._oldest())
             self.flows[f.id] = f
+            lru_append(self._lru, f)
             if not f.out[D_PK]:
                 self.unseen_flows[f.key] = f
             self.flow_seq = max(self.flow_seq, f.seq)

@@ -185,7 +185,7 @@ class FlowRecord:
     other way. Times are seconds; rows and the API carry epoch milliseconds."""
 
     __slots__ = ("id", "seq", "sport", "dport", "first", "out", "inn", "minutes", "key",
-                 "stored")
+                 "stored", "prev", "nxt")
 
     def __init__(self, id: int, key: FlowKey, sport: int, dport: int, first: float) -> None:  # noqa: A002
         self.id = id
@@ -201,6 +201,9 @@ class FlowRecord:
         self.minutes: dict[int, int] | None = None
         #: written to the store at least once (so an eviction deletes its row)
         self.stored = False
+        #: the neighbours in the engine's least-recently-seen order (see lru_ring)
+        self.prev: FlowRecord | None = None
+        self.nxt: FlowRecord | None = None
 
     @property
     def src(self) -> bytes:
@@ -263,3 +266,34 @@ class FlowRecord:
         f.inn[D_LAST] = r.get("last_in", r["last"] if f.inn[D_PK] else 0) / 1000
         f.minutes = {int(m): int(n) for m, n in (r.get("minutes") or {}).items()} or None
         return f
+
+
+# ---- the least-recently-seen order of the flows ----------------------------------------
+#
+# A ring of the records themselves (their prev and nxt slots) around a sentinel record that
+# is no flow: the oldest is ring.nxt, the newest ring.prev. Why not an OrderedDict: in a
+# scan every packet makes a flow and evicts the oldest, and an OrderedDict pays a hash
+# look-up, a node and sometimes a resize of its own for each; relinking two records costs
+# none of that (the compiled loop relinks them the same way).
+
+def lru_ring() -> FlowRecord:
+    """A new, empty ring: its sentinel."""
+    ring = FlowRecord(0, (b"", b"", -1, -1, 0, 0), -1, -1, 0.0)
+    ring.prev = ring.nxt = ring
+    return ring
+
+
+def lru_append(ring: FlowRecord, f: FlowRecord) -> None:
+    """Put ``f`` (in no ring) last: the most recently seen."""
+    tail = ring.prev
+    assert tail is not None
+    f.prev, f.nxt = tail, ring
+    tail.nxt = ring.prev = f
+
+
+def lru_unlink(f: FlowRecord) -> None:
+    """Take ``f`` out of its ring."""
+    p, n = f.prev, f.nxt
+    assert p is not None and n is not None
+    p.nxt, n.prev = n, p
+    f.prev = f.nxt = None
