@@ -84,6 +84,31 @@ def _by_ends(s: Sensor) -> dict[tuple, dict]:
             for r in s.flow_rows()}
 
 
+def _through(s: Sensor, way: str, cap: CaptureFile, monkeypatch, batch: int = 1000) -> None:
+    """Feed ``cap`` to ``s`` by one packet path: the fused loop compiled ("native") or in
+    Python ("python"), the generic path, live ``feed_batch`` or per-frame ``feed``."""
+    from labctl.sensor import native
+
+    if way == "native":
+        assert native.walk() is not None, native.status()  # .ci/install brings gcc
+        s.replay(cap, cap.data)
+    elif way == "python":
+        with monkeypatch.context() as m:
+            m.setattr(native, "walk", lambda: None)
+            s.replay(cap, cap.data)
+    elif way == "generic":
+        replay_generic(s, cap, cap.data)
+    else:
+        frames = [(cap.data[off:off + n], ts) for ts, off, n in cap]  # the stored stamps
+        if way == "batch":
+            for i in range(0, len(frames), batch):
+                s.feed_batch(frames[i:i + batch])
+        else:
+            for f, ts in frames:
+                s.feed(f, 0, len(f), ts)
+        s.fold(s.last_ts)
+
+
 def test_counters_opener_and_minutes_are_exact(tmp_path):
     pytest.importorskip("scapy")
     m0, pk = _conversation()
@@ -114,7 +139,6 @@ def test_counters_opener_and_minutes_are_exact(tmp_path):
 def test_every_path_gives_identical_flows(tmp_path, monkeypatch):
     """The fused pcap loop, the generic path, live feed_batch and feed: the same flows,
     alerts, devices and connections, on the bench's default and irc6667 mixes."""
-    from labctl.sensor import native
     from labctl.sensor.api import alert_to_api, connections_api, device_to_api
 
     bench = _bench()
@@ -127,23 +151,7 @@ def test_every_path_gives_identical_flows(tmp_path, monkeypatch):
         results = []
         for way in ("native", "python", "generic", "batch", "feed"):
             s = Sensor(cfg)
-            if way == "native":
-                assert native.walk() is not None, native.status()
-                s.replay(cap, cap.data)
-            elif way == "python":  # the fused loop in Python
-                with monkeypatch.context() as m:
-                    m.setattr(native, "walk", lambda: None)
-                    s.replay(cap, cap.data)
-            elif way == "generic":
-                replay_generic(s, cap, cap.data)
-            elif way == "batch":
-                for i in range(0, len(frames), 1000):
-                    s.feed_batch(frames[i:i + 1000])
-                s.fold(s.last_ts)
-            else:
-                for f, ts in frames:
-                    s.feed(f, 0, len(f), ts)
-                s.fold(s.last_ts)
+            _through(s, way, cap, monkeypatch)
             results.append((s.packets, s.flow_rows(), [alert_to_api(a) for a in s.alerts],
                             [device_to_api(d) for d in s.devices.values()],
                             connections_api(s)))
@@ -219,7 +227,6 @@ def test_a_flow_first_seen_at_its_syn_ack_is_found_by_its_key_until_evicted(tmp_
     """A flow whose opener's direction has no packet yet (first seen at its SYN-ACK) is kept
     in unseen_flows: its late SYN joins it (no second flow), on the compiled loop, the
     Python loop and feed, and evicting it leaves no key behind."""
-    from labctl.sensor import native
 
     bench = _bench()
     cfg = load_config(engines_file(tmp_path, flows={"max_flows": 3, "max_age_days": 1,
@@ -232,19 +239,10 @@ def test_a_flow_first_seen_at_its_syn_ack_is_found_by_its_key_until_evicted(tmp_
               (T0 + 2.5, _tcp(bench, 21, 30, 40002, 80, 0x02)),
               (T0 + 3, _tcp(bench, 20, 30, 52001, 22, 0x10))]   # the evicted one's opener
     cap = CaptureFile(write_raw(tmp_path / "synack.pcap", frames[:3]))
-    assert native.walk() is not None, native.status()
     results = []
     for way in ("native", "python", "feed"):
         s = Sensor(cfg)
-        if way == "native":
-            s.replay(cap, cap.data)
-        elif way == "python":
-            with monkeypatch.context() as m:
-                m.setattr(native, "walk", lambda: None)
-                s.replay(cap, cap.data)
-        else:
-            for ts, f in frames[:3]:
-                s.feed(f, 0, len(f), ts)
+        _through(s, way, cap, monkeypatch)
         (ssh, other) = sorted(s.flows.values(), key=lambda f: f.id)
         assert ssh.key[2:4] == (52000 >> 8 | (52000 & 0xFF) << 8, 22 << 8)  # the SYN side
         assert (ssh.out[0], ssh.inn[0]) == (1, 1) and len(s.flows) == 2
@@ -262,10 +260,7 @@ def test_a_flow_first_seen_at_its_syn_ack_is_found_by_its_key_until_evicted(tmp_
     whole = CaptureFile(write_raw(tmp_path / "whole.pcap", frames))
     for way in ("native", "python"):
         s = Sensor(cfg)
-        with monkeypatch.context() as m:
-            if way == "python":
-                m.setattr(native, "walk", lambda: None)
-            s.replay(whole, whole.data)
+        _through(s, way, whole, monkeypatch)
         assert s.flow_rows() == results[0], way
         assert not s.unseen_flows and len(s.flow_dirs) == 3
 
@@ -482,7 +477,6 @@ def test_the_fused_syn_branch_matches_every_path(tmp_path, seed, monkeypatch):
     compiled (labctl/sensor/_walk.c) and in Python."""
     import yaml
 
-    from labctl.sensor import native
     from labctl.sensor.api import connections_api, device_to_api
 
     path = engines_file(tmp_path, learning=False, flows={"max_flows": 400, "max_age_days": 7,
@@ -496,27 +490,10 @@ def test_the_fused_syn_branch_matches_every_path(tmp_path, seed, monkeypatch):
     frames = _scan_frames(seed, 6000)
     pcap = write_raw(tmp_path / "scan.pcap", frames)
     cap = CaptureFile(pcap)
-    frames = [(cap.data[off:off + n], ts) for ts, off, n in cap]  # the stored stamps
     results = []
-    assert native.walk() is not None, native.status()  # .ci/install brings gcc and headers
     for way in ("native", "python", "generic", "batch", "feed"):
         s = Sensor(cfg)
-        if way == "native":
-            s.replay(cap, cap.data)
-        elif way == "python":
-            with monkeypatch.context() as m:
-                m.setattr(native, "walk", lambda: None)
-                s.replay(cap, cap.data)
-        elif way == "generic":
-            replay_generic(s, cap, cap.data)
-        elif way == "batch":
-            for i in range(0, len(frames), 500):
-                s.feed_batch(frames[i:i + 500])
-            s.fold(s.last_ts)
-        else:
-            for f, ts in frames:
-                s.feed(f, 0, len(f), ts)
-            s.fold(s.last_ts)
+        _through(s, way, cap, monkeypatch, batch=500)
         # the alert rows carry the repeat counts and last times
         results.append((s.packets, s.flow_rows(), [a.to_row() for a in s.alerts],
                         [(e.type, e.content) for e in s.events],
